@@ -1,0 +1,50 @@
+"""Building blocks shared by every plugin: MLPs, coordinate grids, soft position embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def mlp(
+    in_dim: int,
+    hidden: Sequence[int],
+    out_dim: int,
+    *,
+    activation: type[nn.Module] = nn.ReLU,
+    final_activation: bool = False,
+) -> nn.Sequential:
+    """Linear -> act -> ... -> Linear(out_dim); `hidden` may be empty (a single linear map)."""
+    layers: list[nn.Module] = []
+    dims = [in_dim, *hidden]
+    for a, b in zip(dims[:-1], dims[1:]):
+        layers += [nn.Linear(a, b), activation()]
+    layers.append(nn.Linear(dims[-1], out_dim))
+    if final_activation:
+        layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+def coordinate_grid(height: int, width: int, device: torch.device | None = None) -> Tensor:
+    """[H, W, 4] grid of (y, x, 1 - y, 1 - x) with y, x in [0, 1]: the Slot Attention paper's ramps."""
+    ys = torch.linspace(0.0, 1.0, height, device=device)
+    xs = torch.linspace(0.0, 1.0, width, device=device)
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([y, x, 1.0 - y, 1.0 - x], dim=-1)
+
+
+class SoftPositionEmbed(nn.Module):
+    """Adds Linear(4 -> D) of the coordinate ramps to a channels-last feature map [B, H, W, D]."""
+
+    def __init__(self, dim: int, height: int, width: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, dim)
+        self.register_buffer("grid", coordinate_grid(height, width), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        grid = self.grid
+        if grid.shape[:2] != x.shape[1:3]:  # resolution changed at eval time: rebuild the ramps
+            grid = coordinate_grid(x.shape[1], x.shape[2], device=x.device)
+        return x + self.proj(grid.to(x.dtype))

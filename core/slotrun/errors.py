@@ -1,0 +1,23 @@
+"""Errors that are the user's mistake: the command line prints them on one line and exits with status 2."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class UserError(Exception):
+    """A mistake in a recipe, a path, a plugin or the data; its message is shown as-is, without a traceback."""
+
+
+class RecipeError(UserError):
+    """Every problem found in a recipe at once, each as 'message @ $.path.to.key'."""
+
+    def __init__(self, problems: Sequence[str], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(where + "; ".join(self.problems))
+
+
+class PluginError(UserError):
+    """A plugin that cannot be loaded or registers something invalid; the message names the plugin."""

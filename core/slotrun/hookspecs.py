@@ -1,0 +1,72 @@
+"""The only place slotrun's plugin hooks are declared. Each docstring is the contract.
+
+A plugin is a module listed in the entry-point group "slotrun" that implements some of these hooks with
+`@slotrun.hookimpl`. Every hook receives one argument, `register`, a callback:
+
+    register(name: str, config_cls: type) -> None
+
+`name` is what a recipe writes in `type = "..."` (lowercase letters, digits, underscores; unique within its
+kind across all plugins). `config_cls` is a frozen, kw_only attrs class whose every field has a default and
+whose validators reject bad values; its `build(inputs)` returns the component. Register each name once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pluggy
+
+PROJECT = "slotrun"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+Register = Callable[[str, type], None]
+
+
+@hookspec
+def register_encoders(register: Register) -> None:
+    """Register encoders: `config.build(ImageSpec)` returns an nn.Module mapping images [B, C, H, W] to
+    `slotrun.types.Features`, with attribute `out_dim` (token channels) and method `grid_for(h, w)`."""
+
+
+@hookspec
+def register_groupers(register: Register) -> None:
+    """Register groupers: `config.build(GrouperInputs)` returns an nn.Module mapping Features to
+    `slotrun.types.Slots`, with attributes `slot_dim` and `num_slots` and keyword-only call arguments
+    `num_slots` and `iters` that override the configured values for one call. It must be invariant to the
+    order of input tokens and equivariant to the order of slots."""
+
+
+@hookspec
+def register_decoders(register: Register) -> None:
+    """Register decoders: `config.build(DecoderInputs)` returns an nn.Module called as
+    `decoder(slots, features, batch)` -> `slotrun.types.DecoderOutput`. It computes its own loss terms (the
+    reconstruction or prediction loss) and lists every term name in its attribute `loss_terms`."""
+
+
+@hookspec
+def register_priors(register: Register) -> None:
+    """Register slot priors: `config.build(PriorInputs)` returns an nn.Module called as `prior(slots)` ->
+    {term: scalar tensor} (names listed in `loss_terms`), with `sample(n, num_slots, temperature)` returning
+    slot vectors [n, K, D] for generation."""
+
+
+@hookspec
+def register_regularisers(register: Register) -> None:
+    """Register slot regularisers: `config.build(RegulariserInputs)` returns an nn.Module called as
+    `reg(slots)` -> one scalar tensor, during training only. The loss term is named by the regulariser's key
+    in the recipe's [model.regularisers] table; its weight comes from the recipe's train.loss_weights."""
+
+
+@hookspec
+def register_datasets(register: Register) -> None:
+    """Register datasets: `config.build(None)` returns a `slotrun.protocols.DataSource`. Building must not
+    touch the disk; `prepare()` generates or checks the data and raises `slotrun.errors.UserError` naming the
+    path and how to obtain the data when it is missing."""
+
+
+@hookspec
+def register_metrics(register: Register) -> None:
+    """Register evaluation metrics: `config.build(MetricInputs)` returns a `slotrun.protocols.Metric` whose
+    `compute()` returns {metric name: float} over every batch passed to `update(batch, model_output)`."""

@@ -1,0 +1,155 @@
+"""Finding plugins (entry-point group "slotrun"), checking their hooks, and filling a Registry.
+
+Policy for a broken plugin (one that fails to import, implements an unknown hook, raises in a hook or
+registers something invalid): it is left out *whole*, a one-line failure naming the plugin and its
+distribution is recorded (the command line prints each on stderr), and everything else keeps working. A recipe
+that names a component of a broken plugin fails with the unknown-name error plus the plugin's failure.
+There is no module-global plugin manager: each call builds its own, so tests can build theirs.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from collections.abc import Sequence
+from types import ModuleType
+
+import attrs
+import pluggy
+
+from slotrun import hookspecs
+from slotrun.errors import PluginError, UserError
+from slotrun.registry import KINDS, Entry, Registry, unknown_message
+
+ENTRY_POINT_GROUP = "slotrun"
+
+
+@attrs.frozen(kw_only=True)
+class PluginInfo:
+    name: str
+    distribution: str
+    version: str
+
+
+@attrs.frozen(kw_only=True)
+class PluginFailure:
+    plugin: str
+    distribution: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"plugin '{self.plugin}' ({self.distribution}) is disabled: {self.message}"
+
+
+@attrs.define
+class Plugins:
+    """The loaded plugins: their registry, their versions and the ones that failed."""
+
+    registry: Registry
+    infos: dict[str, PluginInfo]
+    failures: list[PluginFailure]
+    manager: pluggy.PluginManager
+
+    def entry(self, kind: str, name: str) -> Entry:
+        """Look a component up; an unknown name lists the known ones and any plugin that failed to load."""
+        if (kind, name) in self.registry:
+            return self.registry.get(kind, name)
+        message = unknown_message(kind, name, self.registry.names(kind))
+        if self.failures:
+            names = ", ".join(f"'{f.plugin}'" for f in self.failures)
+            message += f" (note: plugin(s) {names} failed to load, see the warnings above)"
+        raise UserError(message)
+
+    def versions(self) -> dict[str, str]:
+        return {i.name: f"{i.distribution} {i.version}" for i in self.infos.values()}
+
+    def strict(self) -> Plugins:
+        """Raise the first failure as a PluginError (for callers that want broken plugins to be fatal)."""
+        if self.failures:
+            raise PluginError(str(self.failures[0]))
+        return self
+
+
+def _entry_points() -> list[md.EntryPoint]:
+    eps = md.entry_points(group=ENTRY_POINT_GROUP)
+    seen: dict[str, md.EntryPoint] = {}
+    for ep in eps:  # the same distribution installed twice on sys.path lists its entry points twice
+        seen.setdefault(ep.name, ep)
+    return sorted(seen.values(), key=lambda ep: ep.name)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def load_plugins(
+    *, entry_points: bool = True, extra: Sequence[tuple[str, ModuleType | object]] = ()
+) -> Plugins:
+    """Load every plugin of the entry-point group (unless `entry_points=False`) plus `extra` (name, object)
+    pairs registered in-process, and fill a fresh Registry."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    plugins = Plugins(registry=Registry(), infos={}, failures=[], manager=pm)
+
+    candidates: list[tuple[PluginInfo, object | None, md.EntryPoint | None]] = []
+    if entry_points:
+        for ep in _entry_points():
+            dist = ep.dist.name if ep.dist is not None else "unknown distribution"
+            version = ep.dist.version if ep.dist is not None else "0"
+            candidates.append((PluginInfo(name=ep.name, distribution=dist, version=version), None, ep))
+    for name, obj in extra:
+        module = getattr(obj, "__name__", type(obj).__name__)
+        candidates.append((PluginInfo(name=name, distribution=f"in-process {module}", version="0"), obj, None))
+
+    for info, obj, ep in candidates:
+        try:
+            if ep is not None:
+                obj = ep.load()
+            _register_plugin(plugins, info, obj)
+        except Exception as exc:  # noqa: BLE001 - any failure of a plugin disables that plugin only
+            if pm.is_registered(obj):
+                pm.unregister(obj)
+            plugins.failures.append(
+                PluginFailure(plugin=info.name, distribution=info.distribution, message=_describe(exc))
+            )
+    return plugins
+
+
+def _register_plugin(plugins: Plugins, info: PluginInfo, obj: object) -> None:
+    pm = plugins.manager
+    if info.name in plugins.infos:
+        raise PluginError(f"a plugin named '{info.name}' is already loaded")
+    pm.register(obj, name=info.name)  # raises if a hookimpl's signature does not match its spec
+    unknown = [
+        impl.function.__name__
+        for hook in pm.get_hookcallers(obj) or []
+        if not hook.has_spec()
+        for impl in hook.get_hookimpls()
+        if impl.plugin is obj
+    ]
+    if unknown:
+        raise PluginError(f"implements unknown hook(s) {', '.join(sorted(unknown))} (known: "
+                          + ", ".join(f"register_{k}" for k in KINDS) + ")")
+    staged: list[Entry] = []
+    for kind in KINDS:
+        hook = getattr(pm.hook, f"register_{kind}")
+        for impl in hook.get_hookimpls():
+            if impl.plugin is not obj:
+                continue
+
+            def register(name: str, config_cls: type, *, _kind: str = kind) -> None:
+                staged.append(
+                    Entry(kind=_kind, name=name, config_cls=config_cls, plugin=info.name,
+                          distribution=info.distribution, version=info.version)
+                )
+
+            impl.function(register=register)
+    # Commit all-or-nothing so a plugin that fails half-way leaves no entries behind.
+    trial = Registry()
+    for entry in plugins.registry:
+        trial.add(entry)
+    for entry in staged:
+        trial.add(entry)
+    plugins.registry = trial
+    plugins.infos[info.name] = info
+

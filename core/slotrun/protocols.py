@@ -1,0 +1,146 @@
+"""The shapes components must have: Protocols, not base classes, so a module need not import slotrun.
+
+A *component* is an attrs config class (frozen, kw_only, every field defaulted and validated) whose
+`build(inputs)` returns the working object. `inputs` carries what the component before it produces, so recipes
+never repeat a dimension. The config class is the only code that knows about recipes; the module it builds takes
+plain arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import attrs
+from torch import Tensor
+
+from slotrun.types import Batch, DecoderOutput, Features, ImageSpec, Slots
+
+_frozen = attrs.frozen(kw_only=True)
+
+
+# ---- what each kind's build() receives -------------------------------------------------------------------
+
+
+@_frozen
+class GrouperInputs:
+    """dim: channels of the encoder tokens; grid: their (h, w) layout."""
+
+    dim: int
+    grid: tuple[int, int]
+
+
+@_frozen
+class DecoderInputs:
+    """slot_dim: the grouper's slot size; image: the input images; feature_dim/grid: the encoder tokens';
+    target_dim: channels of Features.target when the encoder provides a reconstruction target, else None."""
+
+    slot_dim: int
+    image: ImageSpec
+    feature_dim: int
+    grid: tuple[int, int]
+    target_dim: int | None
+
+
+@_frozen
+class RegulariserInputs:
+    slot_dim: int
+    num_slots: int
+
+
+@_frozen
+class PriorInputs:
+    slot_dim: int
+    num_slots: int
+
+
+@_frozen
+class MetricInputs:
+    """The resolution (h, w) at which masks are compared; None = the dataset's image size."""
+
+    mask_size: tuple[int, int] | None = None
+
+
+# ---- what build() returns ----------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Component(Protocol):
+    """A recipe table's config class. `type` in the table picks it; every other key is one of its fields."""
+
+    def build(self, inputs: Any) -> Any: ...
+
+
+class Encoder(Protocol):
+    """nn.Module: images [B, C, H, W] -> Features. `out_dim` = token channels, `grid_for(h, w)` = token grid."""
+
+    out_dim: int
+
+    def grid_for(self, height: int, width: int) -> tuple[int, int]: ...
+
+    def __call__(self, images: Tensor) -> Features: ...
+
+
+class Grouper(Protocol):
+    """nn.Module: Features -> Slots. `num_slots` and `iters` may be changed per call (evaluation studies)."""
+
+    slot_dim: int
+    num_slots: int
+
+    def __call__(
+        self, features: Features, *, num_slots: int | None = None, iters: int | None = None
+    ) -> Slots: ...
+
+
+class Decoder(Protocol):
+    """nn.Module: (Slots, Features, images) -> DecoderOutput with named loss terms.
+
+    `loss_terms` names every key its DecoderOutput.losses can hold (recipes weight them by name).
+    """
+
+    loss_terms: ClassVar[tuple[str, ...]] | tuple[str, ...]
+
+    def __call__(self, slots: Slots, features: Features, batch: Batch) -> DecoderOutput: ...
+
+
+class Regulariser(Protocol):
+    """nn.Module: Slots -> one scalar loss, called in training only. Its term name is its key in the recipe's
+    [model.regularisers] table, so one regulariser type can be used twice under different names."""
+
+    def __call__(self, slots: Slots) -> Tensor: ...
+
+
+class Prior(Protocol):
+    """nn.Module over slots: named loss terms in training; `sample(n, num_slots, temperature)` -> [n, K, D]."""
+
+    loss_terms: tuple[str, ...]
+
+    def __call__(self, slots: Slots) -> Mapping[str, Tensor]: ...
+
+    def sample(self, n: int, num_slots: int, temperature: float = 1.0) -> Tensor: ...
+
+
+class DataSource(Protocol):
+    """A dataset ready to iterate. `image` says what the model will be fed."""
+
+    image: ImageSpec
+
+    def prepare(self) -> None:
+        """Make sure the data exists (generate, check paths). Raise slotrun.errors.UserError if it cannot."""
+
+    def num_samples(self, split: str) -> int: ...
+
+    def batches(
+        self, split: str, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
+        shuffle: bool = True, drop_last: bool = True,
+    ) -> Iterator[Batch]: ...
+
+
+class Metric(Protocol):
+    """Accumulates over a whole split: `update(batch, output)` per batch, `compute()` -> {name: value}."""
+
+    def reset(self) -> None: ...
+
+    def update(self, batch: Batch, output: Any) -> None: ...
+
+    def compute(self) -> Mapping[str, float]: ...

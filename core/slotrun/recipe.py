@@ -1,0 +1,212 @@
+"""Recipes: TOML files that pick and wire components. Loading resolves `extends`, applies KEY=VALUE
+overrides, then structures everything into the classes below, reporting every problem at once.
+
+Recipes are data only: nothing in them is imported, evaluated or executed.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+from attrs import field
+from attrs import validators as v
+
+from slotrun.errors import RecipeError, UserError
+from slotrun.structure import Spec, Structurer, component, unstructure
+
+_frozen = attrs.frozen(kw_only=True)
+
+
+# ---- the schema ------------------------------------------------------------------------------------------
+
+
+@_frozen
+class RunConfig:
+    """Where a run lives. Re-running a recipe with the same dir resumes from its newest checkpoint."""
+
+    dir: str = field(default="runs/default", validator=v.min_len(1))
+
+
+@_frozen
+class ModelConfig:
+    """encoder -> grouper -> decoder, plus an optional prior and named regularisers."""
+
+    encoder: Spec = component("encoders")
+    grouper: Spec = component("groupers")
+    decoder: Spec = component("decoders")
+    prior: Spec | None = component("priors", default=None)
+    regularisers: dict[str, Spec] = component("regularisers", shape="dict")
+
+
+@_frozen
+class TrainConfig:
+    """Optimisation. lr(t) = lr * min(1, t / warmup_steps) * 0.5 ** (t / decay_steps) for the
+    "slot_attention" schedule; "constant" keeps lr after warmup."""
+
+    steps: int = field(default=1000, validator=v.ge(1))
+    seed: int = field(default=0, validator=v.ge(0))
+    batch_size: int = field(default=32, validator=v.ge(1))
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = field(default=4e-4, validator=v.gt(0.0))
+    weight_decay: float = field(default=0.0, validator=v.ge(0.0))
+    adam_eps: float = field(default=1e-8, validator=v.gt(0.0))
+    schedule: Literal["constant", "slot_attention"] = "slot_attention"
+    warmup_steps: int = field(default=0, validator=v.ge(0))
+    decay_steps: int = field(default=100_000, validator=v.ge(1))
+    grad_clip: float | None = field(default=None, validator=v.optional(v.gt(0.0)))
+    grad_clip_norm: Literal["2", "inf"] = "2"
+    loss_weights: dict[str, float] = field(factory=dict)
+    log_every: int = field(default=50, validator=v.ge(1))
+    checkpoint_every: int = field(default=500, validator=v.ge(1))
+    keep_checkpoints: int = field(default=2, validator=v.ge(1))
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    max_nonfinite: int = field(default=20, validator=v.ge(1))
+
+
+@_frozen
+class EvalConfig:
+    """Held-out evaluation: every `every` steps (0 = only at the end) on up to `max_samples` of `split`."""
+
+    every: int = field(default=0, validator=v.ge(0))
+    split: Literal["train", "val", "test"] = "val"
+    batch_size: int = field(default=32, validator=v.ge(1))
+    max_samples: int | None = field(default=None, validator=v.optional(v.ge(1)))
+    mask_size: tuple[int, int] | None = None
+    metrics: tuple[Spec, ...] = component("metrics", shape="list")
+    pictures: int = field(default=8, validator=v.ge(0))
+
+
+@_frozen
+class Recipe:
+    run: RunConfig = field(factory=RunConfig)
+    data: Spec = component("datasets")
+    model: ModelConfig
+    train: TrainConfig = field(factory=TrainConfig)
+    eval: EvalConfig = field(factory=EvalConfig)
+
+
+# ---- reading files -----------------------------------------------------------------------------------------
+
+
+def _read_toml(path: Path, where: str | None = None) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"recipe not found: {path}" + (f" (extended by {where})" if where else "")) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read recipe {path}: {exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: invalid TOML: {exc}") from None
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge `over` into `base`. A table whose `type` changes is replaced, not merged: the keys of one
+    implementation mean nothing to another."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        old = out.get(key)
+        if (
+            isinstance(old, dict)
+            and isinstance(value, dict)
+            and not ("type" in value and value.get("type") != old.get("type"))
+        ):
+            out[key] = merge(old, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_data(path: str | Path, _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The recipe's plain data with `extends` resolved (paths relative to the file that names them)."""
+    path = Path(path)
+    resolved = path.resolve()
+    if resolved in _stack:
+        chain = " -> ".join(str(p) for p in (*_stack, resolved))
+        raise UserError(f"{path}: extends cycle: {chain}")
+    data = _read_toml(path, where=str(_stack[-1]) if _stack else None)
+    parents = data.pop("extends", [])
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise UserError(f"{path}: extends must be a path or an array of paths @ $.extends")
+    merged: dict[str, Any] = {}
+    for parent in parents:
+        merged = merge(merged, load_data(path.parent / parent, (*_stack, resolved)))
+    return merge(merged, data)
+
+
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_BARE = re.compile(r"^[A-Za-z_][A-Za-z0-9_./:-]*$")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=VALUE`: VALUE is a TOML literal; a bare word (no quotes, as shells leave it) is a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not _KEY.match(key):
+        raise UserError(f"bad override '{text}': expected KEY=VALUE with a dotted key, e.g. model.grouper.iters=5")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        if not _BARE.match(raw):
+            raise UserError(
+                f"bad override '{text}': '{raw}' is not a TOML value (quote strings: {key}='\"text\"')"
+            ) from None
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    out = copy.deepcopy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = out
+        for i, key in enumerate(keys[:-1]):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                where = "$." + ".".join(keys[: i + 1])
+                raise UserError(f"bad override '{text}': {where} is not a table")
+            node = child
+        last = keys[-1]
+        if last == "type" and node.get("type") != value:
+            node.clear()  # a new implementation starts from its own defaults (see merge)
+        node[last] = value
+    return out
+
+
+def structure(data: Mapping[str, Any], plugins: Any, source: str | None = None) -> Recipe:
+    """Structure plain data into a Recipe using the plugins' registry; RecipeError lists every problem."""
+
+    def lookup(kind: str, name: str) -> type:
+        return plugins.entry(kind, name).config_cls
+
+    structurer = Structurer(lookup, plugins.registry.names)
+    recipe = structurer.attrs_class(data, Recipe, "$")
+    if structurer.errors:
+        raise RecipeError(structurer.errors, source)
+    return recipe
+
+
+def load(path: str | Path, overrides: Sequence[str] = (), *, plugins: Any) -> Recipe:
+    """Read, extend, override and validate a recipe. Touches no data and builds nothing."""
+    data = apply_overrides(load_data(path), overrides)
+    return structure(data, plugins, source=str(path))
+
+
+def to_data(recipe: Recipe) -> dict[str, Any]:
+    return unstructure(recipe)
+
+
+def to_toml(recipe: Recipe) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(to_data(recipe))

@@ -1,0 +1,123 @@
+"""Typed values that flow between components.
+
+Every component speaks in these classes rather than dicts of magic keys, so a decoder written for one
+grouper works with any other. Shapes use B = batch, N = tokens, D = channels, K = slots, T = iterations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+import torch
+from torch import Tensor
+
+_frozen = attrs.frozen(kw_only=True)
+
+
+@_frozen
+class ImageSpec:
+    """What an encoder is built for: channels and the spatial size of its input images."""
+
+    channels: int
+    height: int
+    width: int
+
+
+@_frozen
+class Batch:
+    """One batch of data as every dataset yields it.
+
+    image: [B, C, H, W] float, in the value range the dataset config states.
+    mask: [B, H, W] int64 instance ids, 0 = background, 1..n = objects (occlusion applied), or None.
+    properties: [B, M, P] float per-object targets (set-prediction layout, last column = presence), or None.
+    """
+
+    image: Tensor
+    mask: Tensor | None = None
+    properties: Tensor | None = None
+
+    def to(self, device: torch.device | str) -> Batch:
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return Batch(image=move(self.image), mask=move(self.mask), properties=move(self.properties))
+
+    @property
+    def size(self) -> int:
+        return self.image.shape[0]
+
+
+@_frozen
+class Features:
+    """Encoder output.
+
+    tokens: [B, N, D] input set for the grouper.
+    grid: (h, w) with h * w == N, so masks over tokens can be reshaped to images.
+    target: [B, N, Dt] detached features a feature-reconstruction decoder rebuilds (DINOSAUR), or None.
+    """
+
+    tokens: Tensor
+    grid: tuple[int, int]
+    target: Tensor | None = None
+
+
+@_frozen
+class Gaussian:
+    """A diagonal Gaussian with mean and standard deviation of the same shape."""
+
+    mean: Tensor
+    std: Tensor
+
+    def sample(self, temperature: float = 1.0) -> Tensor:
+        return self.mean + self.std * temperature * torch.randn_like(self.std)
+
+
+@_frozen
+class Slots:
+    """Grouper output.
+
+    slots: [B, K, D].
+    attn: one [B, K, N] map per iteration, normalised over slots (each token's soft assignment).
+    mixture: per-slot Gaussian components ([B, K, D] mean and std) when the grouper is a mixture model (SMM,
+        GMM), else None.
+    posterior: q(z_k | x) when a posterior head made the slots stochastic (SRI), else None.
+    """
+
+    slots: Tensor
+    attn: tuple[Tensor, ...] = ()
+    mixture: Gaussian | None = None
+    posterior: Gaussian | None = None
+
+    @property
+    def num_slots(self) -> int:
+        return self.slots.shape[1]
+
+
+@_frozen
+class DecoderOutput:
+    """Decoder output.
+
+    losses: named scalar loss terms (the engine weights and sums them; names are the recipe's handles).
+    recon: the reconstruction of the decoder's target ([B, C, H, W] image or [B, N, Dt] features), or None.
+    masks: [B, K, h, w] per-slot masks summing to one over K, at the decoder's own resolution, or None.
+    per_slot: [B, K, C, H, W] each slot's own reconstruction (pictures), or None.
+    predictions: [B, K, P] per-slot property predictions (set prediction), or None.
+    """
+
+    losses: Mapping[str, Tensor]
+    recon: Tensor | None = None
+    masks: Tensor | None = None
+    per_slot: Tensor | None = None
+    predictions: Tensor | None = None
+
+
+@_frozen
+class ModelOutput:
+    """What a whole model returns for one batch: every intermediate plus the weighted total loss."""
+
+    features: Features
+    slots: Slots
+    decoded: DecoderOutput
+    losses: Mapping[str, Tensor]
+    loss: Tensor
