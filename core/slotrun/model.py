@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from slotrun.errors import RecipeError
 from slotrun.protocols import DecoderInputs, GrouperInputs, PriorInputs, RegulariserInputs
 from slotrun.recipe import ModelConfig
-from slotrun.types import Batch, ImageSpec, ModelOutput
+from slotrun.types import Batch, ImageSpec, ModelOutput, PropertyLayout
 
 
 class SlotModel(nn.Module):
@@ -65,7 +65,13 @@ class SlotModel(nn.Module):
         return ModelOutput(features=features, slots=slots, decoded=decoded, losses=losses, loss=total)
 
 
-def build_model(config: ModelConfig, image: ImageSpec, loss_weights: Mapping[str, float] | None = None) -> SlotModel:
+def build_model(
+    config: ModelConfig,
+    image: ImageSpec,
+    *,
+    properties: PropertyLayout | None = None,
+    loss_weights: Mapping[str, float] | None = None,
+) -> SlotModel:
     """Build every component from its config, passing shapes forward. Unknown loss-weight names are errors."""
     encoder = config.encoder.build(image)
     grid = tuple(encoder.grid_for(image.height, image.width))
@@ -73,7 +79,7 @@ def build_model(config: ModelConfig, image: ImageSpec, loss_weights: Mapping[str
     decoder = config.decoder.build(
         DecoderInputs(
             slot_dim=grouper.slot_dim, image=image, feature_dim=encoder.out_dim, grid=grid,
-            target_dim=getattr(encoder, "target_dim", None),
+            target_dim=getattr(encoder, "target_dim", None), properties=properties,
         )
     )
     prior = None

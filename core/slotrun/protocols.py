@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import attrs
 from torch import Tensor
 
-from slotrun.types import Batch, DecoderOutput, Features, ImageSpec, Slots
+from slotrun.types import Batch, DecoderOutput, Features, ImageSpec, PropertyLayout, Slots
 
 _frozen = attrs.frozen(kw_only=True)
 
@@ -33,13 +33,15 @@ class GrouperInputs:
 @_frozen
 class DecoderInputs:
     """slot_dim: the grouper's slot size; image: the input images; feature_dim/grid: the encoder tokens';
-    target_dim: channels of Features.target when the encoder provides a reconstruction target, else None."""
+    target_dim: channels of Features.target when the encoder provides a reconstruction target, else None;
+    properties: the dataset's per-object property layout (set prediction), else None."""
 
     slot_dim: int
     image: ImageSpec
     feature_dim: int
     grid: tuple[int, int]
-    target_dim: int | None
+    target_dim: int | None = None
+    properties: PropertyLayout | None = None
 
 
 @_frozen
@@ -56,9 +58,11 @@ class PriorInputs:
 
 @_frozen
 class MetricInputs:
-    """The resolution (h, w) at which masks are compared; None = the dataset's image size."""
+    """mask_size: the resolution (h, w) at which masks are compared, None = the dataset's image size;
+    properties: the dataset's per-object property layout, None when it has no properties."""
 
     mask_size: tuple[int, int] | None = None
+    properties: PropertyLayout | None = None
 
 
 # ---- what build() returns ----------------------------------------------------------------------------------
@@ -121,9 +125,11 @@ class Prior(Protocol):
 
 
 class DataSource(Protocol):
-    """A dataset ready to iterate. `image` says what the model will be fed."""
+    """A dataset ready to iterate. `image` says what the model will be fed; `properties` the layout of
+    Batch.properties (None when the dataset has none). Both are known without touching the disk."""
 
     image: ImageSpec
+    properties: PropertyLayout | None
 
     def prepare(self) -> None:
         """Make sure the data exists (generate, check paths). Raise slotrun.errors.UserError if it cannot."""

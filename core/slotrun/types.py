@@ -25,6 +25,29 @@ class ImageSpec:
 
 
 @_frozen
+class PropertyLayout:
+    """How the columns of a per-object property vector are laid out (CLEVR's set-prediction convention).
+
+    coords: (start, stop) columns of position coordinates, each in [0, 1].
+    coord_scale: multiply coordinate differences by this to get the dataset's own units (CLEVR: 6), used by
+        the AP distance thresholds.
+    continuous: named (start, stop) column ranges of other real-valued attributes in [0, 1] (e.g. size).
+    categorical: named (start, stop) one-hot column ranges (shape, colour, material, ...).
+    presence: the column index of the object-present flag (1 real object, 0 padding); the last column.
+    """
+
+    coords: tuple[int, int]
+    coord_scale: float = 1.0
+    continuous: tuple[tuple[str, int, int], ...] = ()
+    categorical: tuple[tuple[str, int, int], ...] = ()
+    presence: int = -1
+
+    @property
+    def dim(self) -> int:
+        return self.presence + 1
+
+
+@_frozen
 class Batch:
     """One batch of data as every dataset yields it.
 
