@@ -44,6 +44,10 @@ def component(kind: str, *, shape: str = "one", default: Any = attrs.NOTHING, **
     return attrs.field(default=default, metadata=metadata, **kwargs)
 
 
+def _a(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
 def describe(value: Any) -> str:
     text = repr(value)
     if len(text) > 40:
@@ -110,13 +114,13 @@ class Structurer:
         if isinstance(data, str):
             data = {"type": data}
         if not isinstance(data, Mapping):
-            self.error(f"expected a table with type = \"...\" naming a {SINGULAR[kind]}, got {describe(data)}",
+            self.error(f"expected a table with type = \"...\" naming {_a(SINGULAR[kind])}, got {describe(data)}",
                        path)
             return attrs.NOTHING
         name = data.get("type")
         if name is None:
             known = ", ".join(self.known(kind))
-            self.error(f"missing type = \"...\" naming a {SINGULAR[kind]} (known: {known})", f"{path}.type")
+            self.error(f"missing type = \"...\" naming {_a(SINGULAR[kind])} (known: {known})", f"{path}.type")
             return attrs.NOTHING
         if not isinstance(name, str):
             self.error(f"expected a string, got {describe(name)}", f"{path}.type")

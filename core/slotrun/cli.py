@@ -1,0 +1,176 @@
+"""The `slotrun` command line.
+
+Exit status: 0 success; 2 for a user's mistake (one line per problem on stderr, no traceback unless --debug);
+1 for a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from slotrun.errors import RecipeError, UserError
+
+COMMANDS = ("train", "check", "show", "plugins", "eval", "data")
+
+
+def _plugins(args: argparse.Namespace):  # noqa: ANN202 - Plugins, imported lazily for a fast --help
+    from slotrun.plugins import load_plugins
+
+    plugins = load_plugins()
+    for failure in plugins.failures:
+        print(f"slotrun: warning: {failure}", file=sys.stderr)
+    return plugins
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from slotrun import engine, recipe
+
+    plugins = _plugins(args)
+    loaded = recipe.load(args.recipe, args.overrides, plugins=plugins)
+    metrics = engine.train(loaded, plugins)
+    if metrics:
+        print(json.dumps(metrics, sort_keys=True))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from slotrun.api import build_from_recipe
+    from slotrun.recipe import load
+
+    plugins = _plugins(args)
+    recipes = [a for a in args.items if "=" not in a]
+    overrides = [a for a in args.items if "=" in a]
+    if not recipes:
+        raise UserError("check: name at least one recipe file")
+    bad = 0
+    for path in recipes:
+        try:
+            built = build_from_recipe(load(path, overrides, plugins=plugins), plugins)
+        except RecipeError as exc:
+            bad += 1
+            for problem in exc.problems:
+                print(f"FAIL {path}: {problem}")
+        except UserError as exc:
+            bad += 1
+            print(f"FAIL {path}: {exc}")
+        else:
+            params = sum(p.numel() for p in built.parameters())
+            print(f"ok   {path} ({params:,} parameters)")
+    return 2 if bad else 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from slotrun.recipe import load, to_toml
+
+    plugins = _plugins(args)
+    sys.stdout.write(to_toml(load(args.recipe, args.overrides, plugins=plugins)))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from slotrun.registry import SINGULAR
+
+    plugins = _plugins(args)
+    rows = [
+        {"kind": SINGULAR[e.kind], "name": e.name, "plugin": e.plugin, "version": e.version, "summary": e.summary}
+        for e in plugins.registry
+    ]
+    if args.json:
+        print(json.dumps([{k: r[k] for k in ("kind", "name", "plugin", "version")} for r in rows], indent=2))
+        return 0
+    widths = {k: max([len(k)] + [len(r[k]) for r in rows]) for k in ("kind", "name", "plugin", "version")}
+    header = "  ".join(k.upper().ljust(widths[k]) for k in widths) + "  SUMMARY"
+    print(header)
+    for r in rows:
+        print("  ".join(r[k].ljust(widths[k]) for k in widths) + "  " + r["summary"])
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from slotrun import engine
+
+    plugins = _plugins(args)
+    metrics = engine.evaluate_run(args.run_dir, args.overrides, plugins)
+    print(json.dumps(metrics, sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slotrun",
+        description="Train and evaluate object-centric (slot) models from TOML recipes.",
+        epilog="`slotrun RECIPE.toml [KEY=VALUE ...]` is short for `slotrun train RECIPE.toml ...`.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for every error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a recipe (resumes if the run dir has a checkpoint)")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("check", help="validate recipes fully (structure + build the model); trains nothing")
+    p.add_argument("items", nargs="+", metavar="RECIPE.toml|KEY=VALUE")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("show", help="print the fully resolved recipe as TOML")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("plugins", help="list plugins and the components each registers")
+    p.add_argument("--json", action="store_true", help="a JSON list: {kind, name, plugin, version}")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("eval", help="evaluate a run directory; prints metrics as JSON")
+    p.add_argument("run_dir")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_eval)
+
+    from slotrun.data.cli import add_commands
+
+    add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    # `slotrun RECIPE.toml ...` trains: insert the command when the first word is not one.
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is not None and first not in COMMANDS and (first.endswith(".toml") or Path(first).is_file()):
+        argv.insert(argv.index(first), "train")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except RecipeError as exc:
+        if debug:
+            traceback.print_exc()
+        where = f"{exc.source}: " if exc.source else ""
+        for problem in exc.problems:
+            print(f"slotrun: error: {where}{problem}", file=sys.stderr)
+        return 2
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"slotrun: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("slotrun: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - a crash: keep the traceback, exit 1
+        traceback.print_exc()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The spatial broadcast decoder: each slot decoded alone to RGB + alpha; alphas compete (softmax) per pixel."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slotrun.blocks import SoftPositionEmbed
+from slotrun.types import Batch, DecoderOutput, Features, Slots
+
+
+def upsampling_steps(image_size: tuple[int, int], broadcast_size: int) -> int:
+    """How many stride-2 layers take a broadcast_size grid to the image height; ValueError unless a power of 2."""
+    height, width = image_size
+    ratio, rem = divmod(height, broadcast_size)
+    if broadcast_size < 1 or rem or ratio & (ratio - 1):
+        raise ValueError(
+            f"broadcast_size {broadcast_size} cannot reach image height {height} by doubling: height / "
+            f"broadcast_size must be a power of 2 (e.g. 8 for 128 px), or set broadcast_size = {height} to "
+            "decode at full resolution with stride-1 layers"
+        )
+    if width % ratio:
+        raise ValueError(f"image width {width} is not divisible by the upsampling factor {ratio} "
+                         f"(= height {height} / broadcast_size {broadcast_size})")
+    return ratio.bit_length() - 1
+
+
+class SpatialBroadcastDecoder(nn.Module):
+    """Slots [B, K, D] -> per-slot RGB and alpha logits [B, K, C + 1, H, W].
+
+    Each slot is tiled to a (H, W) / 2^n grid plus its own soft position embedding, then n ConvTranspose 5x5
+    stride-2 layers double it up to the image size, one ConvTranspose 5x5 stride-1 follows and a ConvTranspose
+    3x3 gives C + 1 channels. With broadcast_size equal to the image height (n = 0, the multi-dSprites /
+    Tetrominoes variant) there are `full_res_layers` stride-1 5x5 layers instead. All slots decode as one
+    batch of B * K.
+    """
+
+    loss_terms = ("recon",)
+
+    def __init__(
+        self,
+        slot_dim: int,
+        *,
+        out_channels: int = 3,
+        image_size: tuple[int, int] = (128, 128),
+        broadcast_size: int = 8,
+        channels: int = 64,
+        full_res_layers: int = 3,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        n_up = upsampling_steps(image_size, broadcast_size)
+        self.image_size = tuple(image_size)
+        self.out_channels = out_channels
+        self.channels_last = channels_last
+        self.grid = (image_size[0] >> n_up, image_size[1] >> n_up)
+        self.pos = SoftPositionEmbed(slot_dim, *self.grid)
+        layers: list[nn.Module] = []
+        c = slot_dim
+        for _ in range(n_up):
+            layers += [nn.ConvTranspose2d(c, channels, 5, stride=2, padding=2, output_padding=1), nn.ReLU()]
+            c = channels
+        for _ in range(1 if n_up else full_res_layers):
+            layers += [nn.ConvTranspose2d(c, channels, 5, stride=1, padding=2), nn.ReLU()]
+            c = channels
+        layers.append(nn.ConvTranspose2d(c, out_channels + 1, 3, stride=1, padding=1))
+        self.net = nn.Sequential(*layers)
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    def decode(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """slots [B, K, D] -> (rgb [B, K, C, H, W], alpha logits [B, K, 1, H, W])."""
+        b, k, d = slots.shape
+        h, w = self.grid
+        x = slots.reshape(b * k, 1, 1, d).expand(b * k, h, w, d)  # a view until the embedding is added
+        x = self.pos(x).permute(0, 3, 1, 2)  # NCHW view of channels-last memory
+        if not self.channels_last:
+            x = x.contiguous()
+        out = self.net(x)
+        out = out.reshape(b, k, *out.shape[1:])
+        return out[:, :, : self.out_channels], out[:, :, self.out_channels :]
+
+    def forward(self, slots: Slots, features: Features, batch: Batch) -> DecoderOutput:
+        rgb, alpha = self.decode(slots.slots)
+        masks = alpha.float().softmax(dim=1)  # [B, K, 1, H, W]: slots compete for each pixel
+        per_slot = masks * rgb.float()
+        recon = per_slot.sum(dim=1)
+        loss = F.mse_loss(recon, batch.image.float())
+        return DecoderOutput(
+            losses={"recon": loss}, recon=recon, masks=masks.squeeze(2), per_slot=per_slot,
+        )

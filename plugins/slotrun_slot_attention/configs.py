@@ -1,0 +1,141 @@
+"""Recipe-facing config classes: the only code here that knows about slotrun recipes.
+
+Each is a frozen attrs class whose every field has a default and a validator; `build(inputs)` returns the
+plain nn.Module, taking input dimensions from the component before it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+from attrs import field
+from attrs import validators as v
+
+from slotrun.errors import UserError
+from slotrun.protocols import DecoderInputs, GrouperInputs
+from slotrun.types import ImageSpec
+
+from slotrun_slot_attention.broadcast_decoder import SpatialBroadcastDecoder
+from slotrun_slot_attention.encoder import SlotAttentionEncoder
+from slotrun_slot_attention.grouper import SlotAttention
+from slotrun_slot_attention.set_prediction import SetPredictionDecoder
+from slotrun_slot_attention.slot_init import INIT_KINDS
+from slotrun_slot_attention.soft_kmeans import SoftKMeans
+
+_frozen = attrs.frozen(kw_only=True)
+_int = v.instance_of(int)
+_num = v.instance_of((int, float))
+_bool = v.instance_of(bool)
+_positive = [_int, v.ge(1)]
+_optional_positive = v.optional([_int, v.ge(1)])
+_init = v.in_(INIT_KINDS)
+
+
+def _odd(_instance: object, attribute: attrs.Attribute, value: int) -> None:
+    if value % 2 != 1:
+        raise ValueError(f"'{attribute.name}' must be odd ('same' padding), got {value}")
+
+
+@_frozen
+class SlotAttentionEncoderConfig:
+    """Slot Attention's CNN: convs, soft position embedding, LayerNorm, MLP (paper settings as fields)."""
+
+    channels: int = field(default=64, validator=_positive)
+    kernel_size: int = field(default=5, validator=[_int, v.ge(1), _odd])
+    strides: tuple[int, ...] = field(
+        default=(1, 1, 1, 1), converter=tuple,
+        validator=[v.min_len(1), v.deep_iterable(member_validator=[_int, v.ge(1)])],
+    )
+    out_dim: int | None = field(default=None, validator=_optional_positive)  # None: = channels
+    mlp_hidden: int | None = field(default=None, validator=_optional_positive)  # None: = channels
+    layer_norm_eps: float = field(default=1e-3, validator=[_num, v.gt(0.0)])
+    channels_last: bool = field(default=False, validator=_bool)
+
+    def build(self, inputs: ImageSpec) -> SlotAttentionEncoder:
+        return SlotAttentionEncoder(
+            inputs.channels, (inputs.height, inputs.width), channels=self.channels,
+            kernel_size=self.kernel_size, strides=self.strides, out_dim=self.out_dim,
+            mlp_hidden=self.mlp_hidden, layer_norm_eps=self.layer_norm_eps, channels_last=self.channels_last,
+        )
+
+
+@_frozen
+class SlotAttentionConfig:
+    """Slot Attention grouper: Gaussian (or learned) init, attention over slots, GRU + residual MLP."""
+
+    num_slots: int = field(default=7, validator=_positive)
+    iters: int = field(default=3, validator=_positive)  # slot updates; implicit_diff keeps this count
+    slot_dim: int = field(default=64, validator=_positive)
+    mlp_hidden: int = field(default=128, validator=_positive)
+    init: Literal["gaussian", "learned"] = field(default="gaussian", validator=_init)
+    implicit_diff: bool = field(default=False, validator=_bool)  # backprop through the last update only
+    eps: float = field(default=1e-8, validator=[_num, v.gt(0.0)])
+    layer_norm_eps: float = field(default=1e-3, validator=[_num, v.gt(0.0)])
+
+    def build(self, inputs: GrouperInputs) -> SlotAttention:
+        return SlotAttention(
+            inputs.dim, slot_dim=self.slot_dim, num_slots=self.num_slots, iters=self.iters,
+            mlp_hidden=self.mlp_hidden, init=self.init, implicit_diff=self.implicit_diff, eps=self.eps,
+            layer_norm_eps=self.layer_norm_eps,
+        )
+
+
+@_frozen
+class SoftKMeansConfig:
+    """Soft k-means ablation of Slot Attention: no GRU, LayerNorms or projections (slot_dim = token dim)."""
+
+    num_slots: int = field(default=7, validator=_positive)
+    iters: int = field(default=3, validator=_positive)
+    init: Literal["gaussian", "learned"] = field(default="gaussian", validator=_init)
+    implicit_diff: bool = field(default=False, validator=_bool)
+    eps: float = field(default=1e-8, validator=[_num, v.gt(0.0)])
+
+    def build(self, inputs: GrouperInputs) -> SoftKMeans:
+        return SoftKMeans(
+            inputs.dim, num_slots=self.num_slots, iters=self.iters, init=self.init,
+            implicit_diff=self.implicit_diff, eps=self.eps,
+        )
+
+
+@_frozen
+class SpatialBroadcastConfig:
+    """Spatial broadcast decoder: per-slot RGB + alpha, softmax masks over slots, MSE loss "recon"."""
+
+    broadcast_size: int = field(default=8, validator=_positive)  # = image height: full-resolution variant
+    channels: int = field(default=64, validator=_positive)
+    full_res_layers: int = field(default=3, validator=_positive)  # 5x5 stride-1 layers when not upsampling
+    channels_last: bool = field(default=False, validator=_bool)
+
+    def build(self, inputs: DecoderInputs) -> SpatialBroadcastDecoder:
+        image = inputs.image
+        try:
+            return SpatialBroadcastDecoder(
+                inputs.slot_dim, out_channels=image.channels, image_size=(image.height, image.width),
+                broadcast_size=self.broadcast_size, channels=self.channels,
+                full_res_layers=self.full_res_layers, channels_last=self.channels_last,
+            )
+        except ValueError as exc:  # a recipe mistake (size mismatch with the data), not a crash
+            raise UserError(f"spatial_broadcast decoder: {exc}") from exc
+
+
+@_frozen
+class SetPredictionConfig:
+    """Set property prediction head: per-slot MLP + sigmoid, Hungarian-matched Huber loss "set"."""
+
+    hidden: int = field(default=64, validator=_positive)
+    coord_scale: float = field(default=1.0, validator=[_num, v.gt(0.0)])  # weight of coordinates in the loss
+    huber_delta: float = field(default=1.0, validator=[_num, v.gt(0.0)])
+
+    def build(self, inputs: DecoderInputs) -> SetPredictionDecoder:
+        layout = inputs.properties
+        if layout is None:
+            raise UserError(
+                "set_prediction decoder needs a dataset with per-object properties (a set-prediction "
+                "layout), but this dataset has none; use an object-discovery decoder such as "
+                "spatial_broadcast, or a dataset with properties"
+            )
+        return SetPredictionDecoder(
+            inputs.slot_dim, layout.dim, hidden=self.hidden, coord_columns=tuple(layout.coords),
+            coord_scale=self.coord_scale, huber_delta=self.huber_delta,
+        )

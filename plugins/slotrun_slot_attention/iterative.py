@@ -1,0 +1,91 @@
+"""The loop shared by iterative groupers: slot init, per-call overrides and first-order implicit differentiation.
+
+Iteration-count semantics (the same with and without implicit differentiation): `iters` is the number of slot
+updates, and `Slots.attn` holds one map per update. With `implicit_diff` (Chang et al., 2022) the first
+`iters - 1` updates run without a graph and the last one starts from their detached result, so forward values
+equal the plain `iters`-update run for the same initial slots, while gradients flow through the last update
+only and memory does not grow with `iters`. The initial slots then get no gradient (they sit before the
+detach). Chang et al.'s "T iterations, then one more on the detached slots" is `iters = T + 1` here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from slotrun.types import Features, Slots
+
+from slotrun_slot_attention.slot_init import SlotInit
+
+
+class IterativeGrouper(nn.Module):
+    """Subclasses set `self.init` (a SlotInit) and implement `prepare(tokens)` (work done once per forward)
+    and `step(slots, prepared) -> (slots, attn [B, K, N] normalised over slots)`."""
+
+    init: SlotInit
+
+    def __init__(self, *, slot_dim: int, num_slots: int, iters: int, implicit_diff: bool) -> None:
+        super().__init__()
+        if num_slots < 1 or iters < 1:
+            raise ValueError(f"num_slots and iters must be >= 1, got {num_slots} and {iters}")
+        self.slot_dim = slot_dim
+        self.num_slots = num_slots
+        self.iters = iters
+        self.implicit_diff = implicit_diff
+
+    def prepare(self, tokens: Tensor) -> Any:
+        raise NotImplementedError
+
+    def step(self, slots: Tensor, prepared: Any) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        features: Features,
+        *,
+        num_slots: int | None = None,
+        iters: int | None = None,
+        slots_init: Tensor | None = None,
+    ) -> Slots:
+        """`num_slots` / `iters` override the configured values for this call; `slots_init` [B, K, D] replaces
+        the sampled initial slots (deterministic studies and tests; K is then taken from it)."""
+        tokens = features.tokens
+        iters = self.iters if iters is None else iters
+        if iters < 1:
+            raise ValueError(f"iters must be >= 1, got {iters}")
+        if slots_init is None:
+            k = self.num_slots if num_slots is None else num_slots
+            if k < 1:
+                raise ValueError(f"num_slots must be >= 1, got {k}")
+            slots = self.init(tokens.shape[0], k)
+        else:
+            slots = slots_init
+        prepared = self.prepare(tokens)
+        attns: list[Tensor] = []
+        if self.implicit_diff:
+            with torch.no_grad():
+                for _ in range(iters - 1):
+                    slots, attn = self.step(slots, prepared)
+                    attns.append(attn)
+            slots = slots.detach()
+            slots, attn = self.step(slots, prepared)
+            attns.append(attn)
+        else:
+            for _ in range(iters):
+                slots, attn = self.step(slots, prepared)
+                attns.append(attn)
+        return Slots(slots=slots, attn=tuple(attns))
+
+
+def assign(keys: Tensor, queries: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Slot Attention's assignment in float32 (kept out of autocast: softmax over few slots is precision
+    sensitive). keys [B, N, D], queries [B, K, D] (already scaled). Returns (attn [B, K, N] softmaxed over
+    slots, weights [B, K, N] = attn + eps renormalised over inputs, for the weighted mean)."""
+    with torch.autocast(device_type=keys.device.type, enabled=False):
+        logits = torch.einsum("bkd,bnd->bkn", queries.float(), keys.float())
+        attn = logits.softmax(dim=1)  # over slots: slots compete for each input
+        weights = attn + eps  # after the softmax, so no slot's weights are all zero
+        weights = weights / weights.sum(dim=2, keepdim=True)
+    return attn, weights

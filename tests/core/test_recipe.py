@@ -1,0 +1,239 @@
+"""Recipes: extends, overrides, strict structuring, every error at once with its key path."""
+
+import tomllib
+
+import attrs
+import pytest
+from attrs import field
+from attrs import validators as v
+
+import slotrun
+from slotrun import recipe as R
+from slotrun.errors import RecipeError, UserError
+from slotrun.plugins import load_plugins
+
+
+@attrs.frozen(kw_only=True)
+class GrouperCfg:
+    """A grouper."""
+
+    num_slots: int = field(default=7, validator=v.ge(1))
+    iters: int = field(default=3, validator=v.ge(1))
+    eps: float = 1e-8
+    sizes: tuple[int, ...] = (1, 2)
+
+    def build(self, inputs):
+        return None
+
+
+@attrs.frozen(kw_only=True)
+class OtherGrouperCfg:
+    """Another grouper with different keys."""
+
+    temperature: float = 1.0
+
+    def build(self, inputs):
+        return None
+
+
+@attrs.frozen(kw_only=True)
+class PlainCfg:
+    """Anything."""
+
+    channels: int = field(default=64, validator=v.ge(1))
+    name: str = "x"
+
+    def build(self, inputs):
+        return None
+
+
+class Fake:
+    @staticmethod
+    @slotrun.hookimpl
+    def register_groupers(register):
+        register("slot_attention", GrouperCfg)
+        register("other", OtherGrouperCfg)
+
+    @staticmethod
+    @slotrun.hookimpl
+    def register_encoders(register):
+        register("cnn", PlainCfg)
+
+    @staticmethod
+    @slotrun.hookimpl
+    def register_decoders(register):
+        register("broadcast", PlainCfg)
+
+    @staticmethod
+    @slotrun.hookimpl
+    def register_datasets(register):
+        register("shapes", PlainCfg)
+
+    @staticmethod
+    @slotrun.hookimpl
+    def register_metrics(register):
+        register("fg_ari", PlainCfg)
+        register("mse", PlainCfg)
+
+    @staticmethod
+    @slotrun.hookimpl
+    def register_regularisers(register):
+        register("cov", PlainCfg)
+
+
+BASE = """
+[run]
+dir = "runs/x"
+[data]
+type = "shapes"
+[model.encoder]
+type = "cnn"
+channels = 32
+[model.grouper]
+type = "slot_attention"
+num_slots = 5
+[model.decoder]
+type = "broadcast"
+[train]
+steps = 10
+[eval]
+metrics = ["fg_ari", {type = "mse", channels = 3}]
+"""
+
+
+@pytest.fixture
+def fake():
+    return load_plugins(entry_points=False, extra=[("fake", Fake)])
+
+
+@pytest.fixture
+def base(tmp_path):
+    path = tmp_path / "base.toml"
+    path.write_text(BASE)
+    return path
+
+
+def problems(path, fake, overrides=()):
+    with pytest.raises(RecipeError) as exc:
+        R.load(path, overrides, plugins=fake)
+    return exc.value.problems
+
+
+def test_structures_into_configs(base, fake):
+    recipe = R.load(base, plugins=fake)
+    assert recipe.model.grouper.type == "slot_attention"
+    assert recipe.model.grouper.config == GrouperCfg(num_slots=5)
+    assert recipe.model.encoder.config.channels == 32
+    assert [m.type for m in recipe.eval.metrics] == ["fg_ari", "mse"]
+    assert recipe.eval.metrics[1].config.channels == 3
+    assert recipe.train.steps == 10 and recipe.train.seed == 0
+    assert recipe.model.prior is None and recipe.model.regularisers == {}
+
+
+def test_four_kinds_of_mistakes_reported_together(tmp_path, fake):
+    path = tmp_path / "bad.toml"
+    path.write_text(BASE.replace("num_slots = 5", "num_slot = 5\niters = 0")
+                    .replace("channels = 32", 'channels = "32"').replace('type = "broadcast"', 'type = "brodcast"'))
+    found = problems(path, fake)
+    assert found == [
+        "expected an integer, got string '32' @ $.model.encoder.channels",
+        "unknown key 'num_slot'; did you mean 'num_slots'? @ $.model.grouper.num_slot",
+        "'iters' must be >= 1: 0 @ $.model.grouper.iters",
+        "unknown decoder 'brodcast'; did you mean 'broadcast'? (known: broadcast) @ $.model.decoder.type",
+    ]
+
+
+def test_validator_and_type_errors_in_the_same_table(tmp_path, fake):
+    path = tmp_path / "bad.toml"
+    path.write_text(BASE.replace("num_slots = 5", "num_slots = 0\niters = 1.5\nsizes = [1, 'a']"))
+    assert problems(path, fake) == [
+        "expected an integer, got float 1.5 @ $.model.grouper.iters",
+        "expected an integer, got string 'a' @ $.model.grouper.sizes[1]",
+        "'num_slots' must be >= 1: 0 @ $.model.grouper.num_slots",
+    ]
+
+
+def test_missing_tables_and_type(tmp_path, fake):
+    path = tmp_path / "bad.toml"
+    path.write_text('[model.encoder]\nchannels = 3\n[model.grouper]\ntype = 7\n')
+    assert problems(path, fake) == [
+        "required key missing @ $.data",
+        'missing type = "..." naming an encoder (known: cnn) @ $.model.encoder.type',
+        "expected a string, got integer 7 @ $.model.grouper.type",
+        "required key missing @ $.model.decoder",
+    ]
+
+
+def test_extends_merges_and_type_change_replaces(tmp_path, base, fake):
+    child = tmp_path / "sub" / "child.toml"
+    child.parent.mkdir()
+    child.write_text('extends = "../base.toml"\n[model.grouper]\ntype = "other"\ntemperature = 0.5\n'
+                     "[model.encoder]\nname = 'y'\n")
+    recipe = R.load(child, plugins=fake)
+    assert recipe.model.grouper.config == OtherGrouperCfg(temperature=0.5)  # num_slots did not leak across types
+    assert recipe.model.encoder.config == PlainCfg(channels=32, name="y")  # same type: merged
+
+
+def test_extends_cycle_and_missing_parent(tmp_path, fake):
+    (tmp_path / "a.toml").write_text('extends = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
+    with pytest.raises(UserError, match="extends cycle"):
+        R.load(tmp_path / "a.toml", plugins=fake)
+    (tmp_path / "c.toml").write_text('extends = "nope.toml"\n')
+    with pytest.raises(UserError, match=r"recipe not found: .*nope.toml \(extended by .*c.toml\)"):
+        R.load(tmp_path / "c.toml", plugins=fake)
+
+
+def test_broken_toml_names_file_and_line(tmp_path, fake):
+    path = tmp_path / "broken.toml"
+    path.write_text("[model\n")
+    with pytest.raises(UserError, match=r"broken.toml: invalid TOML: .*line 1"):
+        R.load(path, plugins=fake)
+
+
+@pytest.mark.parametrize(
+    ("text", "keys", "value"),
+    [
+        ("model.grouper.iters=5", ["model", "grouper", "iters"], 5),
+        ("train.lr=1e-4", ["train", "lr"], 1e-4),
+        ('data.type="shapes"', ["data", "type"], "shapes"),
+        ("data.type=shapes", ["data", "type"], "shapes"),  # shells strip quotes
+        ("eval.mask_size=[64, 64]", ["eval", "mask_size"], [64, 64]),
+        ("train.grad_clip_norm=inf", ["train", "grad_clip_norm"], float("inf")),
+        ("run.dir=runs/a-b.c", ["run", "dir"], "runs/a-b.c"),
+        ("x.flag=true", ["x", "flag"], True),
+    ],
+)
+def test_override_values(text, keys, value):
+    assert R.parse_override(text) == (keys, value)
+
+
+@pytest.mark.parametrize("text", ["noequals", "=3", "a..b=3", "a.b=[1,", "a.b=two words"])
+def test_bad_overrides(text):
+    with pytest.raises(UserError, match="bad override"):
+        R.parse_override(text)
+
+
+def test_overrides_apply_and_are_validated(base, fake):
+    recipe = R.load(base, ["model.grouper.iters=5", "train.steps=3", "model.grouper.type=other"], plugins=fake)
+    assert recipe.model.grouper.config == OtherGrouperCfg() and recipe.train.steps == 3
+    assert problems(base, fake, ["model.grouper.iters=-1"]) == ["'iters' must be >= 1: -1 @ $.model.grouper.iters"]
+    with pytest.raises(UserError, match=r"\$.train.steps is not a table"):
+        R.load(base, ["train.steps.x=1"], plugins=fake)
+
+
+def test_show_round_trips(base, fake, tmp_path):
+    recipe = R.load(base, ["model.regularisers.decorrelate.type=cov"], plugins=fake)
+    text = R.to_toml(recipe)
+    tomllib.loads(text)
+    again = tmp_path / "again.toml"
+    again.write_text(text)
+    assert R.load(again, plugins=fake) == recipe
+    assert recipe.model.regularisers["decorrelate"].type == "cov"
+
+
+def test_recipes_cannot_run_code(tmp_path, fake):
+    path = tmp_path / "evil.toml"
+    path.write_text(BASE.replace('type = "cnn"', 'type = "os.system"\n_target_ = "os.system"'))
+    found = problems(path, fake)
+    assert any("unknown encoder 'os.system'" in p for p in found)
