@@ -143,10 +143,18 @@ class DataSource(Protocol):
 
 
 class Metric(Protocol):
-    """Accumulates over a whole split: `update(batch, output)` per batch, `compute()` -> {name: value}."""
+    """Accumulates over a whole split: `update(batch, output)` per batch, `compute()` -> {name: value}.
+
+    Across processes: `state()` is a float64 [N, C] tensor of independent rows (one per image or prediction);
+    gather every rank's rows, `load_state(torch.cat(rows))` on one object, then `compute()`.
+    """
 
     def reset(self) -> None: ...
 
     def update(self, batch: Batch, output: Any) -> None: ...
 
     def compute(self) -> Mapping[str, float]: ...
+
+    def state(self) -> Tensor: ...
+
+    def load_state(self, state: Tensor) -> None: ...

@@ -196,7 +196,7 @@ def check_dataset(config: Any) -> None:
 
 def check_metric(config: Any) -> None:
     metric = config.build(MetricInputs(properties=LAYOUT))
-    for name in ("reset", "update", "compute"):
+    for name in ("reset", "update", "compute", "state", "load_state"):
         _expect(callable(getattr(metric, name, None)), f"a Metric needs a {name}() method")
 
 

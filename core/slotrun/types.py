@@ -54,17 +54,22 @@ class Batch:
     image: [B, C, H, W] float, in the value range the dataset config states.
     mask: [B, H, W] int64 instance ids, 0 = background, 1..n = objects (occlusion applied), or None.
     properties: [B, M, P] float per-object targets (set-prediction layout, last column = presence), or None.
+    categories: [B, M] int64 category of instance id m + 1 (COCO; class-merged mBO), or None.
+    ignore: [B, H, W] bool pixels that metrics leave out (COCO: pixels covered by several instances), or None.
     """
 
     image: Tensor
     mask: Tensor | None = None
     properties: Tensor | None = None
+    categories: Tensor | None = None
+    ignore: Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         def move(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device, non_blocking=True)
 
-        return Batch(image=move(self.image), mask=move(self.mask), properties=move(self.properties))
+        return Batch(image=move(self.image), mask=move(self.mask), properties=move(self.properties),
+                     categories=move(self.categories), ignore=move(self.ignore))
 
     @property
     def size(self) -> int:
