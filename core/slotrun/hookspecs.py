@@ -27,7 +27,9 @@ Register = Callable[[str, type], None]
 @hookspec
 def register_encoders(register: Register) -> None:
     """Register encoders: `config.build(ImageSpec)` returns an nn.Module mapping images [B, C, H, W] to
-    `slotrun.types.Features`, with attribute `out_dim` (token channels) and method `grid_for(h, w)`."""
+    `slotrun.types.Features`, with attribute `out_dim` (token channels) and method `grid_for(h, w)`. An encoder
+    that trains its own objective (SLATE's dVAE) returns it in Features.losses and names every term in its
+    attribute `loss_terms`; one whose Features carry a reconstruction target states its width in `target_dim`."""
 
 
 @hookspec

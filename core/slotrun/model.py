@@ -40,7 +40,7 @@ class SlotModel(nn.Module):
 
     @property
     def loss_terms(self) -> tuple[str, ...]:
-        terms = list(self.decoder.loss_terms)
+        terms = list(getattr(self.encoder, "loss_terms", ())) + list(self.decoder.loss_terms)
         if self.prior is not None:
             terms += list(self.prior.loss_terms)
         return tuple(terms + list(self.regularisers.keys()))
@@ -51,7 +51,7 @@ class SlotModel(nn.Module):
         features = self.encoder(batch.image)
         slots = self.grouper(features, num_slots=num_slots, iters=iters)
         decoded = self.decoder(slots, features, batch)
-        losses: dict[str, Tensor] = dict(decoded.losses)
+        losses: dict[str, Tensor] = {**features.losses, **decoded.losses}
         if self.prior is not None:
             losses.update(self.prior(slots))
         if self.training:  # regularisers shape training only; evaluation reports the task losses

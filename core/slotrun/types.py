@@ -82,12 +82,15 @@ class Features:
 
     tokens: [B, N, D] input set for the grouper.
     grid: (h, w) with h * w == N, so masks over tokens can be reshaped to images.
-    target: [B, N, Dt] detached features a feature-reconstruction decoder rebuilds (DINOSAUR), or None.
+    target: [B, N, Dt] detached features a feature-reconstruction decoder rebuilds (DINOSAUR: ViT features;
+        SLATE: one-hot dVAE tokens), or None.
+    losses: named scalar loss terms of an encoder that trains its own objective (SLATE's dVAE), else empty.
     """
 
     tokens: Tensor
     grid: tuple[int, int]
     target: Tensor | None = None
+    losses: Mapping[str, Tensor] = attrs.field(factory=dict)
 
 
 @_frozen
