@@ -52,6 +52,7 @@ class TrainConfig:
     steps: int = field(default=1000, validator=v.ge(1))
     seed: int = field(default=0, validator=v.ge(0))
     batch_size: int = field(default=32, validator=v.ge(1))
+    grad_accum: int = field(default=1, validator=v.ge(1))  # each optimiser step sees batch_size * grad_accum images
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = field(default=4e-4, validator=v.gt(0.0))
     weight_decay: float = field(default=0.0, validator=v.ge(0.0))
@@ -144,7 +145,7 @@ def load_data(path: str | Path, _stack: tuple[Path, ...] = ()) -> dict[str, Any]
 
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_BARE = re.compile(r"^[A-Za-z_][A-Za-z0-9_./:-]*$")
+_BARE = re.compile(r"^[A-Za-z_/.~][A-Za-z0-9_./:~-]*$")  # words and paths, as shells pass them unquoted
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

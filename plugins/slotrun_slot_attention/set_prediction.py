@@ -22,9 +22,15 @@ def pairwise_huber(target: Tensor, pred: Tensor, delta: float = 1.0) -> Tensor:
 
 def hungarian_huber_loss(pred: Tensor, target: Tensor, delta: float = 1.0) -> Tensor:
     """Match targets [B, M, P] to predictions [B, K, P] one-to-one per image (scipy linear_sum_assignment on
-    the pairwise Huber cost), sum the matched costs, average over the batch. When M > K only K targets can
-    be matched; the paper pads targets with zero rows (presence 0) to M = K."""
-    cost = pairwise_huber(target.float(), pred.float(), delta)  # [B, M, K]
+    the pairwise Huber cost), sum the matched costs, average over the batch.
+
+    Fewer targets than slots (M < K) are padded with zero rows (absent objects), as the paper pads to K, so
+    every slot is matched and unmatched slots learn presence 0. With M > K only the K cheapest-to-match
+    targets count."""
+    target = target.float()
+    if target.shape[1] < pred.shape[1]:
+        target = F.pad(target, (0, 0, 0, pred.shape[1] - target.shape[1]))
+    cost = pairwise_huber(target, pred.float(), delta)  # [B, M, K]
     rows, cols = [], []
     for c in cost.detach().cpu().numpy():
         r, k = linear_sum_assignment(c)

@@ -44,7 +44,8 @@ class SlotInit(nn.Module):
             if k != self.num_slots:
                 raise ValueError(
                     f"this grouper uses learned per-slot initial slots (init = \"learned\"), trained for "
-                    f"{self.num_slots} slots; it cannot run with num_slots={k} (use init = \"gaussian\" to vary it)"
+                    f"{self.num_slots} slots; it cannot run with num_slots={k} "
+                    "(use init = \"gaussian\" to vary the slot count)"
                 )
             return self.slots.expand(batch_size, -1, -1)
         noise = torch.randn(batch_size, k, self.dim, device=self.mu.device, dtype=self.mu.dtype)

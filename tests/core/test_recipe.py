@@ -201,6 +201,8 @@ def test_broken_toml_names_file_and_line(tmp_path, fake):
         ("eval.mask_size=[64, 64]", ["eval", "mask_size"], [64, 64]),
         ("train.grad_clip_norm=inf", ["train", "grad_clip_norm"], float("inf")),
         ("run.dir=runs/a-b.c", ["run", "dir"], "runs/a-b.c"),
+        ("data.cache_dir=/tmp/x", ["data", "cache_dir"], "/tmp/x"),
+        ("data.cache_dir=~/data", ["data", "cache_dir"], "~/data"),
         ("x.flag=true", ["x", "flag"], True),
     ],
 )
