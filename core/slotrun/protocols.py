@@ -130,6 +130,7 @@ class DataSource(Protocol):
 
     image: ImageSpec
     properties: PropertyLayout | None
+    skipped: int  # corrupt samples skipped so far (logged by the engine)
 
     def prepare(self) -> None:
         """Make sure the data exists (generate, check paths). Raise slotrun.errors.UserError if it cannot."""
@@ -138,8 +139,10 @@ class DataSource(Protocol):
 
     def batches(
         self, split: str, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
-        shuffle: bool = True, drop_last: bool = True,
-    ) -> Iterator[Batch]: ...
+        shuffle: bool = True, drop_last: bool = True, skip: int = 0,
+    ) -> Iterator[Batch]:
+        """One epoch of batches, fully determined by (split, seed, epoch, rank, world_size); `skip=k` starts at
+        batch k of that same stream (exact resume) without decoding the batches before it."""
 
 
 class Metric(Protocol):

@@ -1,0 +1,319 @@
+"""Turning shards into a deterministic stream of slotrun.types.Batch: shuffle, split by rank and worker, decode.
+
+The stream of one epoch is a pure function of (index, split, seed, epoch, batch_size, rank, world_size, shuffle,
+drop_last), computed *before* any byte is read:
+
+  1. shard order: the split's shards, permuted by rng(seed, epoch, split) when shuffling;
+  2. positions: the samples of those shards concatenated (position = place in that sequential read);
+  3. order: the positions through a shuffle buffer of `buffer` samples driven by the same rng (a sample leaves
+     at most `buffer` places after it is read, so sequential reading with bounded memory realises it);
+  4. rank split: order[rank::world_size] (after trimming to a multiple of world_size when drop_last, so every
+     rank yields the same number of batches and DDP never waits on a rank that ran out);
+  5. batches: consecutive chunks of batch_size (the last partial one dropped when drop_last); with DataLoader
+     workers, batch j is built by worker (j - skip) % workers and torch's round-robin hands them back in order, so the
+     stream does not depend on the number of workers;
+  6. flips: per position, from the same rng, so a sample's flip does not depend on who decodes it.
+
+Resume contract: `batches(..., seed=S, epoch=E, skip=k)` yields exactly the batches k, k+1, ... of the
+uninterrupted (S, E) stream, without decoding the first k (shards holding none of the remaining samples are
+not even opened). Equivalent, but slower: itertools.islice(batches(..., seed=S, epoch=E), k, None).
+
+Damage never stops a run: a sample that fails to decode, or is missing from a truncated or absent shard, is
+skipped with a warning naming the shard, and counted in `skipped`. When drop_last (training) the batch keeps
+its size by repeating good samples of the same batch (static shapes, equal step counts across ranks); otherwise
+it shrinks. A training batch with no good sample at all borrows one already read for a later batch (or the
+last good one); elsewhere such a batch is left out.
+
+Why plain tarfile rather than webdataset's pipeline: the order above must be computed without reading, and the
+rank/worker split must follow explicit (rank, world_size, seed, epoch) rather than webdataset's environment
+detection and unseeded shuffles; tarfile also lets unwanted members be skipped by seeking. The files are
+ordinary webdataset shards (webdataset.WebDataset reads them; a test checks).
+"""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from slotrun.data.shards import Index, Sample, decode_sample, iter_shard
+from slotrun.types import Batch
+
+log = logging.getLogger("slotrun.data")
+
+VALUE_RANGES = ("minus_one_one", "zero_one", "imagenet")
+_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
+_IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+_SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+
+
+def _rng(seed: int, epoch: int, split: str) -> np.random.Generator:
+    code = _SPLIT_CODES.get(split, sum(split.encode()) + 3)  # any other split name still gets its own stream
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(epoch, code)))
+
+
+def buffer_shuffle(n: int, buffer: int, rng: np.random.Generator) -> np.ndarray:
+    """The output order of a shuffle buffer of size `buffer` fed 0..n-1: fill, then emit a random element for
+    every element read, then the shuffled rest. Element p is emitted at least at place p - buffer + 1."""
+    out = np.empty(n, np.int64)
+    if buffer <= 1 or n <= 1:
+        out[:] = np.arange(n)
+        return out
+    picks = rng.integers(0, 1 << 62, size=n)
+    buf: list[int] = []
+    k = 0
+    for p in range(n):
+        buf.append(p)
+        if len(buf) >= buffer:
+            i = int(picks[p] % len(buf))
+            out[k] = buf[i]
+            buf[i] = buf[-1]
+            buf.pop()
+            k += 1
+    rest = np.array(buf, np.int64)[rng.permutation(len(buf))]
+    out[k:] = rest
+    return out
+
+
+class EpochPlan:
+    """Which samples each batch of one rank's epoch holds (see the module docstring)."""
+
+    def __init__(self, index: Index, split: str, batch_size: int, *, seed: int, epoch: int, rank: int,
+                 world_size: int, shuffle: bool, drop_last: bool, buffer: int, flip: bool) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        info = index.split(split)
+        rng = _rng(seed, epoch, split)
+        shards = list(info.shards)
+        order_of_shards = rng.permutation(len(shards)) if shuffle else np.arange(len(shards))
+        self.shards = [shards[i] for i in order_of_shards]
+        counts = np.array([s.count for s in self.shards], np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(counts)])  # position of each shard's first sample
+        n = int(self.starts[-1])
+        order = buffer_shuffle(n, buffer, rng) if shuffle else np.arange(n, dtype=np.int64)
+        self.flips = (rng.random(n) < 0.5) if flip else np.zeros(n, bool)
+        if drop_last:
+            order = order[: (n // world_size) * world_size]
+        mine = order[rank::world_size]
+        full = len(mine) // batch_size
+        nb = full if drop_last else -(-len(mine) // batch_size)
+        self.batches = [mine[j * batch_size:(j + 1) * batch_size] for j in range(nb)]
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def num_batches(index: Index, split: str, batch_size: int, *, world_size: int = 1, drop_last: bool = True) -> int:
+    """Batches per epoch for one rank (the same on every rank when drop_last)."""
+    n = index.split(split).count
+    if drop_last:
+        return (n // world_size) // batch_size
+    return -(-len(range(0, n, world_size)) // batch_size)
+
+
+class _Stream(IterableDataset):
+    """One epoch of one rank; in a DataLoader worker it builds only the batches j with j % workers == id.
+
+    Yields (image, mask, properties, skipped, messages) so the counts and warnings reach the main process.
+    """
+
+    def __init__(self, index: Index, plan: EpochPlan, *, skip: int, value_range: str,
+                 load_properties: bool, flip_coords: bool) -> None:
+        self.index, self.plan, self.skip = index, plan, skip
+        self.value_range, self.load_properties, self.flip_coords = value_range, load_properties, flip_coords
+        self.last_good: tuple[Sample, bool] | None = None
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        return self.run(worker, workers)
+
+    def run(self, worker: int, workers: int) -> Iterator[tuple]:
+        plan = self.plan
+        # counted from the first batch handed out, so torch's round-robin starts with worker 0's batch
+        todo = [j for j in range(self.skip, len(plan.batches)) if (j - self.skip) % workers == worker]
+        if not todo:
+            return
+        batch_of: dict[int, int] = {}
+        remaining: dict[int, int] = {}
+        for j in todo:
+            for p in plan.batches[j]:
+                batch_of[int(p)] = j
+            remaining[j] = len(plan.batches[j])
+        pending: dict[int, tuple[str, str, dict[str, bytes]] | None] = {}  # position -> raw sample or None
+        notes: list[str] = []  # shard-level warnings, handed out with the next batch
+        cursor = 0  # next entry of `todo` to hand out
+
+        def resolve(pos: int) -> None:
+            remaining[batch_of[pos]] -= 1
+
+        def ready(finished: bool = False) -> Iterator[tuple]:
+            nonlocal cursor
+            while cursor < len(todo) and remaining[todo[cursor]] == 0:
+                j = todo[cursor]
+                if (plan.drop_last and not finished and self.last_good is None
+                        and all(pending[int(p)] is None for p in plan.batches[j])
+                        and all(raw is None for raw in pending.values())):
+                    return  # wholly lost and nothing to borrow yet: wait for the next sample read
+                cursor += 1
+                yield self.assemble(plan.batches[j], pending, notes)
+
+        positions = np.array(sorted(batch_of), np.int64)
+        for s, shard in enumerate(plan.shards):
+            start = int(plan.starts[s])
+            lo, hi = np.searchsorted(positions, [start, start + shard.count])
+            wanted = {int(p) - start for p in positions[lo:hi]}
+            if not wanted:
+                continue
+            got: set[int] = set()
+            error = None
+            try:
+                for ordinal, key, members in iter_shard(self.index.root / shard.name, wanted.__contains__):
+                    if ordinal >= shard.count:
+                        break  # more samples than the index lists: ignore the extras
+                    got.add(ordinal)
+                    pending[start + ordinal] = (shard.name, key, members)
+                    resolve(start + ordinal)
+                    yield from ready()
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            lost = sorted(wanted - got)
+            if lost:  # one warning per damaged shard, not one per lost sample
+                why = error or "the shard has fewer samples than its index: truncated?"
+                notes.append(f"shard {shard.name}: {len(lost)} sample(s) missing ({why})")
+            for o in lost:
+                pending[start + o] = None
+                resolve(start + o)
+            yield from ready()
+        yield from ready(finished=True)
+
+    def assemble(self, positions: np.ndarray, pending: dict, notes: list[str]) -> tuple:
+        samples: list[tuple[Sample, bool]] = []
+        messages, notes[:] = list(notes), []
+        skipped = 0
+        h, w = self.index.height, self.index.width
+        for p in map(int, positions):
+            raw = pending.pop(p)
+            if raw is None:  # missing from its shard (already warned about per shard)
+                skipped += 1
+                continue
+            shard, key, members = raw
+            try:
+                sample = decode_sample(key, members)
+                if sample.image.shape != (h, w, 3):
+                    raise ValueError(f"image is {sample.image.shape}, index says ({h}, {w}, 3)")
+                if self.index.has_mask and sample.mask is None:
+                    raise ValueError("mask missing")
+                if self.load_properties and sample.properties is None:
+                    raise ValueError("properties missing")
+            except Exception as exc:  # noqa: BLE001 - any damage to one sample skips that sample only
+                messages.append(f"shard {shard}: skipped corrupt sample {key} ({type(exc).__name__}: {exc})")
+                skipped += 1
+                continue
+            samples.append((sample, bool(self.plan.flips[p])))
+        if self.plan.drop_last:
+            if samples:
+                self.last_good = samples[-1]
+            else:  # a wholly lost batch: borrow a sample so every rank keeps the same number of steps
+                samples = self.borrow(pending)
+        if not samples:
+            # a placeholder, not an omission: DataLoader's round-robin order must stay intact
+            return None, None, None, skipped, messages
+        if self.plan.drop_last and len(samples) < len(positions):
+            samples = [samples[i % len(samples)] for i in range(len(positions))]  # keep the batch size
+        return (*self.collate(samples), skipped, messages)
+
+    def borrow(self, pending: dict) -> list[tuple[Sample, bool]]:
+        """One good sample for a wholly lost batch: the earliest already-read one waiting for a later batch
+        (the same whether or not the stream was resumed), else the last good one handed out."""
+        for p in sorted(k for k, raw in pending.items() if raw is not None):
+            try:
+                return [(decode_sample(pending[p][1], pending[p][2]), bool(self.plan.flips[p]))]
+            except Exception:  # noqa: BLE001 - damaged too; its own batch will count it
+                continue
+        return [] if self.last_good is None else [self.last_good]
+
+    def collate(self, samples: list[tuple[Sample, bool]]) -> tuple:
+        images = np.stack([s.image[:, ::-1] if f else s.image for s, f in samples])
+        image = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+        if self.value_range == "minus_one_one":
+            image = image.div_(127.5).sub_(1.0)
+        elif self.value_range == "zero_one":
+            image = image.div_(255.0)
+        else:
+            mean = torch.from_numpy(_IMAGENET_MEAN).view(1, 3, 1, 1)
+            std = torch.from_numpy(_IMAGENET_STD).view(1, 3, 1, 1)
+            image = image.sub_(mean).div_(std)
+        mask = None
+        if self.index.has_mask:
+            masks = np.stack([s.mask[:, ::-1] if f else s.mask for s, f in samples]).astype(np.int64)
+            mask = torch.from_numpy(masks)
+        props = None
+        if self.load_properties:
+            rows = self.index.max_objects or max(s.properties.shape[0] for s, _ in samples)
+            dim = samples[0][0].properties.shape[1]
+            out = np.zeros((len(samples), rows, dim), np.float32)
+            for i, (s, f) in enumerate(samples):
+                p = np.asarray(s.properties, np.float32)[:rows]
+                out[i, : len(p)] = p
+                if f and self.flip_coords and self.index.properties is not None:
+                    x = self.index.properties.coords[0]
+                    present = out[i, :, self.index.properties.presence] > 0
+                    out[i, present, x] = 1.0 - out[i, present, x]  # padded rows stay all zero
+            props = torch.from_numpy(out)
+        return image, mask, props
+
+
+class ShardLoader:
+    """Batches from one dataset directory. `skipped` counts damaged or missing samples over its lifetime."""
+
+    def __init__(self, index: Index, *, value_range: str = "minus_one_one", flip: bool = False,
+                 shuffle_buffer: int = 1000, workers: int = 0, load_properties: bool = True) -> None:
+        if value_range not in VALUE_RANGES:
+            raise ValueError(f"value_range must be one of {', '.join(VALUE_RANGES)}, got {value_range!r}")
+        self.index = index
+        self.value_range, self.flip, self.buffer, self.workers = value_range, flip, shuffle_buffer, workers
+        self.load_properties = load_properties and index.properties is not None
+        self.skipped = 0
+        self.messages: list[str] = []  # the most recent warnings (capped), for logs and tests
+
+    def num_samples(self, split: str) -> int:
+        return self.index.split(split).count
+
+    def plan(self, split: str, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
+             shuffle: bool = True, drop_last: bool = True) -> EpochPlan:
+        return EpochPlan(self.index, split, batch_size, seed=seed, epoch=epoch, rank=rank,
+                         world_size=world_size, shuffle=shuffle, drop_last=drop_last, buffer=self.buffer,
+                         flip=self.flip and split == "train")  # flipping is a training augmentation
+
+    def batches(self, split: str, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
+                shuffle: bool = True, drop_last: bool = True, skip: int = 0) -> Iterator[Batch]:
+        plan = self.plan(split, batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
+                         shuffle=shuffle, drop_last=drop_last)
+        stream = _Stream(self.index, plan, skip=max(0, skip), value_range=self.value_range,
+                         load_properties=self.load_properties,
+                         flip_coords=bool(self.index.meta.get("image_coords", False)))
+        if self.workers > 0 and len(plan) - skip > 1:
+            items: Iterator[tuple] = iter(DataLoader(stream, batch_size=None, num_workers=self.workers))
+        else:
+            items = stream.run(0, 1)
+        for image, mask, props, skipped, messages in items:
+            self._count(skipped, messages)
+            if image is not None:
+                yield Batch(image=image, mask=mask, properties=props)
+
+    def _count(self, skipped: int, messages: Sequence[str]) -> None:
+        self.skipped += int(skipped)
+        for m in messages:
+            log.warning("%s (%d skipped so far)", m, self.skipped)
+        self.messages = (self.messages + list(messages))[-100:]
+
+
+__all__ = ["VALUE_RANGES", "EpochPlan", "ShardLoader", "buffer_shuffle", "num_batches"]
