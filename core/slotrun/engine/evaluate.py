@@ -1,0 +1,214 @@
+"""Evaluation: over a held-out split during training and afterwards from a run directory alone.
+
+Metrics are computed over the whole split (or eval.max_samples of it), each rank on its own shard, then
+merged across ranks: a metric with `state()` / `load_state(rows)` (slotrun's built-ins) has its per-image
+records gathered, so the value is exact; a metric without them is averaged weighted by each rank's image
+count. Evaluation draws from its own seeded random generators (rng.isolated), so the same checkpoint gives
+the same numbers every time and evaluating never changes training.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from slotrun.engine import checkpoint, rng
+from slotrun.engine.distributed import gather, make_accelerator
+from slotrun.engine.pictures import render
+from slotrun.engine.run_dir import RunDir, step_name, write_atomic, json_safe
+from slotrun.errors import UserError
+from slotrun.model import SlotModel, build_model
+from slotrun.protocols import DataSource, MetricInputs
+from slotrun.recipe import EvalConfig, Recipe, load
+from slotrun.types import Batch
+
+EVAL_SALT = 0x5E7A1  # evaluation's random stream: derived from train.seed, apart from training's
+
+
+def build_metrics(recipe: Recipe, source: DataSource) -> list[Any]:
+    inputs = MetricInputs(mask_size=recipe.eval.mask_size, properties=source.properties)
+    return [spec.build(inputs) for spec in recipe.eval.metrics]
+
+
+def _limited(batches: Iterator[Batch], limit: int | None) -> Iterator[Batch]:
+    """At most `limit` images, cutting the last batch short."""
+    seen = 0
+    for batch in batches:
+        if limit is not None and seen + batch.size > limit:
+            keep = limit - seen
+            if keep <= 0:
+                return
+            batch = Batch(image=batch.image[:keep],
+                          mask=None if batch.mask is None else batch.mask[:keep],
+                          properties=None if batch.properties is None else batch.properties[:keep])
+        seen += batch.size
+        yield batch
+        if limit is not None and seen >= limit:
+            return
+
+
+def _rank_share(total: int | None, rank: int, world_size: int) -> int | None:
+    if total is None:
+        return None
+    return total // world_size + (1 if rank < total % world_size else 0)
+
+
+def evaluate(model: nn.Module, source: DataSource, metrics: Sequence[Any], config: EvalConfig,
+             accelerator: Accelerator, seed: int) -> dict[str, float]:
+    """The recipe's metrics plus the mean loss and loss terms ("loss", "loss_<term>") over the eval split.
+    `model` is the unwrapped module (no DDP: ranks may see different numbers of batches)."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    was_training = model.training
+    model.eval()
+    for metric in metrics:
+        metric.reset()
+    sums: dict[str, float] = {}
+    count = 0
+    batch_size = max(1, -(-config.batch_size // world))
+    batches = source.batches(config.split, batch_size, seed=seed, epoch=0, rank=rank, world_size=world,
+                             shuffle=False, drop_last=False)
+    try:
+        with torch.no_grad(), rng.isolated(rng.derived_seed(seed, EVAL_SALT, rank), accelerator.device), \
+                accelerator.autocast():
+            for batch in _limited(batches, _rank_share(config.max_samples, rank, world)):
+                batch = batch.to(accelerator.device)
+                output = model(batch)
+                n = batch.size
+                count += n
+                sums["loss"] = sums.get("loss", 0.0) + float(output.loss) * n
+                for name, value in output.losses.items():
+                    sums[f"loss_{name}"] = sums.get(f"loss_{name}", 0.0) + float(value) * n
+                for metric in metrics:
+                    metric.update(batch, output)
+    finally:
+        model.train(was_training)
+    return _merge(accelerator, metrics, sums, count)
+
+
+def _merge(accelerator: Accelerator, metrics: Sequence[Any], sums: dict[str, float], count: int
+           ) -> dict[str, float]:
+    everyone = gather(accelerator, (sums, count))
+    total = sum(c for _, c in everyone)
+    if total == 0:
+        raise UserError("the evaluation split yielded no images (check eval.split and the dataset)")
+    names = sorted({k for s, _ in everyone for k in s})
+    results = {k: sum(s.get(k, 0.0) for s, _ in everyone) / total for k in names}
+    for metric in metrics:
+        if hasattr(metric, "state") and hasattr(metric, "load_state"):
+            rows = gather(accelerator, metric.state())
+            if len(rows) > 1:
+                metric.load_state(torch.cat([torch.as_tensor(r) for r in rows]))
+            values = dict(metric.compute())
+        else:
+            per_rank = gather(accelerator, (dict(metric.compute()) if count else {}, count))
+            keys = sorted({k for v, _ in per_rank for k in v})
+            values = {k: sum(v[k] * c for v, c in per_rank if k in v) / max(1, sum(c for v, c in per_rank if k in v))
+                      for k in keys}
+        results.update({k: float(v) for k, v in values.items()})
+    return results
+
+
+def save_pictures(model: nn.Module, source: DataSource, config: EvalConfig, accelerator: Accelerator,
+                  seed: int, path: Path) -> Any:
+    """The PNG grid for the first eval.pictures images of the eval split (main process only). Returns the
+    PIL image (for TensorBoard), or None when eval.pictures is 0."""
+    if config.pictures == 0:
+        return None
+    batch = next(iter(source.batches(config.split, config.pictures, seed=seed, epoch=0, shuffle=False,
+                                     drop_last=False)), None)
+    if batch is None:
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), rng.isolated(rng.derived_seed(seed, EVAL_SALT), accelerator.device), \
+                accelerator.autocast():
+            output = model(batch.to(accelerator.device))
+    finally:
+        model.train(was_training)
+    image = render(batch, output, config.pictures)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(path)
+    return image
+
+
+def format_metrics(step: int, metrics: dict[str, float]) -> str:
+    shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+    return f"eval step {step}: {shown}"
+
+
+# ---- from a run directory ----------------------------------------------------------------------------------
+
+
+def _run_recipe(run_dir: Path, overrides: Sequence[str], plugins: Any) -> Recipe:
+    path = run_dir / "recipe.toml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a slotrun run directory (no recipe.toml)")
+    return load(path, overrides, plugins=plugins)
+
+
+def _newest(run_dir: Path) -> Path:
+    found = checkpoint.latest(run_dir / "checkpoints")
+    if found is None:
+        raise UserError(f"{run_dir} has no complete checkpoint yet (train first, or wait for the first "
+                        "checkpoint)")
+    return found
+
+
+def _model_from(recipe: Recipe, source: DataSource, ckpt: Path) -> SlotModel:
+    rng.seed_all(recipe.train.seed)  # components that draw at build time build the same way as in training
+    model = build_model(recipe.model, source.image, properties=source.properties,
+                        loss_weights=recipe.train.loss_weights)
+    checkpoint.load_weights(model, ckpt)
+    return model
+
+
+def load_model(run_dir: str | Path, *, plugins: Any = None) -> tuple[Recipe, SlotModel]:
+    """The run's resolved recipe and its newest complete checkpoint's model, in eval mode, on the CPU."""
+    if plugins is None:
+        from slotrun.plugins import load_plugins
+
+        plugins = load_plugins()
+    run_dir = Path(run_dir)
+    recipe = _run_recipe(run_dir, (), plugins)
+    source = recipe.data.build(None)
+    model = _model_from(recipe, source, _newest(run_dir))
+    return recipe, model.eval()
+
+
+def evaluate_run(run_dir: str | Path, overrides: Sequence[str], plugins: Any) -> dict[str, float]:
+    """Evaluate the newest complete checkpoint of `run_dir` on the recipe's eval split, with KEY=VALUE
+    overrides applied to the stored recipe (e.g. model.grouper.iters=5, eval.split=test). Writes
+    RUN_DIR/eval.json, appends to RUN_DIR/eval.jsonl, and returns the metrics."""
+    run_dir = Path(run_dir)
+    overrides = list(overrides)
+    recipe = _run_recipe(run_dir, overrides, plugins)
+    ckpt = _newest(run_dir)
+    step = checkpoint.step_of(ckpt)
+    accelerator = make_accelerator(recipe.train.mixed_precision)
+    source = recipe.data.build(None)
+    with accelerator.main_process_first():
+        source.prepare()
+    model = _model_from(recipe, source, ckpt).to(accelerator.device)
+    metrics = build_metrics(recipe, source)
+    results = evaluate(model, source, metrics, recipe.eval, accelerator, recipe.train.seed)
+    if accelerator.is_main_process:
+        run = RunDir(run_dir)
+        record = {"step": step, "checkpoint": ckpt.name, "overrides": overrides, **results}
+        write_atomic(run.eval_json, json.dumps(json_safe(record), indent=2) + "\n")
+        run.append(run.evals, record)
+        try:
+            save_pictures(model, source, recipe.eval, accelerator, recipe.train.seed,
+                          run.pictures / f"eval_{step_name(step)}.png")
+        except OSError as exc:  # pictures are a convenience: never fail an evaluation for them
+            print(f"slotrun: warning: could not write pictures: {exc}", file=sys.stderr)
+    return results

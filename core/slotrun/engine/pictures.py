@@ -1,0 +1,144 @@
+"""What the slots learned, as one PNG grid: a row per image,
+
+    input | reconstruction | masks (argmax colours) | slot 1 .. slot K (each slot's part) | attn 1 .. attn K
+
+Columns the model cannot provide are left out: a set-prediction decoder has no reconstruction, a
+feature-reconstruction decoder (DINOSAUR) reconstructs features, not pixels, so its slot columns show the
+input under each mask. Attention maps appear when the grouper's tokens form the encoder's grid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+from slotrun.types import Batch, ModelOutput
+
+PAD = 2
+MIN_TILE, MAX_TILE = 64, 128
+# Distinct colours for slots (Tableau 20, then repeats).
+PALETTE = np.array([
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+    (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
+    (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (199, 199, 199),
+    (219, 219, 141), (158, 218, 229),
+], dtype=np.uint8)
+
+
+def display_range(images: Tensor) -> tuple[float, float]:
+    """The value range to map to [0, 255]: [-1, 1] data when any value is below zero, else [0, 1]; wider
+    data (unnormalised pixels) uses its own min and max."""
+    lo, hi = float(images.min()), float(images.max())
+    if lo >= -1e-3 and hi <= 1 + 1e-3:
+        return 0.0, 1.0
+    if lo >= -1 - 1e-3 and hi <= 1 + 1e-3:
+        return -1.0, 1.0
+    return lo, max(hi, lo + 1e-6)
+
+
+def _to_unit(images: Tensor, value_range: tuple[float, float]) -> Tensor:
+    lo, hi = value_range
+    return ((images.float() - lo) / (hi - lo)).clamp(0, 1)
+
+
+def _resize(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """[B, K, h, w] -> [B, K, H, W] (nearest: masks stay crisp)."""
+    if tuple(maps.shape[-2:]) == size:
+        return maps.float()
+    return F.interpolate(maps.float(), size=size, mode="nearest")
+
+
+def _rgb(images: Tensor) -> Tensor:
+    """[..., C, H, W] in [0, 1] -> [..., 3, H, W]."""
+    c = images.shape[-3]
+    if c == 3:
+        return images
+    if c == 1:
+        return images.expand(*images.shape[:-3], 3, *images.shape[-2:])
+    return images[..., :3, :, :] if c > 3 else torch.cat([images, images[..., :1, :, :].expand(
+        *images.shape[:-3], 3 - c, *images.shape[-2:])], dim=-3)
+
+
+def columns(batch: Batch, output: ModelOutput, count: int) -> tuple[list[str], list[Tensor]]:
+    """Column titles and [n, 3, H, W] tensors in [0, 1], for the first `count` images."""
+    n = min(count, batch.size)
+    image = batch.image[:n].detach().cpu()
+    size = (image.shape[-2], image.shape[-1])
+    value_range = display_range(image)
+    shown = _rgb(_to_unit(image, value_range))
+    titles, cols = ["input"], [shown]
+    decoded = output.decoded
+
+    recon = decoded.recon
+    pixel_recon = recon is not None and recon.dim() == 4 and tuple(recon.shape[-2:]) == size
+    if pixel_recon:
+        titles.append("recon")
+        cols.append(_rgb(_to_unit(recon[:n].detach().cpu(), value_range)))
+
+    masks = None
+    if decoded.masks is not None:
+        masks = _resize(decoded.masks[:n].detach().cpu(), size)
+    attn_maps = _attention(output, n, size)
+    if masks is None and attn_maps is not None:
+        masks = attn_maps  # set prediction: the attention is the only segmentation there is
+
+    if masks is not None:
+        k = masks.shape[1]
+        labels = masks.argmax(dim=1).numpy()
+        colours = PALETTE[labels % len(PALETTE)]  # [n, H, W, 3]
+        titles.append("masks")
+        cols.append(torch.from_numpy(colours).permute(0, 3, 1, 2).float() / 255)
+        if decoded.per_slot is not None and decoded.per_slot.dim() == 5:
+            parts = _rgb(_to_unit(decoded.per_slot[:n].detach().cpu(), value_range))
+        elif pixel_recon:
+            parts = cols[1].unsqueeze(1).expand(-1, k, -1, -1, -1)
+        else:
+            parts = shown.unsqueeze(1).expand(-1, k, -1, -1, -1)
+        weight = masks.unsqueeze(2)
+        slots = parts * weight + (1 - weight)  # each slot's part on white
+        for i in range(k):
+            titles.append(f"slot {i + 1}")
+            cols.append(slots[:, i])
+
+    if attn_maps is not None:
+        for i in range(attn_maps.shape[1]):
+            titles.append(f"attn {i + 1}")
+            cols.append(attn_maps[:, i : i + 1].expand(-1, 3, -1, -1))
+    return titles, cols
+
+
+def _attention(output: ModelOutput, n: int, size: tuple[int, int]) -> Tensor | None:
+    """The last iteration's [n, K, H, W] attention, when its tokens lie on the encoder's grid."""
+    attn = output.slots.attn
+    if not attn:
+        return None
+    last = attn[-1][:n].detach().cpu().float()
+    h, w = output.features.grid
+    if last.dim() != 3 or last.shape[-1] != h * w:
+        return None
+    maps = last.reshape(last.shape[0], last.shape[1], h, w)
+    return _resize(maps, size).clamp(0, 1)
+
+
+def render(batch: Batch, output: ModelOutput, count: int) -> Image.Image:
+    """The grid as a PIL image, with a header row of column titles."""
+    titles, cols = columns(batch, output, count)
+    n, _, height, width = cols[0].shape
+    scale = max(1, -(-MIN_TILE // height)) if height < MIN_TILE else 1
+    th, tw = height * scale, width * scale
+    if th > MAX_TILE:
+        th, tw = MAX_TILE, max(1, round(width * MAX_TILE / height))
+    header = 14
+    grid = Image.new("RGB", (len(cols) * (tw + PAD) + PAD, header + n * (th + PAD) + PAD), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for c, (title, col) in enumerate(zip(titles, cols, strict=True)):
+        x = PAD + c * (tw + PAD)
+        draw.text((x + 2, 1), title, fill=(0, 0, 0))
+        pixels = (col.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        for r in range(n):
+            tile = Image.fromarray(pixels[r]).resize((tw, th), Image.NEAREST)
+            grid.paste(tile, (x, header + PAD + r * (th + PAD)))
+    return grid
