@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import traceback
 from collections.abc import Sequence
@@ -147,6 +148,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.insert(argv.index(first), "train")
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Library modules log through "slotrun.*" (data generation, skipped samples); show them as plain lines.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("slotrun: %(message)s"))
+    root = logging.getLogger("slotrun")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.propagate = False
     if args.command is None:
         parser.print_help()
         return 2

@@ -97,3 +97,15 @@ def build_model(
         raise RecipeError([f"unknown loss term '{u}' (this model's terms: {terms}) @ $.train.loss_weights.{u}"
                            for u in unknown])
     return model
+
+
+def load_pretrained(model: nn.Module) -> None:
+    """Call `load_pretrained()` on every submodule that has one (weights from outside: a download or a file).
+
+    Building a model never touches the network or the disk (so `slotrun check` is safe offline); the engine calls
+    this once before training a fresh run.
+    """
+    for module in model.modules():
+        load = getattr(module, "load_pretrained", None)
+        if module is not model and callable(load):
+            load()

@@ -50,7 +50,7 @@ class SlotAttentionEncoderConfig:
     out_dim: int | None = field(default=None, validator=_optional_positive)  # None: = channels
     mlp_hidden: int | None = field(default=None, validator=_optional_positive)  # None: = channels
     layer_norm_eps: float = field(default=1e-3, validator=[_num, v.gt(0.0)])
-    channels_last: bool = field(default=False, validator=_bool)
+    channels_last: bool = field(default=True, validator=_bool)  # measured ~2x faster on CPU (mkldnn)
 
     def build(self, inputs: ImageSpec) -> SlotAttentionEncoder:
         return SlotAttentionEncoder(
@@ -105,7 +105,7 @@ class SpatialBroadcastConfig:
     broadcast_size: int = field(default=8, validator=_positive)  # = image height: full-resolution variant
     channels: int = field(default=64, validator=_positive)
     full_res_layers: int = field(default=3, validator=_positive)  # 5x5 stride-1 layers when not upsampling
-    channels_last: bool = field(default=False, validator=_bool)
+    channels_last: bool = field(default=True, validator=_bool)  # measured ~2x faster on CPU (mkldnn)
 
     def build(self, inputs: DecoderInputs) -> SpatialBroadcastDecoder:
         image = inputs.image

@@ -35,7 +35,7 @@ from slotrun.engine.progress import Progress
 from slotrun.engine.run_dir import RunDir, step_name
 from slotrun.engine.schedules import build_optimizer, build_scheduler
 from slotrun.errors import UserError
-from slotrun.model import build_model
+from slotrun.model import build_model, load_pretrained
 from slotrun.protocols import DataSource
 from slotrun.recipe import Recipe
 from slotrun.types import Batch
@@ -174,6 +174,11 @@ class _Trainer:
         if found:
             checkpoint.load_weights(model, Path(found))
             state = checkpoint.load_state(Path(found))
+        else:
+            # Pretrained weights (a timm ViT) load now, before step 0, the main process first so that a
+            # download happens once and a missing one fails before any work; on resume they are in the checkpoint.
+            with acc.main_process_first():
+                load_pretrained(model)
         model, optimizer = acc.prepare(model, optimizer)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.raw = acc.unwrap_model(model)
@@ -214,6 +219,10 @@ class _Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.rundir.tb), purge_step=self.step + 1 if self.step else None)
+        if self.main and self.step < cfg.steps:
+            params = sum(p.numel() for p in self.raw.parameters() if p.requires_grad)
+            print(f"slotrun: training {params:,} parameters for {cfg.steps - self.step} steps on "
+                  f"{self.world} x {self.device.type}; run directory {self.rundir.path}", file=sys.stderr)
         self.progress = Progress(cfg.steps, self.step, every=cfg.log_every, enabled=self.main)
         try:
             return self._loop()

@@ -1,0 +1,15 @@
+"""Registers the covariance / cosine bottleneck paper's regularisers with slotrun."""
+
+from __future__ import annotations
+
+import slotrun
+from slotrun.hookspecs import Register
+
+from slotrun_bottleneck.configs import CosineConfig, CovarianceConfig, VarianceConfig
+
+
+@slotrun.hookimpl
+def register_regularisers(register: Register) -> None:
+    register("covariance", CovarianceConfig)
+    register("variance", VarianceConfig)
+    register("cosine", CosineConfig)

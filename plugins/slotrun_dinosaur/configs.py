@@ -1,0 +1,123 @@
+"""Recipe-facing config classes for the DINOSAUR components: the only code here that knows about recipes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from attrs import field
+from attrs import validators as v
+
+from slotrun.errors import UserError
+from slotrun.protocols import DecoderInputs
+from slotrun.types import ImageSpec
+
+from slotrun_dinosaur.decoders import MLPFeatureDecoder, TransformerFeatureDecoder
+from slotrun_dinosaur.encoder import TimmEncoder, unknown_model_message
+
+_frozen = attrs.frozen(kw_only=True)
+_int = v.instance_of(int)
+_bool = v.instance_of(bool)
+_positive = [_int, v.ge(1)]
+
+
+def _timm_name(_instance: object, attribute: attrs.Attribute, value: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"'{attribute.name}' must be a timm model name, got {value!r}")
+    message = unknown_model_message(value)
+    if message:
+        raise ValueError(message)
+
+
+def _scalar_kwargs(_instance: object, attribute: attrs.Attribute, value: dict[str, Any]) -> None:
+    for key, item in value.items():
+        items = item if isinstance(item, (list, tuple)) else [item]
+        if not all(isinstance(x, (bool, int, float, str)) for x in items):
+            raise ValueError(f"'{attribute.name}.{key}' must be a number, boolean, string or array of them")
+    if "num_classes" in value or "pretrained" in value:
+        raise ValueError(f"'{attribute.name}' may not set num_classes or pretrained (the encoder manages them)")
+
+
+def _kwargs(value: Any) -> dict[str, Any]:
+    out = dict(value)
+    return {k: tuple(x) if isinstance(x, list) else x for k, x in out.items()}
+
+
+@_frozen
+class TimmEncoderConfig:
+    """Any timm model (default DINO ViT-B/16), frozen, tokens of one block before the final norm."""
+
+    name: str = field(default="vit_base_patch16_224.dino", validator=_timm_name)
+    pretrained: bool = field(default=True, validator=_bool)  # timm's download (cached); see checkpoint
+    checkpoint: str | None = field(default=None, validator=v.optional([v.instance_of(str), v.min_len(1)]))
+    frozen: bool = field(default=True, validator=_bool)
+    block: int = field(default=-1, validator=_int)  # index into the model's blocks/stages; -1 = the last
+    model_kwargs: dict[str, Any] = field(factory=dict, converter=_kwargs, validator=_scalar_kwargs)
+
+    @classmethod
+    def conformance(cls) -> TimmEncoderConfig:
+        """A tiny random ViT (patch 8, 2 blocks, 32 channels): fast and offline."""
+        return cls(name="vit_tiny_patch16_224", pretrained=False,
+                   model_kwargs={"patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2})
+
+    def build(self, inputs: ImageSpec) -> TimmEncoder:
+        return TimmEncoder(
+            self.name, in_channels=inputs.channels, image_size=(inputs.height, inputs.width), block=self.block,
+            frozen=self.frozen, pretrained=self.pretrained, checkpoint=self.checkpoint,
+            model_kwargs=self.model_kwargs,
+        )
+
+
+def _needs_target(inputs: DecoderInputs, name: str) -> int:
+    if inputs.target_dim is None:
+        raise UserError(
+            f"the {name} decoder reconstructs encoder features, but this encoder gives no reconstruction "
+            "target; use an encoder that provides one, e.g. [model.encoder] type = \"timm\""
+        )
+    return inputs.target_dim
+
+
+@_frozen
+class DinosaurMLPConfig:
+    """DINOSAUR MLP decoder: broadcast slots + position embedding, MLP -> features + alpha, MSE on features."""
+
+    hidden: tuple[int, ...] = field(default=(2048, 2048, 2048), converter=tuple,
+                                    validator=v.deep_iterable(member_validator=_positive))
+    pos_init_std: float = field(default=0.02, validator=[v.instance_of(float), v.ge(0.0)])
+
+    @classmethod
+    def conformance(cls) -> DinosaurMLPConfig:
+        return cls(hidden=(32, 32))
+
+    def build(self, inputs: DecoderInputs) -> MLPFeatureDecoder:
+        target_dim = _needs_target(inputs, "dinosaur_mlp")
+        return MLPFeatureDecoder(inputs.slot_dim, target_dim, inputs.grid, hidden=self.hidden,
+                                 pos_init_std=self.pos_init_std)
+
+
+@_frozen
+class DinosaurTransformerConfig:
+    """DINOSAUR autoregressive transformer decoder: BOS, causal self-attn, cross-attn to slots; masks from it."""
+
+    d_model: int = field(default=768, validator=_positive)
+    layers: int = field(default=4, validator=_positive)
+    heads: int = field(default=8, validator=_positive)
+    ff_mult: int = field(default=4, validator=_positive)
+    dropout: float = field(default=0.0, validator=[v.instance_of(float), v.ge(0.0), v.lt(1.0)])
+    position_embedding: bool = field(default=True, validator=_bool)
+
+    def __attrs_post_init__(self) -> None:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+
+    @classmethod
+    def conformance(cls) -> DinosaurTransformerConfig:
+        return cls(d_model=32, layers=2, heads=4, ff_mult=2)
+
+    def build(self, inputs: DecoderInputs) -> TransformerFeatureDecoder:
+        target_dim = _needs_target(inputs, "dinosaur_transformer")
+        return TransformerFeatureDecoder(
+            inputs.slot_dim, target_dim, inputs.grid, d_model=self.d_model, layers=self.layers,
+            heads=self.heads, ff_mult=self.ff_mult, dropout=self.dropout,
+            position_embedding=self.position_embedding,
+        )
