@@ -99,13 +99,15 @@ def build_model(
     return model
 
 
-def load_pretrained(model: nn.Module) -> None:
-    """Call `load_pretrained()` on every submodule that has one (weights from outside: a download or a file).
+def load_pretrained(model: SlotModel) -> None:
+    """Call `load_pretrained()` on each component that has one (weights from outside: a download or a file).
 
     Building a model never touches the network or the disk (so `slotrun check` is safe offline); the engine calls
-    this once before training a fresh run.
+    this once before training a fresh run. Only the components themselves are asked, not their submodules
+    (a timm model has a `load_pretrained` of its own with another meaning).
     """
-    for module in model.modules():
-        load = getattr(module, "load_pretrained", None)
-        if module is not model and callable(load):
+    components = [model.encoder, model.grouper, model.decoder, model.prior, *model.regularisers.values()]
+    for component in components:
+        load = getattr(component, "load_pretrained", None)
+        if callable(load):
             load()
