@@ -1,4 +1,4 @@
-"""`slotrun data ...`: make the built-in synthetic datasets (converters come later, under `data convert`).
+"""`slotrun data ...`: make the built-in synthetic datasets (`synth`) and convert public ones (`convert`).
 
 The lead's command line calls `add_commands(subparsers)`; each subcommand sets `func(args) -> int` (the exit
 status) and raises slotrun.errors.UserError for the user's mistakes.
@@ -18,9 +18,9 @@ from slotrun.errors import UserError
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the `data` command (with subcommand `synth`) to an argparse subparsers object."""
+    """Add the `data` command (with subcommands `synth` and `convert`) to an argparse subparsers object."""
     data = subparsers.add_parser("data", help="make the built-in synthetic datasets; convert real ones to shards")
-    sub = data.add_subparsers(dest="data_command", metavar="{synth}", required=True)
+    sub = data.add_subparsers(dest="data_command", metavar="{synth,convert}", required=True)
     synth = sub.add_parser("synth", help="write the built-in synthetic scenes to shards in OUT",
                            description="Write the built-in synthetic scenes (train/val/test) as webdataset "
                                        "shards plus index.json; load them with data.type = \"shards\".")
@@ -43,7 +43,51 @@ def add_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     synth.add_argument("--seed", type=int, default=d.seed)
     synth.add_argument("--force", action="store_true", help="replace OUT if it exists")
     synth.set_defaults(func=run_synth)
+    _add_convert(sub)
     return data
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    from slotrun.data.convert import KINDS
+
+    convert = sub.add_parser("convert", help="convert a public dataset (SRC) to shards in OUT",
+                             description="Convert a public dataset to webdataset shards plus index.json (written "
+                                         "atomically); load them with data.type = \"shards\". See "
+                                         "`slotrun data convert KIND --help` for each KIND's source layout "
+                                         "and options.")
+    kinds = convert.add_subparsers(dest="kind", metavar="KIND", required=True)
+    for kind, module in KINDS.items():
+        doc = (module.__doc__ or "").strip()
+        p = kinds.add_parser(kind, help=doc.splitlines()[0] if doc else kind, description=doc,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("src", metavar="SRC", help="the downloaded dataset (file or directory)")
+        p.add_argument("out", metavar="OUT", help="output directory (must not exist unless --force)")
+        module.add_arguments(p, kind)
+        p.add_argument("--shard-size", type=int, default=1000, help="samples per tar shard")
+        p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+        p.set_defaults(func=run_convert)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Run one converter; every problem with SRC, OUT or the options is a one-line UserError."""
+    from slotrun.data.convert import KINDS
+
+    src, out = Path(args.src), Path(args.out)
+    if not src.exists():
+        raise UserError(f"missing SRC {src}: download the {args.kind} dataset first (see `slotrun data convert "
+                        f"{args.kind} --help`)")
+    try:
+        if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+            raise UserError(f"OUT {out} must not be inside SRC {src}")
+    except OSError as exc:
+        raise UserError(f"bad path: {exc}") from exc
+    result = KINDS[args.kind].run(args.kind, src, out, args)
+    counts = result["counts"]
+    total = sum(counts.values())
+    parts = ", ".join(f"{n} {split}" for split, n in counts.items())
+    print(f"wrote {total} samples ({parts}) to {out}; load with data.type = \"shards\", data.path = \"{out}\", "
+          f"data.image_size = {result['image_size']}, data.layout = \"{result['layout']}\"")
+    return 0
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -99,4 +143,4 @@ def _first_line(exc: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
-__all__ = ["add_commands", "run_synth"]
+__all__ = ["add_commands", "run_convert", "run_synth"]

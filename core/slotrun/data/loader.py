@@ -24,6 +24,12 @@ its size by repeating good samples of the same batch (static shapes, equal step 
 it shrinks. A training batch with no good sample at all borrows one already read for a later batch (or the
 last good one); elsewhere such a batch is left out.
 
+Load-time conventions (per sample, after decoding, before flipping): `crop` ("none"; "center": the largest
+centred square; "clevr": rows 29:221, cols 64:256 of a 240x320 CLEVR-with-masks image, as in Slot Attention),
+then a resize to `size` when given (images bilinear without antialiasing, like TF's tf.image.resize; masks and
+ignore maps nearest). Samples carrying categories (COCO) fill Batch.categories [B, M], padded with 0 to the
+index's max_categories; samples carrying an ignore map fill Batch.ignore [B, H, W] (flipped with the image).
+
 Why plain tarfile rather than webdataset's pipeline: the order above must be computed without reading, and the
 rank/worker split must follow explicit (rank, world_size, seed, epoch) rather than webdataset's environment
 detection and unseeded shuffles; tarfile also lets unwanted members be skipped by seeking. The files are
@@ -36,6 +42,7 @@ import logging
 import tarfile
 from collections.abc import Iterator, Sequence
 
+import attrs
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -49,6 +56,61 @@ VALUE_RANGES = ("minus_one_one", "zero_one", "imagenet")
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+CROPS = ("none", "center", "clevr")
+CLEVR_CROP = (29, 221, 64, 256)  # top, bottom, left, right of a 240x320 CLEVR (with masks) image
+CLEVR_SHAPE = (240, 320)
+
+
+def crop_box(height: int, width: int, crop: str) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of `crop` in a height x width image; ValueError when it does not apply."""
+    if crop == "none":
+        return 0, height, 0, width
+    if crop == "center":
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        return top, top + side, left, left + side
+    if crop == "clevr":
+        if (height, width) != CLEVR_SHAPE:
+            raise ValueError(f"the 'clevr' crop (rows 29:221, cols 64:256) needs 240x320 images, got "
+                             f"{height}x{width}")
+        return CLEVR_CROP
+    raise ValueError(f"crop must be one of {', '.join(CROPS)}, got {crop!r}")
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int], *, antialias: bool = False) -> np.ndarray:
+    """uint8 [H, W, C] -> uint8 [h, w, C], bilinear with half-pixel centres (TF2 tf.image.resize's convention;
+    no antialiasing unless asked)."""
+    if tuple(image.shape[:2]) == tuple(size):
+        return image
+    t = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None].float()
+    t = torch.nn.functional.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False,
+                                        antialias=antialias)
+    return t[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label map [H, W] (pixel centres, like PIL's NEAREST)."""
+    h, w = labels.shape[:2]
+    if (h, w) == tuple(size):
+        return labels
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64), w - 1)
+    return labels[rows[:, None], cols[None, :]]
+
+
+def transform_sample(sample: Sample, crop: str = "none", size: tuple[int, int] | None = None) -> Sample:
+    """`sample` cropped by `crop` then resized to `size` (image, mask and ignore alike; properties untouched)."""
+    h, w = sample.image.shape[:2]
+    top, bottom, left, right = crop_box(h, w, crop)
+    out = (bottom - top, right - left) if size is None else tuple(size)
+    if (top, bottom, left, right) == (0, h, 0, w) and out == (h, w):
+        return sample
+
+    def labels(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else resize_labels(a[top:bottom, left:right], out)
+
+    return attrs.evolve(sample, image=resize_image(sample.image[top:bottom, left:right], out),
+                        mask=labels(sample.mask), ignore=labels(sample.ignore))
 
 
 def _rng(seed: int, epoch: int, split: str) -> np.random.Generator:
@@ -121,12 +183,15 @@ def num_batches(index: Index, split: str, batch_size: int, *, world_size: int = 
 class _Stream(IterableDataset):
     """One epoch of one rank; in a DataLoader worker it builds only the batches j with j % workers == id.
 
-    Yields (image, mask, properties, skipped, messages) so the counts and warnings reach the main process.
+    Yields (image, mask, properties, categories, ignore, skipped, messages) so the counts and warnings reach the
+    main process.
     """
 
     def __init__(self, index: Index, plan: EpochPlan, *, skip: int, value_range: str,
-                 load_properties: bool, flip_coords: bool) -> None:
+                 load_properties: bool, flip_coords: bool, crop: str = "none",
+                 size: tuple[int, int] | None = None) -> None:
         self.index, self.plan, self.skip = index, plan, skip
+        self.crop, self.size = crop, size
         self.value_range, self.load_properties, self.flip_coords = value_range, load_properties, flip_coords
         self.last_good: tuple[Sample, bool] | None = None
 
@@ -213,6 +278,15 @@ class _Stream(IterableDataset):
                     raise ValueError("mask missing")
                 if self.load_properties and sample.properties is None:
                     raise ValueError("properties missing")
+                if self.index.has_categories and sample.categories is None:
+                    raise ValueError("categories missing")
+                if self.index.has_ignore and sample.ignore is None:
+                    raise ValueError("ignore map missing")
+                if self.index.has_categories and sample.mask is not None and sample.mask.size and \
+                        int(sample.mask.max()) > len(sample.categories):
+                    raise ValueError(f"instance id {int(sample.mask.max())} has no category")
+                if self.crop != "none" or self.size is not None:
+                    sample = transform_sample(sample, self.crop, self.size)
             except Exception as exc:  # noqa: BLE001 - any damage to one sample skips that sample only
                 messages.append(f"shard {shard}: skipped corrupt sample {key} ({type(exc).__name__}: {exc})")
                 skipped += 1
@@ -225,7 +299,7 @@ class _Stream(IterableDataset):
                 samples = self.borrow(pending)
         if not samples:
             # a placeholder, not an omission: DataLoader's round-robin order must stay intact
-            return None, None, None, skipped, messages
+            return None, None, None, None, None, skipped, messages
         if self.plan.drop_last and len(samples) < len(positions):
             samples = [samples[i % len(samples)] for i in range(len(positions))]  # keep the batch size
         return (*self.collate(samples), skipped, messages)
@@ -255,6 +329,17 @@ class _Stream(IterableDataset):
         if self.index.has_mask:
             masks = np.stack([s.mask[:, ::-1] if f else s.mask for s, f in samples]).astype(np.int64)
             mask = torch.from_numpy(masks)
+        categories = None
+        if self.index.has_categories:
+            cols = max([self.index.max_categories or 0] + [len(s.categories) for s, _ in samples])
+            cats = np.zeros((len(samples), cols), np.int64)  # 0 pads: no instance has those ids
+            for i, (s, _f) in enumerate(samples):
+                cats[i, : len(s.categories)] = s.categories
+            categories = torch.from_numpy(cats)
+        ignore = None
+        if self.index.has_ignore:
+            ignore = torch.from_numpy(np.ascontiguousarray(
+                np.stack([s.ignore[:, ::-1] if f else s.ignore for s, f in samples]).astype(bool)))
         props = None
         if self.load_properties:
             rows = self.index.max_objects or max(s.properties.shape[0] for s, _ in samples)
@@ -268,17 +353,20 @@ class _Stream(IterableDataset):
                     present = out[i, :, self.index.properties.presence] > 0
                     out[i, present, x] = 1.0 - out[i, present, x]  # padded rows stay all zero
             props = torch.from_numpy(out)
-        return image, mask, props
+        return image, mask, props, categories, ignore
 
 
 class ShardLoader:
     """Batches from one dataset directory. `skipped` counts damaged or missing samples over its lifetime."""
 
     def __init__(self, index: Index, *, value_range: str = "minus_one_one", flip: bool = False,
-                 shuffle_buffer: int = 1000, workers: int = 0, load_properties: bool = True) -> None:
+                 shuffle_buffer: int = 1000, workers: int = 0, load_properties: bool = True, crop: str = "none",
+                 size: tuple[int, int] | None = None) -> None:
         if value_range not in VALUE_RANGES:
             raise ValueError(f"value_range must be one of {', '.join(VALUE_RANGES)}, got {value_range!r}")
+        crop_box(index.height, index.width, crop)  # checks that the crop applies to these images
         self.index = index
+        self.crop, self.size = crop, (None if size is None else (int(size[0]), int(size[1])))
         self.value_range, self.flip, self.buffer, self.workers = value_range, flip, shuffle_buffer, workers
         self.load_properties = load_properties and index.properties is not None
         self.skipped = 0
@@ -299,15 +387,16 @@ class ShardLoader:
                          shuffle=shuffle, drop_last=drop_last)
         stream = _Stream(self.index, plan, skip=max(0, skip), value_range=self.value_range,
                          load_properties=self.load_properties,
-                         flip_coords=bool(self.index.meta.get("image_coords", False)))
+                         flip_coords=bool(self.index.meta.get("image_coords", False)), crop=self.crop,
+                         size=self.size)
         if self.workers > 0 and len(plan) - skip > 1:
             items: Iterator[tuple] = iter(DataLoader(stream, batch_size=None, num_workers=self.workers))
         else:
             items = stream.run(0, 1)
-        for image, mask, props, skipped, messages in items:
+        for image, mask, props, categories, ignore, skipped, messages in items:
             self._count(skipped, messages)
             if image is not None:
-                yield Batch(image=image, mask=mask, properties=props)
+                yield Batch(image=image, mask=mask, properties=props, categories=categories, ignore=ignore)
 
     def _count(self, skipped: int, messages: Sequence[str]) -> None:
         self.skipped += int(skipped)
@@ -316,4 +405,5 @@ class ShardLoader:
         self.messages = (self.messages + list(messages))[-100:]
 
 
-__all__ = ["VALUE_RANGES", "EpochPlan", "ShardLoader", "buffer_shuffle", "num_batches"]
+__all__ = ["CLEVR_CROP", "CROPS", "VALUE_RANGES", "EpochPlan", "ShardLoader", "buffer_shuffle", "crop_box",
+           "num_batches", "resize_image", "resize_labels", "transform_sample"]

@@ -8,8 +8,12 @@ Layout of a dataset directory:
         {key}.mask.png          instance ids (0 = background) as an 8-bit PNG; {key}.mask.npy when ids > 255
         {key}.props.npy         float32 [max_objects, P] per-object properties (see index "properties")
         {key}.support.npy       int16 [max_objects] (towers only: what each object rests on, 0 = floor)
+        {key}.categories.npy    int32 [n] category of instance id m + 1 (converted COCO; class-merged mBO)
+        {key}.ignore.png        0/1 8-bit PNG: pixels metrics leave out (converted COCO: instance overlaps)
 
-Keys are `{split}-{index:08d}`, so shards read with plain `webdataset.WebDataset` group the same way.
+Keys are `{split}-{index:08d}`, so shards read with plain `webdataset.WebDataset` group the same way. Split
+names, keys and extra-array names are checked (letters, digits, '_' and '-' only), so no member or shard name can
+point outside the dataset directory.
 Tar headers carry fixed metadata (mtime 0, uid 0), so the same samples always give byte-identical shards.
 """
 
@@ -19,6 +23,7 @@ import io
 import json
 import mmap
 import os
+import re
 import shutil
 import tarfile
 import uuid
@@ -47,6 +52,8 @@ class Sample:
     mask: np.ndarray | None = None  # integer [H, W]
     properties: np.ndarray | None = None  # float32 [M, P]
     extra: Mapping[str, np.ndarray] = attrs.field(factory=dict)
+    categories: np.ndarray | None = None  # integer [n]: category of instance id m + 1 (COCO)
+    ignore: np.ndarray | None = None  # bool [H, W]: pixels metrics leave out (COCO: instance overlaps)
 
 
 @attrs.frozen(kw_only=True)
@@ -74,6 +81,9 @@ class Index:
     layout_name: str  # names the property layout ("shapes", "none", later "clevr", ...) for config checks
     max_objects: int | None
     meta: Mapping[str, Any]
+    has_categories: bool = False  # samples carry categories.npy (Batch.categories)
+    has_ignore: bool = False  # samples carry ignore.png (Batch.ignore)
+    max_categories: int | None = None  # the longest categories array (Batch.categories is padded to it)
 
     def split(self, name: str) -> SplitInfo:
         if name not in self.splits:
@@ -118,8 +128,20 @@ def _npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+_SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """`name` if it is safe as a key, split or member part (letters, digits, '_', '-'; not starting with '-'),
+    else ValueError: such names can never form a path outside the dataset directory."""
+    if not isinstance(name, str) or not _SAFE.match(name) or len(name) > 200:
+        raise ValueError(f"bad {what} {name!r}: use letters, digits, '_' and '-' only")
+    return name
+
+
 def encode_sample(sample: Sample) -> list[tuple[str, bytes]]:
     """The tar members (name, bytes) of one sample, image first."""
+    check_name(sample.key, "sample key")
     image = np.asarray(sample.image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"sample {sample.key}: image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
@@ -134,9 +156,21 @@ def encode_sample(sample: Sample) -> list[tuple[str, bytes]]:
             members.append((f"{sample.key}.mask.png", _png(mask.astype(np.uint8))))
     if sample.properties is not None:
         members.append((f"{sample.key}.props.npy", _npy(np.asarray(sample.properties, np.float32))))
+    if sample.categories is not None:
+        members.append((f"{sample.key}.categories.npy", _npy(np.asarray(sample.categories).astype(np.int32))))
+    if sample.ignore is not None:
+        ignore = np.asarray(sample.ignore)
+        if ignore.shape != image.shape[:2]:
+            raise ValueError(f"sample {sample.key}: ignore {ignore.shape} does not match image {image.shape[:2]}")
+        members.append((f"{sample.key}.ignore.png", _png(ignore.astype(bool).astype(np.uint8))))
     for name, array in sorted(sample.extra.items()):
-        members.append((f"{sample.key}.{name}.npy", _npy(np.asarray(array))))
+        if name in _RESERVED:
+            raise ValueError(f"sample {sample.key}: extra array name {name!r} is reserved")
+        members.append((f"{sample.key}.{check_name(name, 'extra array name')}.npy", _npy(np.asarray(array))))
     return members
+
+
+_RESERVED = ("mask", "props", "categories", "ignore")
 
 
 def decode_sample(key: str, members: Mapping[str, bytes]) -> Sample:
@@ -154,9 +188,19 @@ def decode_sample(key: str, members: Mapping[str, bytes]) -> Sample:
     if mask is not None and mask.shape != image.shape[:2]:
         raise ValueError(f"mask shape {mask.shape} differs from image {image.shape[:2]}")
     props = _load_npy(members["props.npy"]) if "props.npy" in members else None
+    categories = _load_npy(members["categories.npy"]) if "categories.npy" in members else None
+    if categories is not None and categories.ndim != 1:
+        raise ValueError(f"categories must be 1-D, got shape {categories.shape}")
+    ignore = None
+    if "ignore.png" in members:
+        with Image.open(io.BytesIO(members["ignore.png"])) as img:
+            ignore = np.asarray(img) > 0
+        if ignore.shape != image.shape[:2]:
+            raise ValueError(f"ignore shape {ignore.shape} differs from image {image.shape[:2]}")
     extra = {name[:-4]: _load_npy(data) for name, data in members.items()
-             if name.endswith(".npy") and name not in ("mask.npy", "props.npy")}
-    return Sample(key=key, image=image, mask=mask, properties=props, extra=extra)
+             if name.endswith(".npy") and name not in ("mask.npy", "props.npy", "categories.npy")}
+    return Sample(key=key, image=image, mask=mask, properties=props, extra=extra, categories=categories,
+                  ignore=ignore)
 
 
 _NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool, int]] = {}
@@ -219,6 +263,8 @@ def write_dataset(
     out = Path(out)
     if samples_per_shard < 1:
         raise ValueError("samples_per_shard must be >= 1")
+    for split in splits:
+        check_name(split, "split name")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -229,6 +275,8 @@ def write_dataset(
         size: tuple[int, int] | None = None
         has_mask: bool | None = None
         max_objects: int | None = None
+        has_categories = has_ignore = False
+        max_categories: int | None = None
         for split, samples in splits.items():
             shards: list[dict] = []
             tar, count, total = None, 0, 0
@@ -248,6 +296,11 @@ def write_dataset(
                 if sample.properties is not None:
                     rows = int(np.asarray(sample.properties).shape[0])
                     max_objects = rows if max_objects is None else max(max_objects, rows)
+                if sample.categories is not None:
+                    has_categories = True
+                    n = int(np.asarray(sample.categories).shape[0])
+                    max_categories = n if max_categories is None else max(max_categories, n)
+                has_ignore = has_ignore or sample.ignore is not None
                 for name, data in encode_sample(sample):
                     _add(tar, name, data)
                 count += 1
@@ -265,6 +318,8 @@ def write_dataset(
             "properties": layout_to_json(properties), "layout_name": layout_name,
             "splits": index_splits, "meta": dict(meta or {}),
         }
+        if has_categories or has_ignore:  # only then: older readers see exactly the index they know
+            index.update(has_categories=has_categories, has_ignore=has_ignore, max_categories=max_categories)
         (tmp / INDEX).write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
         _fsync_dir(tmp)
         if out.exists() and overwrite:
@@ -327,6 +382,8 @@ def read_index(path: str | Path) -> Index:
             properties=layout_from_json(data.get("properties")), layout_name=str(data.get("layout_name", "none")),
             max_objects=None if data.get("max_objects") is None else int(data["max_objects"]),
             meta=data.get("meta", {}),
+            has_categories=bool(data.get("has_categories", False)), has_ignore=bool(data.get("has_ignore", False)),
+            max_categories=None if data.get("max_categories") is None else int(data["max_categories"]),
         )
     except UserError:
         raise
@@ -418,7 +475,8 @@ def read_samples(path: str | Path, split: str) -> Iterator[Sample]:
 
 
 __all__ = [
-    "INDEX", "Index", "Sample", "ShardInfo", "SplitInfo", "decode_sample", "encode_sample", "iter_shard",
+    "INDEX", "Index", "Sample", "ShardInfo", "SplitInfo", "check_name", "decode_sample", "encode_sample",
+    "iter_shard",
     "iter_shard_members", "layout_from_json", "layout_to_json", "missing_message", "read_index",
     "read_samples", "write_dataset",
 ]

@@ -18,7 +18,7 @@ import attrs
 from attrs import field
 from attrs import validators as v
 
-from slotrun.data.loader import VALUE_RANGES, ShardLoader
+from slotrun.data.loader import CROPS, VALUE_RANGES, ShardLoader, crop_box
 from slotrun.data.shapes import PROPERTY_LAYOUT, SceneConfig, floor_row, generate
 from slotrun.data.shards import Index, Sample, read_index, write_dataset
 from slotrun.errors import UserError
@@ -83,9 +83,9 @@ class _Source:
     image: ImageSpec
     properties: PropertyLayout | None
 
-    def __init__(self, *, value_range: str, flip: bool, shuffle_buffer: int, workers: int) -> None:
+    def __init__(self, *, value_range: str, flip: bool, shuffle_buffer: int, workers: int, **extra) -> None:
         self._loader_args = {"value_range": value_range, "flip": flip, "shuffle_buffer": shuffle_buffer,
-                             "workers": workers}
+                             "workers": workers, **extra}
         self.index: Index | None = None
         self.loader: ShardLoader | None = None
 
@@ -168,8 +168,9 @@ class ShardsSource(_Source):
     """A dataset directory with index.json, checked against the config in prepare()."""
 
     def __init__(self, config: ShardsData) -> None:
+        size = config.image_size
         super().__init__(value_range=config.value_range, flip=config.flip, shuffle_buffer=config.shuffle_buffer,
-                         workers=config.workers)
+                         workers=config.workers, crop=config.crop, size=(size, size) if config.resize else None)
         self.config = config
         self.image = ImageSpec(channels=3, height=config.image_size, width=config.image_size)
         self.properties = LAYOUTS[config.layout]
@@ -187,11 +188,21 @@ class ShardsSource(_Source):
             raise UserError("data.path is not set: point it at a directory with index.json (create one with "
                             "`slotrun data synth OUT` or `slotrun data convert KIND SRC OUT`)")
         index = read_index(self.root)  # a missing directory or index is a one-line UserError
-        size = self.config.image_size
-        if (index.height, index.width) != (size, size):
-            raise UserError(f"dataset {self.root} has {index.height}x{index.width} images but data.image_size = "
-                            f"{size}; set data.image_size = {index.height}"
-                            + ("" if index.height == index.width else " (non-square images are not supported)"))
+        size, crop = self.config.image_size, self.config.crop
+        try:
+            top, bottom, left, right = crop_box(index.height, index.width, crop)
+        except ValueError as exc:
+            raise UserError(f"dataset {self.root}: data.crop = \"{crop}\" does not apply: {exc}") from exc
+        h, w = bottom - top, right - left
+        if not self.config.resize and (h, w) != (size, size):
+            after = "" if crop == "none" else f" ({h}x{w} after data.crop = \"{crop}\")"
+            raise UserError(f"dataset {self.root} has {index.height}x{index.width} images{after} but data.image_size "
+                            f"= {size}; set data.image_size = {h}"
+                            + ("" if h == w else " with data.crop = \"center\" (non-square images are not "
+                               "supported)") + ", or data.resize = true")
+        if crop != "none" and self.properties is not None and index.meta.get("image_coords", False):
+            raise UserError(f"dataset {self.root}: data.crop would break its property coordinates (image "
+                            "coordinates); set data.layout = \"none\" or data.crop = \"none\"")
         layout = self.config.layout
         if layout != "none" and (index.layout_name != layout or index.properties != self.properties):
             raise UserError(f"dataset {self.root} has property layout '{index.layout_name}', not '{layout}' "
@@ -264,6 +275,8 @@ class ShardsData:
     path: str = field(default="", validator=_str)
     image_size: int = field(default=64, validator=[_int, v.ge(1)])  # must match the index (checked in prepare)
     layout: str = field(default="none", validator=_known_layout)  # property layout, known without disk
+    crop: str = field(default="none", validator=v.in_(CROPS))  # at load time: "center" square or CLEVR's box
+    resize: bool = field(default=False, validator=_bool)  # at load time: resize (after the crop) to image_size
     value_range: str = _loader_fields["value_range"]()
     flip: bool = _loader_fields["flip"]()
     shuffle_buffer: int = _loader_fields["shuffle_buffer"]()

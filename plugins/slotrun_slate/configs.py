@@ -1,0 +1,84 @@
+"""Recipe-facing config classes of the SLATE plugin (the only code here that knows about slotrun recipes)."""
+
+from __future__ import annotations
+
+import attrs
+from attrs import field
+from attrs import validators as v
+
+from slotrun.errors import UserError
+from slotrun.protocols import DecoderInputs
+from slotrun.types import ImageSpec
+
+from slotrun_slate.dvae import SlateEncoder
+from slotrun_slate.transformer import SlateTransformerDecoder
+
+_frozen = attrs.frozen(kw_only=True)
+_int = v.instance_of(int)
+_num = v.instance_of((int, float))
+_positive = [_int, v.ge(1)]
+_dropout = [_num, v.ge(0.0), v.lt(1.0)]
+
+
+def _power_of_two(_instance: object, attribute: attrs.Attribute, value: int) -> None:
+    if value < 2 or value & (value - 1):
+        raise ValueError(f"'{attribute.name}' must be a power of two >= 2, got {value}")
+
+
+@_frozen
+class SlateDVAEConfig:
+    """SLATE's discrete VAE tokenizer + token embedding (images in [0, 1]); its own loss term "dvae_recon".
+    The dVAE's parameters are named encoder.dvae.* (the recipe's dVAE optimiser group)."""
+
+    vocab_size: int = field(default=1024, validator=[_int, v.ge(2)])
+    d_model: int = field(default=192, validator=_positive)
+    dvae_channels: int = field(default=64, validator=_positive)
+    patch_size: int = field(default=4, validator=[_int, _power_of_two])
+    tau_start: float = field(default=1.0, validator=[_num, v.gt(0.0)])
+    tau_final: float = field(default=0.1, validator=[_num, v.gt(0.0)])
+    tau_steps: int = field(default=30_000, validator=_positive)  # training forwards (micro-batches)
+    dropout: float = field(default=0.1, validator=_dropout)
+    mlp_hidden: int | None = field(default=None, validator=v.optional(_positive))  # None: d_model
+
+    @classmethod
+    def conformance(cls) -> SlateDVAEConfig:
+        return cls(vocab_size=32, d_model=16, dvae_channels=8)
+
+    def build(self, inputs: ImageSpec) -> SlateEncoder:
+        p = self.patch_size
+        if inputs.height % p or inputs.width % p:
+            raise UserError(f"slate_dvae: image size {inputs.height}x{inputs.width} is not divisible by "
+                            f"patch_size {p}")
+        return SlateEncoder(
+            inputs.channels, (inputs.height, inputs.width), vocab_size=self.vocab_size, d_model=self.d_model,
+            dvae_channels=self.dvae_channels, patch_size=p, tau_start=self.tau_start, tau_final=self.tau_final,
+            tau_steps=self.tau_steps, dropout=self.dropout, mlp_hidden=self.mlp_hidden,
+        )
+
+
+@_frozen
+class SlateTransformerConfig:
+    """SLATE's autoregressive transformer decoder over the encoder's discrete tokens; loss term "token_ce"."""
+
+    d_model: int = field(default=192, validator=_positive)
+    blocks: int = field(default=4, validator=_positive)
+    heads: int = field(default=4, validator=_positive)
+    dropout: float = field(default=0.1, validator=_dropout)
+    ffn_mult: int = field(default=4, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+
+    @classmethod
+    def conformance(cls) -> SlateTransformerConfig:
+        return cls(d_model=16, blocks=2, heads=2)
+
+    def build(self, inputs: DecoderInputs) -> SlateTransformerDecoder:
+        if inputs.target_dim is None:
+            raise UserError("slate_transformer decodes discrete tokens, but the encoder provides no target "
+                            "(Features.target); use encoder type = \"slate_dvae\"")
+        return SlateTransformerDecoder(
+            inputs.slot_dim, inputs.target_dim, inputs.grid, d_model=self.d_model, blocks=self.blocks,
+            heads=self.heads, dropout=self.dropout, ffn_mult=self.ffn_mult,
+        )

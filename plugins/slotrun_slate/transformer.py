@@ -1,0 +1,191 @@
+"""SLATE's autoregressive transformer decoder (an Image-GPT conditioned on slots).
+
+Input: [BOS, z_1, ..., z_{N-1}] token embeddings (its own table of V + 1 entries, index 0 = BOS, since the
+decoder only receives the one-hot target tokens) + learned positions, dropout. Blocks (pre-LayerNorm): causal
+self-attention, cross-attention to Linear(slots) (no bias), FFN 4x with ReLU; final LayerNorm; Linear -> V
+logits. Logits at position t predict token z_{t+1} (0-based: token t) from the tokens before it (teacher
+forcing). Loss "token_ce" = cross-entropy summed over tokens, averaged over the batch. Masks = the last block's
+cross-attention averaged over heads, [B, K, h, w], normalised over slots.
+
+Differences from SLATE's code, all numerically minor: every block is a standard pre-LN block (SLATE's first
+block adds its residual to the normalised input), and attention uses PyTorch's fused kernels where no weights
+are needed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from slotrun.types import Batch, DecoderOutput, Features, Slots
+
+from slotrun_slate.dvae import resize_positions
+
+
+def _linear(cin: int, cout: int, bias: bool = True, kaiming: bool = False) -> nn.Linear:
+    layer = nn.Linear(cin, cout, bias=bias)
+    if kaiming:
+        nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")
+    else:
+        nn.init.xavier_uniform_(layer.weight)
+    if bias:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+class Attention(nn.Module):
+    """Multi-head attention, q/k/v/out projections without bias (as SLATE)."""
+
+    def __init__(self, d_model: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if d_model % heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by heads ({heads})")
+        self.heads, self.dropout = heads, dropout
+        self.q, self.k, self.v = (_linear(d_model, d_model, bias=False) for _ in range(3))
+        self.o = _linear(d_model, d_model, bias=False)
+        self.out_drop = nn.Dropout(dropout)
+
+    def _split(self, x: Tensor) -> Tensor:
+        b, t, d = x.shape
+        return x.reshape(b, t, self.heads, d // self.heads).transpose(1, 2)  # [B, h, T, dh]
+
+    def _merge(self, x: Tensor) -> Tensor:
+        b, h, t, dh = x.shape
+        return self.o(x.transpose(1, 2).reshape(b, t, h * dh))
+
+    def project_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        return self._split(self.k(context)), self._split(self.v(context))
+
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, *, causal: bool = False, need_weights: bool = False,
+        kv: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """x [B, T, d] queries; keys/values from `context` (default x) or precomputed `kv` ([B, h, S, dh]).
+        Returns (output [B, T, d], weights [B, h, T, S] softmaxed over S when need_weights, else None)."""
+        q = self._split(self.q(x))
+        k, v = kv if kv is not None else self.project_kv(x if context is None else context)
+        p = self.dropout if self.training else 0.0
+        if not need_weights:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)
+            return self.out_drop(self._merge(out)), None
+        logits = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+        if causal:
+            t, s = logits.shape[-2:]
+            logits = logits.masked_fill(torch.ones(t, s, dtype=torch.bool, device=x.device).triu(s - t + 1),
+                                        float("-inf"))
+        weights = logits.softmax(dim=-1)
+        out = F.dropout(weights, p, self.training).to(v.dtype) @ v
+        return self.out_drop(self._merge(out)), weights
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, d_model: int, heads: int, dropout: float, ffn_mult: int = 4) -> None:
+        super().__init__()
+        self.norm_self = nn.LayerNorm(d_model)
+        self.self_attn = Attention(d_model, heads, dropout)
+        self.norm_cross = nn.LayerNorm(d_model)
+        self.cross_attn = Attention(d_model, heads, dropout)
+        self.norm_ffn = nn.LayerNorm(d_model)
+        self.ffn = nn.Sequential(_linear(d_model, ffn_mult * d_model, kaiming=True), nn.ReLU(),
+                                 _linear(ffn_mult * d_model, d_model), nn.Dropout(dropout))
+
+    def forward(
+        self, x: Tensor, slots: Tensor, *, need_weights: bool = False,
+        cache: dict[str, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """slots: projected [B, K, d]. With `cache` (incremental decoding), x holds only the new positions and
+        the self-attention keys/values of earlier positions are read from and appended to the cache."""
+        h = self.norm_self(x)
+        if cache is None:
+            x = x + self.self_attn(h, causal=True)[0]
+        else:
+            k, v = self.self_attn.project_kv(h)
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+            # New positions see every cached one and, among themselves, only earlier ones.
+            x = x + self.self_attn(h, kv=(k, v), causal=h.shape[1] > 1, need_weights=h.shape[1] > 1)[0]
+        out, weights = self.cross_attn(self.norm_cross(x), slots, need_weights=need_weights)
+        x = x + out
+        return x + self.ffn(self.norm_ffn(x)), weights
+
+
+class SlateTransformerDecoder(nn.Module):
+    """(Slots, Features with one-hot target [B, N, V]) -> DecoderOutput(losses={"token_ce"}, masks)."""
+
+    loss_terms = ("token_ce",)
+
+    def __init__(
+        self, slot_dim: int, vocab_size: int, grid: tuple[int, int], *, d_model: int = 192, blocks: int = 4,
+        heads: int = 4, dropout: float = 0.1, ffn_mult: int = 4,
+    ) -> None:
+        super().__init__()
+        self.vocab_size, self.grid, self.d_model = vocab_size, tuple(grid), d_model
+        self.embed = nn.Embedding(vocab_size + 1, d_model)  # index 0 = BOS, token z -> z + 1
+        nn.init.xavier_uniform_(self.embed.weight)
+        self.pos = nn.Parameter(torch.zeros(1, grid[0] * grid[1], d_model))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.dropout = nn.Dropout(dropout)
+        self.slot_proj = _linear(slot_dim, d_model, bias=False)
+        self.blocks = nn.ModuleList(DecoderBlock(d_model, heads, dropout, ffn_mult) for _ in range(blocks))
+        self.norm = nn.LayerNorm(d_model)
+        self.out = _linear(d_model, vocab_size, bias=False)
+
+    def _positions(self, grid: tuple[int, int]) -> Tensor:
+        return resize_positions(self.pos, self.grid, grid)
+
+    def logits(self, slots: Tensor, tokens: Tensor, grid: tuple[int, int] | None = None,
+               need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Teacher forcing: slots [B, K, Ds], target token indices [B, N] -> (logits [B, N, V] where position t
+        predicts token t from tokens < t, the last block's cross-attention [B, h, N, K] if need_weights)."""
+        b, n = tokens.shape
+        grid = self.grid if grid is None else grid
+        bos = torch.zeros(b, 1, dtype=torch.long, device=tokens.device)
+        inputs = torch.cat([bos, tokens[:, :-1] + 1], dim=1)
+        x = self.dropout(self.embed(inputs) + self._positions(grid)[:, :n])
+        s = self.slot_proj(slots)
+        weights = None
+        for i, block in enumerate(self.blocks):
+            x, weights = block(x, s, need_weights=need_weights and i == len(self.blocks) - 1)
+        return self.out(self.norm(x)), weights
+
+    def forward(self, slots: Slots, features: Features, batch: Batch) -> DecoderOutput:
+        if features.target is None:
+            raise ValueError("slate_transformer decodes the encoder's discrete tokens (Features.target one-hot "
+                             "[B, N, V]); use an encoder that provides them, such as slate_dvae")
+        tokens = features.target.argmax(dim=-1)  # [B, N]
+        b, n = tokens.shape
+        h, w = features.grid
+        logits, weights = self.logits(slots.slots, tokens, (h, w), need_weights=True)
+        loss = F.cross_entropy(logits.float().reshape(b * n, -1), tokens.reshape(b * n), reduction="sum") / b
+        attn = weights.mean(dim=1)  # [B, N, K], each row sums to one over slots
+        attn = attn / attn.sum(dim=-1, keepdim=True).clamp_min(1e-8)
+        masks = attn.transpose(1, 2).reshape(b, -1, h, w)
+        return DecoderOutput(losses={"token_ce": loss}, masks=masks)
+
+    @torch.no_grad()
+    def generate(self, slots: Tensor | Slots, num_tokens: int | None = None,
+                 grid: tuple[int, int] | None = None) -> Tensor:
+        """Greedy autoregressive decoding with a key/value cache: slots [B, K, Ds] -> token indices [B, N]
+        (N = num_tokens, default the grid's size). Call in eval mode for deterministic output (dropout)."""
+        if isinstance(slots, Slots):
+            slots = slots.slots
+        grid = self.grid if grid is None else grid
+        n = grid[0] * grid[1] if num_tokens is None else num_tokens
+        pos = self._positions(grid)
+        if n > pos.shape[1]:
+            raise ValueError(f"cannot generate {n} tokens: the decoder has {pos.shape[1]} positions")
+        b = slots.shape[0]
+        s = self.slot_proj(slots)
+        caches: list[dict[str, Tensor]] = [{} for _ in self.blocks]
+        current = torch.zeros(b, dtype=torch.long, device=slots.device)  # BOS
+        out = []
+        for t in range(n):
+            x = self.dropout(self.embed(current).unsqueeze(1) + pos[:, t:t + 1])
+            for block, cache in zip(self.blocks, caches):
+                x, _ = block(x, s, cache=cache)
+            token = self.out(self.norm(x))[:, 0].argmax(dim=-1)
+            out.append(token)
+            current = token + 1
+        return torch.stack(out, dim=1)

@@ -1,0 +1,104 @@
+"""Recipe-facing config classes of the SMM plugin (the only code here that knows about slotrun recipes)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+from attrs import field
+from attrs import validators as v
+
+from slotrun.errors import UserError
+from slotrun.protocols import GrouperInputs
+
+from slotrun_smm.smm import SlotMixtureModule
+from slotrun_smm.vanilla import KMeansGrouper, VanillaGMM
+
+_frozen = attrs.frozen(kw_only=True)
+_int = v.instance_of(int)
+_num = v.instance_of((int, float))
+_bool = v.instance_of(bool)
+_positive = [_int, v.ge(1)]
+
+
+@_frozen
+class SlotMixtureConfig:
+    """Slot Mixture Module: slots as Gaussian mixture components (paper's Algorithm 1 by default).
+
+    The official code's deviations are options (see slotrun_smm.smm); `official_code()` sets them all."""
+
+    num_slots: int = field(default=7, validator=_positive)
+    iters: int = field(default=3, validator=_positive)  # slot updates; implicit_diff keeps this count
+    slot_dim: int = field(default=64, validator=_positive)
+    mlp_hidden: int | None = field(default=None, validator=v.optional(_positive))  # None: max(slot_dim, 128)
+    implicit_diff: bool = field(default=False, validator=_bool)  # backprop through the last update only
+    init: Literal["gaussian", "transformer"] = field(default="gaussian",
+                                                     validator=v.in_(("gaussian", "transformer")))
+    init_layers: int = field(default=2, validator=_positive)  # init = "transformer" only
+    init_heads: int = field(default=4, validator=_positive)  # init = "transformer" only
+    density: Literal["log_gaussian", "code"] = field(default="log_gaussian",
+                                                     validator=v.in_(("log_gaussian", "code")))
+    scale_logits: bool = field(default=True, validator=_bool)  # log-density * slot_dim^-1/2
+    code_log_sigma_projection: bool = field(default=False, validator=_bool)
+    gru_hidden: Literal["mean", "normalised_mean"] = field(default="mean",
+                                                           validator=v.in_(("mean", "normalised_mean")))
+    pi_update: Literal["paper", "code"] = field(default="paper", validator=v.in_(("paper", "code")))
+    output_covariance: Literal["variance", "log_sigma"] = field(default="variance",
+                                                                validator=v.in_(("variance", "log_sigma")))
+    output_head: Literal["linear", "mlp"] = field(default="linear", validator=v.in_(("linear", "mlp")))
+    eps: float = field(default=1e-8, validator=[_num, v.gt(0.0)])
+    var_eps: float = field(default=1e-8, validator=[_num, v.gt(0.0)])
+    layer_norm_eps: float = field(default=1e-5, validator=[_num, v.gt(0.0)])
+
+    @classmethod
+    def official_code(cls, **overrides: object) -> SlotMixtureConfig:
+        """Every option set as the official code (AIRI-Institute/smm) has it."""
+        values = dict(init="transformer", density="code", code_log_sigma_projection=True,
+                      gru_hidden="normalised_mean", pi_update="code", output_covariance="log_sigma",
+                      output_head="mlp", implicit_diff=True)
+        values.update(overrides)
+        return cls(**values)
+
+    def build(self, inputs: GrouperInputs) -> SlotMixtureModule:
+        if self.init == "transformer" and inputs.dim % self.init_heads:
+            raise UserError(f"slot_mixture: init = \"transformer\" needs the encoder's token size ({inputs.dim}) "
+                            f"divisible by init_heads ({self.init_heads})")
+        return SlotMixtureModule(
+            inputs.dim, slot_dim=self.slot_dim, num_slots=self.num_slots, iters=self.iters,
+            mlp_hidden=self.mlp_hidden, implicit_diff=self.implicit_diff, init=self.init,
+            init_layers=self.init_layers, init_heads=self.init_heads, density=self.density,
+            scale_logits=self.scale_logits, code_log_sigma_projection=self.code_log_sigma_projection,
+            gru_hidden=self.gru_hidden, pi_update=self.pi_update, output_covariance=self.output_covariance,
+            output_head=self.output_head, eps=self.eps, var_eps=self.var_eps, layer_norm_eps=self.layer_norm_eps,
+        )
+
+
+@_frozen
+class GMMConfig:
+    """Vanilla diagonal-Gaussian-mixture EM on the tokens (no learned layers; slot_dim = token size)."""
+
+    num_slots: int = field(default=7, validator=_positive)
+    iters: int = field(default=3, validator=_positive)
+    init: Literal["gaussian", "farthest"] = field(default="gaussian", validator=v.in_(("gaussian", "farthest")))
+    eps: float = field(default=1e-8, validator=[_num, v.gt(0.0)])
+    var_eps: float = field(default=1e-6, validator=[_num, v.gt(0.0)])
+
+    def build(self, inputs: GrouperInputs) -> VanillaGMM:
+        return VanillaGMM(inputs.dim, num_slots=self.num_slots, iters=self.iters, init=self.init, eps=self.eps,
+                          var_eps=self.var_eps)
+
+
+@_frozen
+class KMeansConfig:
+    """Vanilla k-means on the tokens (hard Lloyd steps, or soft with a temperature; slot_dim = token size)."""
+
+    num_slots: int = field(default=7, validator=_positive)
+    iters: int = field(default=3, validator=_positive)
+    init: Literal["gaussian", "farthest"] = field(default="gaussian", validator=v.in_(("gaussian", "farthest")))
+    soft: bool = field(default=False, validator=_bool)
+    temperature: float = field(default=1.0, validator=[_num, v.gt(0.0)])  # soft only
+    eps: float = field(default=1e-8, validator=[_num, v.gt(0.0)])
+
+    def build(self, inputs: GrouperInputs) -> KMeansGrouper:
+        return KMeansGrouper(inputs.dim, num_slots=self.num_slots, iters=self.iters, init=self.init,
+                             soft=self.soft, temperature=self.temperature, eps=self.eps)

@@ -1,0 +1,290 @@
+"""The Slot Mixture Module (Kirilenko et al., ICLR 2024, Algorithm 1): slots as Gaussian mixture components.
+
+Each slot k is a diagonal Gaussian (mean mu_k, log std l_k, both [D]) with a mixture weight pi_k. One update:
+
+  E-step   logits_ki = f(k_i; q(mu_k), sigma_k) (a log-Gaussian density between the key of token i and the
+           projected slot mean), gamma_ki = softmax_k(logits_ki + log pi_k)   (responsibilities over slots)
+  M-step   pi_k = sum_i gamma_ki / N;  a_ki = gamma_ki / sum_i gamma_ki;  mu*_k = sum_i a_ki v_i
+           mu_k = GRU(input mu*_k, hidden mu_k);  mu_k += MLP(LN(mu_k))
+           sigma_k^2 = sum_i a_ki (v_i - mu_k)^2       (around the NEW mean)
+  output   slots_k = W [mu_k ; sigma_k^2]  (2D -> D, so the slot size matches Slot Attention's)
+
+Defaults follow the paper's text; each deviation of the official code (AIRI-Institute/smm) is an option:
+
+- `density`: "log_gaussian" = -1/2 sum_d (k - q)^2 / sigma^2 - sum_d log sigma (the paper's log-density up to a
+  constant); "code" = -sum_d (k - q)^2 / sigma^2 (no 1/2, no log-determinant).
+- `scale_logits`: multiply the log-density by D^-1/2 (Slot Attention's and the official code's scaling; the
+  paper's text states none). On by default: it keeps the first assignments soft, as in Slot Attention.
+- `code_log_sigma_projection`: LayerNorm over [mu ; l] (2D) and the log-std through the same query projection
+  as the mean (the code); off = LayerNorm(mu) -> W_q for the mean, the log-std used as it is (the paper).
+- `gru_hidden`: "mean" = the previous mean (the paper, and Slot Attention) or "normalised_mean" (the code).
+- `pi_update`: "paper" = sum_i gamma_ki / N; "code" = the official code's update, which normalises the
+  input-normalised weights and so keeps pi at 1/K.
+- `output_covariance`: "variance" (the paper's Sigma_diag) or "log_sigma" (the code's).
+- `output_head`: "linear" (the paper's matrix, no bias) or "mlp" = 2D -> 2 max(D, 128) -> ReLU -> D (the code).
+- `init`: "gaussian" = mu ~ N(m, s), log-std ~ N(m', s') with learned m, s, m', s' through the
+  reparameterisation trick (the paper's text, Slot Attention style); "transformer" = learned tokens prepended
+  to the (normalised) inputs and a small transformer encoder giving the mean and log-std of the initial slot
+  distribution (the code; conditional on the image, still invariant to token order).
+
+Numerics: the E-step and the covariance run in float32 with autocast off; responsibilities come from a
+log-softmax (stable for any logit range); eps is added after the softmax and renormalised over inputs, as in
+Slot Attention, so no slot ever has all-zero weights. `iters` / `implicit_diff` have the Slot Attention
+grouper's meaning: `iters` updates in all; with implicit_diff the first iters - 1 run without a graph and the
+last starts from their detached result (Chang et al. 2022: "T steps, then one more" is iters = T + 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from slotrun.blocks import mlp
+from slotrun.types import Features, Gaussian, Slots
+
+from slotrun_smm.mixture_math import sq_distance, weighted_moments
+
+DENSITIES = ("log_gaussian", "code")
+GRU_HIDDEN = ("mean", "normalised_mean")
+PI_UPDATES = ("paper", "code")
+OUTPUT_COVARIANCE = ("variance", "log_sigma")
+OUTPUT_HEADS = ("linear", "mlp")
+INITS = ("gaussian", "transformer")
+
+
+def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} '{value}' (known: {', '.join(allowed)})")
+
+
+@attrs.frozen
+class SMMState:
+    """The mixture after the last update: mean and log-std [B, K, D], mixture weights pi [B, K] (sum to 1)."""
+
+    mean: Tensor
+    log_sigma: Tensor
+    pi: Tensor
+
+
+def _glorot_uniform_(param: Tensor) -> None:
+    limit = math.sqrt(6.0 / (param.shape[-2] + param.shape[-1]))
+    nn.init.uniform_(param, -limit, limit)
+
+
+class GaussianSlotInit(nn.Module):
+    """The paper's init: mean and log-std of every slot sampled from learned diagonal Gaussians."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.mu_mean = nn.Parameter(torch.empty(1, 1, dim))
+        self.mu_log_std = nn.Parameter(torch.empty(1, 1, dim))
+        self.log_sigma_mean = nn.Parameter(torch.zeros(1, 1, dim))  # start at unit-variance components
+        self.log_sigma_log_std = nn.Parameter(torch.empty(1, 1, dim))
+        _glorot_uniform_(self.mu_mean)
+        _glorot_uniform_(self.mu_log_std)
+        _glorot_uniform_(self.log_sigma_log_std)
+
+    def forward(self, tokens: Tensor, num_slots: int) -> Tensor:
+        b = tokens.shape[0]
+        dev, dt = self.mu_mean.device, self.mu_mean.dtype
+        mean = torch.cat([self.mu_mean, self.log_sigma_mean], dim=-1)
+        std = torch.cat([self.mu_log_std, self.log_sigma_log_std], dim=-1).exp()
+        return mean + std * torch.randn(b, num_slots, 2 * self.dim, device=dev, dtype=dt)
+
+    def deterministic(self, batch_size: int) -> Tensor:
+        """[B, 1, D] log-std means, used when only initial means are given."""
+        return self.log_sigma_mean.expand(batch_size, 1, -1)
+
+
+class TransformerSlotInit(nn.Module):
+    """The official code's init: two learned tokens prepended to the tokens, a pre-LN transformer encoder, and
+    the two tokens' outputs read as the mean and log-std of the initial [mu ; log-std] distribution."""
+
+    def __init__(self, in_dim: int, dim: int, *, layers: int = 2, heads: int = 4) -> None:
+        super().__init__()
+        if in_dim % heads:
+            raise ValueError(f"the transformer init needs the token size ({in_dim}) divisible by init_heads ({heads})")
+        self.dim = dim
+        self.queries = nn.Parameter(torch.empty(1, 2, in_dim))
+        _glorot_uniform_(self.queries)
+        layer = nn.TransformerEncoderLayer(in_dim, heads, dim_feedforward=4 * in_dim, dropout=0.0,
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(in_dim), enable_nested_tensor=False)
+        self.to_mean = nn.Linear(in_dim, 2 * dim)
+        self.to_log_std = nn.Linear(in_dim, 2 * dim)
+        nn.init.zeros_(self.to_log_std.weight)
+        nn.init.constant_(self.to_log_std.bias, -1.0)  # start near the distribution's mean
+
+    def forward(self, tokens: Tensor, num_slots: int) -> Tensor:
+        b = tokens.shape[0]
+        out = self.encoder(torch.cat([self.queries.expand(b, -1, -1).to(tokens.dtype), tokens], dim=1))
+        mean = self.to_mean(out[:, :1])
+        std = self.to_log_std(out[:, 1:2]).exp()
+        return mean + std * torch.randn(b, num_slots, 2 * self.dim, device=tokens.device, dtype=mean.dtype)
+
+    def deterministic(self, batch_size: int) -> Tensor:
+        raise ValueError("with init = \"transformer\" pass slots_init as [B, K, 2 * slot_dim] (mean ; log-std)")
+
+
+class SlotMixtureModule(nn.Module):
+    """Features [B, N, in_dim] -> Slots [B, K, slot_dim], with Slots.mixture = Gaussian(mean, std) [B, K, D] and
+    Slots.attn = the responsibilities of every update ([B, K, N], normalised over slots). See the module
+    docstring for the options; `run()` also returns the mixture weights."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        *,
+        slot_dim: int = 64,
+        num_slots: int = 7,
+        iters: int = 3,
+        mlp_hidden: int | None = None,
+        implicit_diff: bool = False,
+        init: str = "gaussian",
+        init_layers: int = 2,
+        init_heads: int = 4,
+        density: str = "log_gaussian",
+        scale_logits: bool = True,
+        code_log_sigma_projection: bool = False,
+        gru_hidden: str = "mean",
+        pi_update: str = "paper",
+        output_covariance: str = "variance",
+        output_head: str = "linear",
+        eps: float = 1e-8,
+        var_eps: float = 1e-8,
+        layer_norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        for name, value, allowed in (("init", init, INITS), ("density", density, DENSITIES),
+                                     ("gru_hidden", gru_hidden, GRU_HIDDEN), ("pi_update", pi_update, PI_UPDATES),
+                                     ("output_covariance", output_covariance, OUTPUT_COVARIANCE),
+                                     ("output_head", output_head, OUTPUT_HEADS)):
+            _check(name, value, allowed)
+        if num_slots < 1 or iters < 1:
+            raise ValueError(f"num_slots and iters must be >= 1, got {num_slots} and {iters}")
+        d = slot_dim
+        self.slot_dim, self.num_slots, self.iters = d, num_slots, iters
+        self.implicit_diff = implicit_diff
+        self.density, self.gru_hidden, self.pi_update = density, gru_hidden, pi_update
+        self.code_log_sigma_projection = code_log_sigma_projection
+        self.output_covariance = output_covariance
+        self.scale = d**-0.5 if scale_logits else 1.0
+        self.eps, self.var_eps = eps, var_eps
+        self.norm_inputs = nn.LayerNorm(in_dim, eps=layer_norm_eps)
+        self.project_kv = nn.Linear(in_dim, 2 * d, bias=False)
+        # The code normalises [mu ; log-std] together; the paper normalises the mean before W_q, as SA does.
+        self.norm_state = nn.LayerNorm(2 * d if code_log_sigma_projection else d, eps=layer_norm_eps)
+        self.project_q = nn.Linear(d, d, bias=False)
+        self.gru = nn.GRUCell(d, d)
+        self.norm_mlp = nn.LayerNorm(d, eps=layer_norm_eps)
+        self.mlp = mlp(d, [max(d, 128) if mlp_hidden is None else mlp_hidden], d)
+        self.head = (nn.Linear(2 * d, d, bias=False) if output_head == "linear"
+                     else mlp(2 * d, [2 * max(d, 128)], d))
+        if init == "gaussian":
+            self.init: nn.Module = GaussianSlotInit(d)
+        else:
+            self.init = TransformerSlotInit(in_dim, d, layers=init_layers, heads=init_heads)
+
+    # ---- one update ---------------------------------------------------------------------------------------
+
+    def step(self, state: SMMState, k: Tensor, v: Tensor) -> tuple[SMMState, Tensor]:
+        """One E/M update of (mean, log-std, pi) given keys and values [B, N, D]; returns (state, gamma)."""
+        mu, log_sigma, pi = state.mean, state.log_sigma, state.pi
+        b, n_slots, d = mu.shape
+        if self.code_log_sigma_projection:
+            s_mu, s_l = self.norm_state(torch.cat([mu, log_sigma], dim=-1)).split(d, dim=-1)
+            q_mu, q_l = self.project_q(s_mu), self.project_q(s_l)
+        else:
+            s_mu = self.norm_state(mu)
+            q_mu, q_l = self.project_q(s_mu), log_sigma
+        with torch.autocast(device_type=k.device.type, enabled=False):
+            q_mu, q_l = q_mu.float(), q_l.float()
+            dist = sq_distance(k.float(), q_mu, torch.exp(-2.0 * q_l))  # [B, K, N]
+            if self.density == "log_gaussian":
+                logits = -0.5 * dist - q_l.sum(-1, keepdim=True)
+            else:
+                logits = -dist
+            logits = logits * self.scale + torch.log(pi.float().clamp_min(1e-30)).unsqueeze(-1)
+            gamma = torch.softmax(logits, dim=1)  # over slots: the E-step responsibilities
+            weights = gamma + self.eps
+            weights = weights / weights.sum(dim=2, keepdim=True)  # over inputs: the M-step's weighted mean
+            if self.pi_update == "paper":
+                new_pi = gamma.mean(dim=2)
+            else:  # the code: normalises input-normalised weights, so pi stays 1/K
+                mass = weights.sum(dim=2)
+                new_pi = mass / mass.sum(dim=1, keepdim=True)
+        updates = weights.to(v.dtype) @ v  # [B, K, D]
+        hidden = mu if self.gru_hidden == "mean" else s_mu
+        mu = self.gru(updates.reshape(b * n_slots, d), hidden.reshape(b * n_slots, d).to(updates.dtype))
+        mu = mu.reshape(b, n_slots, d)
+        mu = mu + self.mlp(self.norm_mlp(mu))
+        with torch.autocast(device_type=k.device.type, enabled=False):
+            _, var = weighted_moments(weights, v.float(), center=mu.float())  # around the NEW mean
+            log_sigma = 0.5 * torch.log(var + self.var_eps)
+        return SMMState(mean=mu, log_sigma=log_sigma, pi=new_pi), gamma
+
+    # ---- the loop -----------------------------------------------------------------------------------------
+
+    def sample_init(self, tokens: Tensor, num_slots: int | None = None) -> Tensor:
+        """[B, K, 2D] initial [mean ; log-std], fresh noise each call (tokens: raw encoder tokens)."""
+        k = self.num_slots if num_slots is None else num_slots
+        if k < 1:
+            raise ValueError(f"num_slots must be >= 1, got {k}")
+        return self.init(self.norm_inputs(tokens), k)
+
+    def _initial_state(self, tokens: Tensor, num_slots: int | None, slots_init: Tensor | None) -> SMMState:
+        d = self.slot_dim
+        if slots_init is None:
+            slots_init = self.sample_init(tokens, num_slots)
+        elif slots_init.shape[-1] == d:  # means only: every component starts at the learned log-std mean
+            log_sigma = self.init.deterministic(slots_init.shape[0]).to(slots_init)
+            slots_init = torch.cat([slots_init, log_sigma.expand(-1, slots_init.shape[1], -1)], dim=-1)
+        elif slots_init.shape[-1] != 2 * d:
+            raise ValueError(f"slots_init must be [B, K, {d}] (means) or [B, K, {2 * d}] (means ; log-stds), "
+                             f"got {tuple(slots_init.shape)}")
+        mu, log_sigma = slots_init.split(d, dim=-1)
+        b, k = mu.shape[:2]
+        pi = torch.full((b, k), 1.0 / k, device=mu.device, dtype=torch.float32)
+        return SMMState(mean=mu, log_sigma=log_sigma, pi=pi)
+
+    def run(
+        self, features: Features, *, num_slots: int | None = None, iters: int | None = None,
+        slots_init: Tensor | None = None,
+    ) -> tuple[Slots, SMMState]:
+        """forward() plus the final mixture state (with the mixture weights pi)."""
+        tokens = features.tokens
+        iters = self.iters if iters is None else iters
+        if iters < 1:
+            raise ValueError(f"iters must be >= 1, got {iters}")
+        state = self._initial_state(tokens, num_slots, slots_init)
+        k, v = self.project_kv(self.norm_inputs(tokens)).chunk(2, dim=-1)
+        attns: list[Tensor] = []
+        if self.implicit_diff:
+            with torch.no_grad():
+                for _ in range(iters - 1):
+                    state, gamma = self.step(state, k, v)
+                    attns.append(gamma)
+            state = SMMState(mean=state.mean.detach(), log_sigma=state.log_sigma.detach(), pi=state.pi.detach())
+            state, gamma = self.step(state, k, v)
+            attns.append(gamma)
+        else:
+            for _ in range(iters):
+                state, gamma = self.step(state, k, v)
+                attns.append(gamma)
+        mu, log_sigma = state.mean, state.log_sigma
+        cov = torch.exp(2.0 * log_sigma) if self.output_covariance == "variance" else log_sigma
+        slots = self.head(torch.cat([mu, cov.to(mu.dtype)], dim=-1))
+        mixture = Gaussian(mean=mu, std=log_sigma.exp())
+        return Slots(slots=slots, attn=tuple(attns), mixture=mixture), state
+
+    def forward(
+        self, features: Features, *, num_slots: int | None = None, iters: int | None = None,
+        slots_init: Tensor | None = None,
+    ) -> Slots:
+        """`num_slots` / `iters` override the configured values for this call; `slots_init` ([B, K, D] means,
+        or [B, K, 2D] means ; log-stds) replaces the sampled initial state (tests and studies)."""
+        return self.run(features, num_slots=num_slots, iters=iters, slots_init=slots_init)[0]
