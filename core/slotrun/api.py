@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from slotrun.engine.schedules import param_groups
 from slotrun.model import SlotModel, build_model
 from slotrun.plugins import Plugins, load_plugins
 from slotrun.protocols import MetricInputs
@@ -30,6 +31,7 @@ def build_from_recipe(recipe: Recipe, plugins: Plugins | None = None) -> SlotMod
                         loss_weights=recipe.train.loss_weights)
     for spec in recipe.eval.metrics:
         spec.build(MetricInputs(mask_size=recipe.eval.mask_size, properties=source.properties))
+    param_groups(model, recipe.train)  # every train.param_groups prefix must select something
     return model
 
 

@@ -44,10 +44,27 @@ class ModelConfig:
     regularisers: dict[str, Spec] = component("regularisers", shape="dict")
 
 
+Schedule = Literal["constant", "slot_attention", "onecycle"]
+
+
+@_frozen
+class ParamGroupConfig:
+    """Parameters whose dotted name starts with `prefix` (e.g. "encoder.dvae.") train with their own lr and
+    schedule; unset fields follow [train]. A parameter joins the first group whose prefix matches."""
+
+    prefix: str = field(default="", validator=v.min_len(1))
+    lr: float | None = field(default=None, validator=v.optional(v.gt(0.0)))
+    schedule: Schedule | None = None
+    warmup_steps: int | None = field(default=None, validator=v.optional(v.ge(0)))
+    decay_steps: int | None = field(default=None, validator=v.optional(v.ge(1)))
+    weight_decay: float | None = field(default=None, validator=v.optional(v.ge(0.0)))
+
+
 @_frozen
 class TrainConfig:
     """Optimisation. lr(t) = lr * min(1, t / warmup_steps) * 0.5 ** (t / decay_steps) for the
-    "slot_attention" schedule; "constant" keeps lr after warmup."""
+    "slot_attention" schedule; "constant" keeps lr after warmup; "onecycle" is torch's OneCycleLR shape
+    (cosine up from lr/25 over onecycle_pct of the steps, then cosine down to lr/25e4)."""
 
     steps: int = field(default=1000, validator=v.ge(1))
     seed: int = field(default=0, validator=v.ge(0))
@@ -57,9 +74,11 @@ class TrainConfig:
     lr: float = field(default=4e-4, validator=v.gt(0.0))
     weight_decay: float = field(default=0.0, validator=v.ge(0.0))
     adam_eps: float = field(default=1e-8, validator=v.gt(0.0))
-    schedule: Literal["constant", "slot_attention"] = "slot_attention"
+    schedule: Schedule = "slot_attention"
     warmup_steps: int = field(default=0, validator=v.ge(0))
     decay_steps: int = field(default=100_000, validator=v.ge(1))
+    onecycle_pct: float = field(default=0.05, validator=[v.gt(0.0), v.lt(1.0)])
+    param_groups: tuple[ParamGroupConfig, ...] = ()
     grad_clip: float | None = field(default=None, validator=v.optional(v.gt(0.0)))
     grad_clip_norm: Literal["2", "inf"] = "2"
     loss_weights: dict[str, float] = field(factory=dict)

@@ -9,6 +9,7 @@ its message).
 from __future__ import annotations
 
 import difflib
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -101,6 +102,14 @@ class Structurer:
     def value(self, data: Any, typ: Any, path: str) -> Any:
         if isinstance(typ, type) and attrs.has(typ):
             return self.attrs_class(data, typ, path)
+        args = typing.get_args(typ)
+        if typing.get_origin(typ) in (tuple, list) and args and isinstance(args[0], type) and attrs.has(args[0]):
+            # An array of tables (e.g. [[train.param_groups]]): each one validated with its own path.
+            if not isinstance(data, list):
+                self.error(f"expected an array of tables, got {describe(data)}", path)
+                return attrs.NOTHING
+            items = [self.attrs_class(item, args[0], f"{path}[{i}]") for i, item in enumerate(data)]
+            return attrs.NOTHING if attrs.NOTHING in items else typing.get_origin(typ)(items)
         try:
             return self.conv.structure(data, typ)
         except (ClassValidationError, IterableValidationError) as exc:

@@ -239,3 +239,17 @@ def test_recipes_cannot_run_code(tmp_path, fake):
     path.write_text(BASE.replace('type = "cnn"', 'type = "os.system"\n_target_ = "os.system"'))
     found = problems(path, fake)
     assert any("unknown encoder 'os.system'" in p for p in found)
+
+
+def test_arrays_of_tables_are_validated_item_by_item(tmp_path, fake):
+    path = tmp_path / "groups.toml"
+    path.write_text(BASE + '[[train.param_groups]]\nprefix = "encoder."\nlr = 3e-4\n'
+                           '[[train.param_groups]]\nprefix = ""\nlr = -1.0\nwarmup = 3\n')
+    assert problems(path, fake) == [
+        "unknown key 'warmup'; did you mean 'warmup_steps'? @ $.train.param_groups[1].warmup",
+        "Length of 'prefix' must be >= 1: 0 @ $.train.param_groups[1].prefix",
+        "'lr' must be > 0.0: -1.0 @ $.train.param_groups[1].lr",
+    ]
+    path.write_text(BASE + '[[train.param_groups]]\nprefix = "encoder."\nlr = 3e-4\n')
+    recipe = R.load(path, plugins=fake)
+    assert recipe.train.param_groups[0].prefix == "encoder." and recipe.train.param_groups[0].lr == 3e-4
