@@ -16,7 +16,7 @@ from pathlib import Path
 
 from slotrun.errors import RecipeError, UserError
 
-COMMANDS = ("train", "check", "show", "plugins", "eval", "data")
+COMMANDS = ("train", "check", "show", "plugins", "eval", "sample", "data")
 
 
 def _plugins(args: argparse.Namespace):  # noqa: ANN202 - Plugins, imported lazily for a fast --help
@@ -101,6 +101,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    from slotrun.engine.sample import sample_run
+
+    result = sample_run(args.run_dir, num=args.num, slots=args.slots, temperature=args.temperature, out=args.out,
+                        seed=args.seed, plugins=_plugins(args))
+    print(json.dumps({"grid": str(result.grid), "images": str(result.images), "masks": str(result.masks),
+                      **result.metrics}, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slotrun",
@@ -132,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sample", help="generate scenes from a run's slot prior: PNG grid + .npy arrays")
+    p.add_argument("run_dir")
+    p.add_argument("--num", type=int, default=64, help="number of scenes (default 64)")
+    p.add_argument("--slots", type=int, default=None, help="slots per scene (default: as trained)")
+    p.add_argument("--temperature", type=float, default=1.0, help="scale of the prior's noise (default 1)")
+    p.add_argument("--out", default=None, help="output folder (default RUN_DIR/samples)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample)
 
     from slotrun.data.cli import add_commands
 

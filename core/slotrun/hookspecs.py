@@ -44,7 +44,9 @@ def register_groupers(register: Register) -> None:
 def register_decoders(register: Register) -> None:
     """Register decoders: `config.build(DecoderInputs)` returns an nn.Module called as
     `decoder(slots, features, batch)` -> `slotrun.types.DecoderOutput`. It computes its own loss terms (the
-    reconstruction or prediction loss) and lists every term name in its attribute `loss_terms`."""
+    reconstruction or prediction loss) and lists every term name in its attribute `loss_terms`. A decoder that
+    can render slots without an image (generative models) also has `decode_slots(slots [B, K, D])` ->
+    DecoderOutput (no loss terms needed); with a prior that samples, the engine draws a grid of samples."""
 
 
 @hookspec
@@ -59,6 +61,23 @@ def register_regularisers(register: Register) -> None:
     """Register slot regularisers: `config.build(RegulariserInputs)` returns an nn.Module called as
     `reg(slots)` -> one scalar tensor, during training only. The loss term is named by the regulariser's key
     in the recipe's [model.regularisers] table; its weight comes from the recipe's train.loss_weights."""
+
+
+@hookspec
+def register_balancers(register: Register) -> None:
+    """Register loss balancers: `config.build(BalancerInputs)` returns an nn.Module (see
+    `slotrun.protocols.Balancer`) that claims some of the model's loss terms by name (attribute `terms`) and
+    replaces their plain weighted sum in the total:
+
+    - `balancer(losses)` -> one scalar tensor, its contribution to the total, computed with its current state
+      from the claimed terms present in `losses` (a term produced in training only may be absent in evaluation);
+    - `update(values)` adapts the state once per optimiser step, in training only, from the step's claimed
+      term values as floats (averaged over gradient-accumulation micro-batches and processes, so every
+      process holds the same state); the engine skips it on non-finite steps;
+    - `scalars()` -> {name: float} of state worth logging (GECO: "beta"), logged as "BALANCER.NAME".
+
+    State that must survive a resume is kept in registered buffers (saved with the weights). A term may be
+    claimed by one balancer only, must be one the model produces, and takes no train.loss_weights entry."""
 
 
 @hookspec

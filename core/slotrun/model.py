@@ -1,19 +1,24 @@
-"""Assembling components into one model: encoder -> grouper -> decoder (+ prior, regularisers).
+"""Assembling components into one model: encoder -> grouper -> decoder (+ prior, regularisers, balancers).
 
 Each component is built from what the one before it produces, so a recipe never repeats a dimension. The total
-loss is a weighted sum of named terms; weights default to 1 and come from the recipe's train.loss_weights.
+loss is a sum over named terms: the terms a balancer claims (e.g. GECO's reconstruction and KL) contribute what
+that balancer returns; every other term contributes weight * value, weights defaulting to 1 and coming from the
+recipe's train.loss_weights (numbers, or schedules the engine evaluates before each step).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
+import attrs
 import torch
 from torch import Tensor, nn
 
 from slotrun.errors import RecipeError
-from slotrun.protocols import DecoderInputs, GrouperInputs, PriorInputs, RegulariserInputs
-from slotrun.recipe import ModelConfig
+from slotrun.protocols import BalancerInputs, DecoderInputs, GrouperInputs, PriorInputs, RegulariserInputs
+from slotrun.recipe import ModelConfig, ScalarSchedule, scalar_at
+from slotrun.structure import Spec
 from slotrun.types import Batch, ImageSpec, ModelOutput, PropertyLayout
 
 
@@ -28,6 +33,7 @@ class SlotModel(nn.Module):
         *,
         prior: nn.Module | None = None,
         regularisers: Mapping[str, nn.Module] | None = None,
+        balancers: Mapping[str, nn.Module] | None = None,
         loss_weights: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
@@ -36,7 +42,26 @@ class SlotModel(nn.Module):
         self.decoder = decoder
         self.prior = prior
         self.regularisers = nn.ModuleDict(dict(regularisers or {}))
+        self.balancers = nn.ModuleDict(dict(balancers or {}))
         self.loss_weights: dict[str, float] = dict(loss_weights or {})
+
+    @property
+    def balanced_terms(self) -> dict[str, str]:
+        """term -> the name of the balancer that claims it."""
+        return {term: name for name, balancer in self.balancers.items() for term in balancer.terms}
+
+    def update_balancers(self, values: Mapping[str, float]) -> None:
+        """Adapt every balancer's state from one optimiser step's loss-term values (the engine calls this once
+        per step in training; call it yourself after `optimizer.step()` in your own loop)."""
+        for balancer in self.balancers.values():
+            mine = {t: float(values[t]) for t in balancer.terms if t in values}
+            if mine:
+                balancer.update(mine)
+
+    def balancer_scalars(self) -> dict[str, float]:
+        """{"BALANCER.NAME": value} of every balancer's loggable state (e.g. "geco.beta")."""
+        return {f"{name}.{key}": float(value) for name, balancer in self.balancers.items()
+                for key, value in balancer.scalars().items()}
 
     @property
     def loss_terms(self) -> tuple[str, ...]:
@@ -58,9 +83,15 @@ class SlotModel(nn.Module):
             for name, regulariser in self.regularisers.items():
                 losses[name] = regulariser(slots)
         total = torch.zeros((), device=batch.image.device)
+        claimed: set[str] = set()
+        for balancer in self.balancers.values():
+            mine = {t: losses[t] for t in balancer.terms if t in losses}
+            claimed.update(balancer.terms)
+            if mine:
+                total = total + balancer(mine)
         for name, value in losses.items():
             weight = self.loss_weights.get(name, 1.0)
-            if weight != 0.0:
+            if name not in claimed and weight != 0.0:
                 total = total + weight * value
         return ModelOutput(features=features, slots=slots, decoded=decoded, losses=losses, loss=total)
 
@@ -70,33 +101,84 @@ def build_model(
     image: ImageSpec,
     *,
     properties: PropertyLayout | None = None,
-    loss_weights: Mapping[str, float] | None = None,
+    loss_weights: Mapping[str, float | ScalarSchedule] | None = None,
+    step: int = 0,
 ) -> SlotModel:
-    """Build every component from its config, passing shapes forward. Unknown loss-weight names are errors."""
-    encoder = config.encoder.build(image)
+    """Build every component from its config, passing shapes forward. Unknown loss-weight names, balancers
+    claiming unknown or already claimed terms, and weights on claimed terms are RecipeErrors with key paths.
+    Scheduled loss weights take their value at optimiser step `step`."""
+    encoder = _build(config.encoder, image, "$.model.encoder")
     grid = tuple(encoder.grid_for(image.height, image.width))
-    grouper = config.grouper.build(GrouperInputs(dim=encoder.out_dim, grid=grid))
-    decoder = config.decoder.build(
-        DecoderInputs(
-            slot_dim=grouper.slot_dim, image=image, feature_dim=encoder.out_dim, grid=grid,
-            target_dim=getattr(encoder, "target_dim", None), properties=properties,
-        )
-    )
+    grouper = _build(config.grouper, GrouperInputs(dim=encoder.out_dim, grid=grid), "$.model.grouper")
+    decoder = _build(config.decoder, DecoderInputs(
+        slot_dim=grouper.slot_dim, image=image, feature_dim=encoder.out_dim, grid=grid,
+        target_dim=getattr(encoder, "target_dim", None), properties=properties,
+    ), "$.model.decoder")
     prior = None
     if config.prior is not None:
-        prior = config.prior.build(PriorInputs(slot_dim=grouper.slot_dim, num_slots=grouper.num_slots))
+        prior = _build(config.prior, PriorInputs(slot_dim=grouper.slot_dim, num_slots=grouper.num_slots),
+                       "$.model.prior")
     regularisers = {
-        name: spec.build(RegulariserInputs(slot_dim=grouper.slot_dim, num_slots=grouper.num_slots))
+        name: _build(spec, RegulariserInputs(slot_dim=grouper.slot_dim, num_slots=grouper.num_slots),
+                     f"$.model.regularisers.{name}")
         for name, spec in config.regularisers.items()
     }
-    model = SlotModel(encoder, grouper, decoder, prior=prior, regularisers=regularisers,
-                      loss_weights=loss_weights)
-    unknown = sorted(set(model.loss_weights) - set(model.loss_terms))
-    if unknown:
-        terms = ", ".join(model.loss_terms)
-        raise RecipeError([f"unknown loss term '{u}' (this model's terms: {terms}) @ $.train.loss_weights.{u}"
-                           for u in unknown])
+    model = SlotModel(encoder, grouper, decoder, prior=prior, regularisers=regularisers)
+    terms = model.loss_terms
+    inputs = BalancerInputs(loss_terms=tuple(terms), image=image)
+    model.balancers = nn.ModuleDict({
+        name: _build(spec, inputs, f"$.model.balancers.{name}") for name, spec in config.balancers.items()
+    })
+    weights = dict(loss_weights or {})
+    problems = _balancer_problems(config.balancers, model, weights)
+    listing = ", ".join(terms)
+    problems += [f"unknown loss term '{u}' (this model's terms: {listing}) @ $.train.loss_weights.{u}"
+                 for u in sorted(set(weights) - set(terms))]
+    if problems:
+        raise RecipeError(problems)
+    model.loss_weights = {name: scalar_at(value, step) for name, value in weights.items()}
     return model
+
+
+def _build(spec: Spec, inputs: Any, path: str) -> Any:
+    """spec.build(inputs); a ValueError from build() (settings that do not fit the shapes they receive, e.g. a
+    decoder that cannot reach the image size) is the recipe's mistake, reported with the table's path."""
+    try:
+        return spec.build(inputs)
+    except ValueError as exc:
+        text = str(exc).strip().splitlines()
+        raise RecipeError([f"{text[0] if text else type(exc).__name__} @ {path}"]) from None
+
+
+def _term_path(spec: Spec, term: str, base: str) -> str:
+    """The key path of the config field that names `term` (e.g. $.model.balancers.geco.kl_terms)."""
+    for field in attrs.fields(type(spec.config)):
+        value = getattr(spec.config, field.name)
+        if isinstance(value, (tuple, list)) and term in value or value == term:
+            return f"{base}.{field.alias or field.name}"
+    return base
+
+
+def _balancer_problems(specs: Mapping[str, Spec], model: SlotModel,
+                       weights: Mapping[str, Any]) -> list[str]:
+    problems: list[str] = []
+    owner: dict[str, str] = {}
+    terms = model.loss_terms
+    listing = ", ".join(terms)
+    for name, balancer in model.balancers.items():
+        path: Callable[[str], str] = lambda t, n=name: _term_path(specs[n], t, f"$.model.balancers.{n}")  # noqa: E731
+        for term in balancer.terms:
+            if term not in terms:
+                problems.append(f"balancer '{name}' claims unknown loss term '{term}' (this model's terms: "
+                                f"{listing}) @ {path(term)}")
+            elif term in owner:
+                problems.append(f"loss term '{term}' is claimed by balancers '{owner[term]}' and '{name}'; a term "
+                                f"may be balanced once @ {path(term)}")
+            else:
+                owner[term] = name
+    problems += [f"loss term '{t}' is balanced by '{owner[t]}', which sets its weight; remove it from "
+                 f"train.loss_weights @ $.train.loss_weights.{t}" for t in sorted(set(weights) & set(owner))]
+    return problems
 
 
 def load_pretrained(model: SlotModel) -> None:
@@ -106,7 +188,8 @@ def load_pretrained(model: SlotModel) -> None:
     this once before training a fresh run. Only the components themselves are asked, not their submodules
     (a timm model has a `load_pretrained` of its own with another meaning).
     """
-    components = [model.encoder, model.grouper, model.decoder, model.prior, *model.regularisers.values()]
+    components = [model.encoder, model.grouper, model.decoder, model.prior, *model.regularisers.values(),
+                  *model.balancers.values()]
     for component in components:
         load = getattr(component, "load_pretrained", None)
         if callable(load):

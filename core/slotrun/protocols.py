@@ -57,6 +57,15 @@ class PriorInputs:
 
 
 @_frozen
+class BalancerInputs:
+    """loss_terms: every loss term the model can produce (encoder, decoder, prior, regularisers);
+    image: the input images (a balancer may state its targets per pixel)."""
+
+    loss_terms: tuple[str, ...]
+    image: ImageSpec
+
+
+@_frozen
 class MetricInputs:
     """mask_size: the resolution (h, w) at which masks are compared, None = the dataset's image size;
     properties: the dataset's per-object property layout, None when it has no properties."""
@@ -106,6 +115,9 @@ class Decoder(Protocol):
 
     def __call__(self, slots: Slots, features: Features, batch: Batch) -> DecoderOutput: ...
 
+    # Optional (generative models): decode slots alone, e.g. samples of a prior.
+    # def decode_slots(self, slots: Tensor) -> DecoderOutput: ...
+
 
 class Regulariser(Protocol):
     """nn.Module: Slots -> one scalar loss, called in training only. Its term name is its key in the recipe's
@@ -122,6 +134,23 @@ class Prior(Protocol):
     def __call__(self, slots: Slots) -> Mapping[str, Tensor]: ...
 
     def sample(self, n: int, num_slots: int, temperature: float = 1.0) -> Tensor: ...
+
+
+class Balancer(Protocol):
+    """nn.Module combining the loss terms it claims (`terms`) into one contribution to the total loss.
+
+    Called with the claimed terms the model produced ({name: scalar tensor}); it uses its current state and
+    does not change it. `update({name: float})` adapts the state once per optimiser step (training only,
+    under no_grad); `scalars()` reports state to log. Persistent state lives in registered buffers.
+    """
+
+    terms: tuple[str, ...]
+
+    def __call__(self, losses: Mapping[str, Tensor]) -> Tensor: ...
+
+    def update(self, values: Mapping[str, float]) -> None: ...
+
+    def scalars(self) -> Mapping[str, float]: ...
 
 
 class DataSource(Protocol):

@@ -7,6 +7,7 @@ Recipes are data only: nothing in them is imported, evaluated or executed.
 from __future__ import annotations
 
 import copy
+import math
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -35,13 +36,52 @@ class RunConfig:
 
 @_frozen
 class ModelConfig:
-    """encoder -> grouper -> decoder, plus an optional prior and named regularisers."""
+    """encoder -> grouper -> decoder, plus an optional prior, named regularisers and named loss balancers
+    (each claims some loss terms and replaces their weighted sum, e.g. GECO)."""
 
     encoder: Spec = component("encoders")
     grouper: Spec = component("groupers")
     decoder: Spec = component("decoders")
     prior: Spec | None = component("priors", default=None)
     regularisers: dict[str, Spec] = component("regularisers", shape="dict")
+    balancers: dict[str, Spec] = component("balancers", shape="dict")
+
+
+def _finite(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"'{attribute.name}' must be a finite number: {value}")
+
+
+@_frozen
+class ScalarSchedule:
+    """A number that follows the optimiser step t (e.g. a loss weight warming up).
+
+    It holds `start` until `delay_steps`, then moves to `value` over `steps` steps and stays there:
+    linear: start + (value - start) * f;  cosine: value + (start - value) * (1 + cos(pi * f)) / 2,
+    with f = min(1, (t - delay_steps) / steps) (steps = 0 jumps to `value` at delay_steps).
+    """
+
+    value: float = field(default=1.0, validator=_finite)
+    schedule: Literal["linear", "cosine"] = "linear"
+    start: float = field(default=0.0, validator=_finite)
+    steps: int = field(default=1000, validator=v.ge(0))
+    delay_steps: int = field(default=0, validator=v.ge(0))
+
+    def at(self, step: int) -> float:
+        t = step - self.delay_steps
+        if t < 0:
+            return self.start
+        if self.steps == 0 or t >= self.steps:
+            return self.value
+        f = t / self.steps
+        if self.schedule == "linear":
+            return self.start + (self.value - self.start) * f
+        return self.value + (self.start - self.value) * (1 + math.cos(math.pi * f)) / 2
+
+
+def scalar_at(value: float | ScalarSchedule, step: int) -> float:
+    """A plain number as is, a schedule at optimiser step `step`."""
+    return value.at(step) if isinstance(value, ScalarSchedule) else float(value)
 
 
 Schedule = Literal["constant", "slot_attention", "onecycle"]
@@ -81,7 +121,8 @@ class TrainConfig:
     param_groups: tuple[ParamGroupConfig, ...] = ()
     grad_clip: float | None = field(default=None, validator=v.optional(v.gt(0.0)))
     grad_clip_norm: Literal["2", "inf"] = "2"
-    loss_weights: dict[str, float] = field(factory=dict)
+    # term -> weight, a number or a ScalarSchedule table ({ value = 1.0, schedule = "linear", steps = 1000 })
+    loss_weights: dict[str, float | ScalarSchedule] = field(factory=dict)
     log_every: int = field(default=50, validator=v.ge(1))
     checkpoint_every: int = field(default=500, validator=v.ge(1))
     keep_checkpoints: int = field(default=2, validator=v.ge(1))
@@ -99,7 +140,8 @@ class EvalConfig:
     max_samples: int | None = field(default=None, validator=v.optional(v.ge(1)))
     mask_size: tuple[int, int] | None = None
     metrics: tuple[Spec, ...] = component("metrics", shape="list")
-    pictures: int = field(default=8, validator=v.ge(0))
+    pictures: int = field(default=8, validator=v.ge(0))  # images (and, for generative models, samples) drawn
+    sample_temperature: float = field(default=1.0, validator=v.gt(0.0))  # prior.sample's temperature
 
 
 @_frozen

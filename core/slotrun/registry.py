@@ -11,10 +11,10 @@ import attrs
 
 from slotrun.errors import PluginError, UserError
 
-KINDS = ("encoders", "groupers", "decoders", "priors", "regularisers", "datasets", "metrics")
+KINDS = ("encoders", "groupers", "decoders", "priors", "regularisers", "balancers", "datasets", "metrics")
 SINGULAR = {
     "encoders": "encoder", "groupers": "grouper", "decoders": "decoder", "priors": "prior",
-    "regularisers": "regulariser", "datasets": "dataset", "metrics": "metric",
+    "regularisers": "regulariser", "balancers": "balancer", "datasets": "dataset", "metrics": "metric",
 }
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 

@@ -9,6 +9,7 @@ its message).
 from __future__ import annotations
 
 import difflib
+import types
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -103,6 +104,21 @@ class Structurer:
         if isinstance(typ, type) and attrs.has(typ):
             return self.attrs_class(data, typ, path)
         args = typing.get_args(typ)
+        origin = typing.get_origin(typ)
+        if origin in (typing.Union, types.UnionType) and any(_is_attrs(a) for a in args):
+            # e.g. float | ScalarSchedule: a table is the class, anything else the other member.
+            cls = next(a for a in args if _is_attrs(a))
+            if isinstance(data, Mapping):
+                return self.attrs_class(data, cls, path)
+            others = [a for a in args if a is not cls]
+            return self.value(data, others[0] if len(others) == 1 else typing.Union[tuple(others)], path)
+        if origin is dict and len(args) == 2 and _mentions_attrs(args[1]):
+            # A table of values that may be tables themselves: each one validated with its own path.
+            if not isinstance(data, Mapping):
+                self.error(f"expected a table, got {describe(data)}", path)
+                return attrs.NOTHING
+            items = {key: self.value(item, args[1], f"{path}.{key}") for key, item in data.items()}
+            return attrs.NOTHING if attrs.NOTHING in items.values() else items
         if typing.get_origin(typ) in (tuple, list) and args and isinstance(args[0], type) and attrs.has(args[0]):
             # An array of tables (e.g. [[train.param_groups]]): each one validated with its own path.
             if not isinstance(data, list):
@@ -208,6 +224,14 @@ class Structurer:
             except Exception as exc:  # noqa: BLE001 - validator messages are kept verbatim
                 self.error(_validator_message(exc), f"{path}.{key}")
         return instance if len(self.errors) == start else attrs.NOTHING
+
+
+def _is_attrs(typ: Any) -> bool:
+    return isinstance(typ, type) and attrs.has(typ)
+
+
+def _mentions_attrs(typ: Any) -> bool:
+    return _is_attrs(typ) or any(_is_attrs(a) for a in typing.get_args(typ))
 
 
 def _validator_message(exc: BaseException) -> str:

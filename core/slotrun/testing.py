@@ -24,6 +24,7 @@ from torch import nn
 
 from slotrun.plugins import load_plugins
 from slotrun.protocols import (
+    BalancerInputs,
     DecoderInputs,
     GrouperInputs,
     MetricInputs,
@@ -187,6 +188,35 @@ def check_prior(config: Any) -> None:
     _expect(tuple(samples.shape) == (2, SLOTS + 1, DIM), f"sample shape {tuple(samples.shape)}")
 
 
+def check_balancer(config: Any) -> None:
+    balancer = config.build(BalancerInputs(loss_terms=("recon", "kl"), image=IMAGE))
+    _expect(isinstance(balancer, nn.Module), "build() must return an nn.Module")
+    terms = tuple(balancer.terms)
+    _expect(len(terms) > 0 and all(isinstance(t, str) for t in terms), f"terms must name loss terms, got {terms!r}")
+    losses = {t: torch.rand((), requires_grad=True) + 0.5 for t in terms}
+    for t in terms:
+        losses[t].retain_grad()
+    before = {k: v.clone() for k, v in balancer.state_dict().items()}
+    total = balancer(losses)
+    _expect(isinstance(total, torch.Tensor) and total.dim() == 0, "a balancer must return one scalar tensor")
+    _finite(total, "balanced loss")
+    after = balancer.state_dict()
+    _expect(all(torch.equal(before[k], after[k]) for k in before), "calling a balancer must not change its state")
+    total.backward()
+    _expect(any(losses[t].grad is not None for t in terms), "no gradient reaches the claimed loss terms")
+    balancer.train()
+    for _ in range(3):
+        balancer.update({t: float(losses[t]) for t in terms})
+    scalars = balancer.scalars()
+    _expect(all(isinstance(v, float) for v in scalars.values()), "scalars() must return floats")
+    # State survives a round trip through the state dict (checkpoints), so resumed runs continue exactly.
+    twin = config.build(BalancerInputs(loss_terms=("recon", "kl"), image=IMAGE))
+    twin.load_state_dict(balancer.state_dict())
+    _expect(twin.scalars() == scalars, "scalars() differ after loading the state dict: keep state in buffers")
+    plain = {t: v.detach() for t, v in losses.items()}
+    _expect(torch.equal(twin(plain), balancer(plain)), "the loss differs after loading the state dict")
+
+
 def check_dataset(config: Any) -> None:
     source = config.build(None)
     _expect(isinstance(source.image, ImageSpec), "a DataSource must state its ImageSpec without touching disk")
@@ -202,5 +232,5 @@ def check_metric(config: Any) -> None:
 
 CHECKS = {
     "encoders": check_encoder, "groupers": check_grouper, "decoders": check_decoder,
-    "regularisers": check_regulariser, "priors": check_prior, "datasets": check_dataset, "metrics": check_metric,
+    "regularisers": check_regulariser, "priors": check_prior, "balancers": check_balancer, "datasets": check_dataset, "metrics": check_metric,
 }

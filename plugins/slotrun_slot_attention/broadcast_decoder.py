@@ -81,12 +81,14 @@ class SpatialBroadcastDecoder(nn.Module):
         out = out.reshape(b, k, *out.shape[1:])
         return out[:, :, : self.out_channels], out[:, :, self.out_channels :]
 
-    def forward(self, slots: Slots, features: Features, batch: Batch) -> DecoderOutput:
-        rgb, alpha = self.decode(slots.slots)
+    def decode_slots(self, slots: torch.Tensor) -> DecoderOutput:
+        """Slots alone [B, K, D] -> image, masks and per-slot parts, no loss (samples of a prior)."""
+        rgb, alpha = self.decode(slots)
         masks = alpha.float().softmax(dim=1)  # [B, K, 1, H, W]: slots compete for each pixel
         per_slot = masks * rgb.float()
-        recon = per_slot.sum(dim=1)
-        loss = F.mse_loss(recon, batch.image.float())
-        return DecoderOutput(
-            losses={"recon": loss}, recon=recon, masks=masks.squeeze(2), per_slot=per_slot,
-        )
+        return DecoderOutput(losses={}, recon=per_slot.sum(dim=1), masks=masks.squeeze(2), per_slot=per_slot)
+
+    def forward(self, slots: Slots, features: Features, batch: Batch) -> DecoderOutput:
+        out = self.decode_slots(slots.slots)
+        loss = F.mse_loss(out.recon, batch.image.float())
+        return DecoderOutput(losses={"recon": loss}, recon=out.recon, masks=out.masks, per_slot=out.per_slot)

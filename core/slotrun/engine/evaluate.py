@@ -21,7 +21,7 @@ from torch import nn
 
 from slotrun.engine import checkpoint, rng
 from slotrun.engine.distributed import gather, make_accelerator
-from slotrun.engine.pictures import render
+from slotrun.engine.pictures import render, render_samples
 from slotrun.engine.run_dir import RunDir, step_name, write_atomic, json_safe
 from slotrun.errors import UserError
 from slotrun.model import SlotModel, build_model
@@ -141,6 +141,35 @@ def save_pictures(model: nn.Module, source: DataSource, config: EvalConfig, acce
     return image
 
 
+def can_sample(model: nn.Module) -> bool:
+    """A generative model: a prior with sample() and a decoder with decode_slots()."""
+    prior = getattr(model, "prior", None)
+    return (prior is not None and callable(getattr(prior, "sample", None))
+            and callable(getattr(getattr(model, "decoder", None), "decode_slots", None)))
+
+
+def save_samples(model: nn.Module, config: EvalConfig, accelerator: Accelerator, seed: int, path: Path) -> Any:
+    """A grid of eval.pictures samples (prior.sample at eval.sample_temperature, then decoder.decode_slots) when
+    the model can generate; None otherwise. Draws from its own random stream, so training is unaffected."""
+    if config.pictures == 0 or not can_sample(model):
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), rng.isolated(rng.derived_seed(seed, EVAL_SALT, 1), accelerator.device), \
+                accelerator.autocast():
+            slots = model.prior.sample(config.pictures, model.grouper.num_slots, config.sample_temperature)
+            decoded = model.decoder.decode_slots(slots.to(accelerator.device))
+    finally:
+        model.train(was_training)
+    image = render_samples(decoded, config.pictures)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(path)
+    return image
+
+
 def format_metrics(step: int, metrics: dict[str, float]) -> str:
     shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
     return f"eval step {step}: {shown}"
@@ -167,7 +196,7 @@ def _newest(run_dir: Path) -> Path:
 def _model_from(recipe: Recipe, source: DataSource, ckpt: Path) -> SlotModel:
     rng.seed_all(recipe.train.seed)  # components that draw at build time build the same way as in training
     model = build_model(recipe.model, source.image, properties=source.properties,
-                        loss_weights=recipe.train.loss_weights)
+                        loss_weights=recipe.train.loss_weights, step=checkpoint.step_of(ckpt))
     checkpoint.load_weights(model, ckpt)
     return model
 
@@ -209,6 +238,8 @@ def evaluate_run(run_dir: str | Path, overrides: Sequence[str], plugins: Any) ->
         try:
             save_pictures(model, source, recipe.eval, accelerator, recipe.train.seed,
                           run.pictures / f"eval_{step_name(step)}.png")
+            save_samples(model, recipe.eval, accelerator, recipe.train.seed,
+                         run.pictures / f"eval_samples_{step_name(step)}.png")
         except OSError as exc:  # pictures are a convenience: never fail an evaluation for them
             print(f"slotrun: warning: could not write pictures: {exc}", file=sys.stderr)
     return results

@@ -5,6 +5,11 @@
 Columns the model cannot provide are left out: a set-prediction decoder has no reconstruction, a
 feature-reconstruction decoder (DINOSAUR) reconstructs features, not pixels, so its slot columns show the
 input under each mask. Attention maps appear when the grouper's tokens form the encoder's grid.
+
+Generative models (a prior with `sample(n, num_slots, temperature)` and a decoder with `decode_slots(slots)`)
+also get a grid of samples, a row per sample:
+
+    sample | masks (argmax colours) | slot 1 .. slot K
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from slotrun.types import Batch, ModelOutput
+from slotrun.types import Batch, DecoderOutput, ModelOutput
 
 PAD = 2
 MIN_TILE, MAX_TILE = 64, 128
@@ -123,22 +128,58 @@ def _attention(output: ModelOutput, n: int, size: tuple[int, int]) -> Tensor | N
     return _resize(maps, size).clamp(0, 1)
 
 
+def sample_columns(decoded: DecoderOutput, count: int) -> tuple[list[str], list[Tensor]]:
+    """Column titles and [n, 3, H, W] tensors in [0, 1] for decoded samples (decoded.recon: [n, C, H, W])."""
+    recon = decoded.recon
+    if recon is None or recon.dim() != 4:
+        raise ValueError("decode_slots() must return DecoderOutput.recon as images [n, C, H, W]")
+    sample = recon[:count].detach().cpu().float()
+    size = (sample.shape[-2], sample.shape[-1])
+    value_range = display_range(sample)
+    shown = _rgb(_to_unit(sample, value_range))
+    titles, cols = ["sample"], [shown]
+    if decoded.masks is not None:
+        masks = _resize(decoded.masks[:count].detach().cpu(), size)
+        labels = masks.argmax(dim=1).numpy()
+        titles.append("masks")
+        cols.append(torch.from_numpy(PALETTE[labels % len(PALETTE)]).permute(0, 3, 1, 2).float() / 255)
+        if decoded.per_slot is not None and decoded.per_slot.dim() == 5:
+            parts = _rgb(_to_unit(decoded.per_slot[:count].detach().cpu(), value_range))
+        else:
+            parts = shown.unsqueeze(1).expand(-1, masks.shape[1], -1, -1, -1)
+        weight = masks.unsqueeze(2)
+        slots = parts * weight + (1 - weight)
+        for i in range(masks.shape[1]):
+            titles.append(f"slot {i + 1}")
+            cols.append(slots[:, i])
+    return titles, cols
+
+
+def render_samples(decoded: DecoderOutput, count: int) -> Image.Image:
+    """The samples grid as a PIL image, with a header row of column titles."""
+    return grid(*sample_columns(decoded, count))
+
+
 def render(batch: Batch, output: ModelOutput, count: int) -> Image.Image:
     """The grid as a PIL image, with a header row of column titles."""
-    titles, cols = columns(batch, output, count)
+    return grid(*columns(batch, output, count))
+
+
+def grid(titles: list[str], cols: list[Tensor]) -> Image.Image:
+    """Columns of [n, 3, H, W] tiles in [0, 1] under their titles, as one PIL image."""
     n, _, height, width = cols[0].shape
     scale = max(1, -(-MIN_TILE // height)) if height < MIN_TILE else 1
     th, tw = height * scale, width * scale
     if th > MAX_TILE:
         th, tw = MAX_TILE, max(1, round(width * MAX_TILE / height))
     header = 14
-    grid = Image.new("RGB", (len(cols) * (tw + PAD) + PAD, header + n * (th + PAD) + PAD), (255, 255, 255))
-    draw = ImageDraw.Draw(grid)
+    image = Image.new("RGB", (len(cols) * (tw + PAD) + PAD, header + n * (th + PAD) + PAD), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
     for c, (title, col) in enumerate(zip(titles, cols, strict=True)):
         x = PAD + c * (tw + PAD)
         draw.text((x + 2, 1), title, fill=(0, 0, 0))
         pixels = (col.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         for r in range(n):
             tile = Image.fromarray(pixels[r]).resize((tw, th), Image.NEAREST)
-            grid.paste(tile, (x, header + PAD + r * (th + PAD)))
-    return grid
+            image.paste(tile, (x, header + PAD + r * (th + PAD)))
+    return image

@@ -1,8 +1,8 @@
 """Optimisers and learning-rate schedules from a recipe's [train] table.
 
 Schedules are functions of the global optimiser step t (skipped non-finite steps count: the lr follows the
-step number, not the number of successful updates). Loss-weight and other scalar schedules (a later issue)
-belong here too: the trainer sets `model.loss_weights[name]` from them before each step.
+step number, not the number of successful updates). Loss weights may follow a schedule too
+(`recipe.ScalarSchedule`): the trainer sets `model.loss_weights` from `loss_weights_at(train, t)` before step t.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from slotrun.errors import RecipeError
-from slotrun.recipe import ParamGroupConfig, TrainConfig
+from slotrun.recipe import ParamGroupConfig, ScalarSchedule, TrainConfig, scalar_at
 
 
 def lr_factor(
@@ -44,6 +44,16 @@ def lr_factor(
 
         return lambda t: cosine(1 / 25, 1.0, t / up) if t < up else cosine(1.0, 1 / 25e4, (t - up) / down)
     raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def loss_weights_at(config: TrainConfig, step: int) -> dict[str, float]:
+    """Every train.loss_weights entry as a number at optimiser step `step` (0 = before the first update)."""
+    return {name: scalar_at(value, step) for name, value in config.loss_weights.items()}
+
+
+def scheduled_weights(config: TrainConfig) -> list[str]:
+    """The loss-weight names that follow a schedule (the trainer logs them as "weight.NAME")."""
+    return sorted(n for n, value in config.loss_weights.items() if isinstance(value, ScalarSchedule))
 
 
 def param_groups(model: nn.Module, config: TrainConfig) -> list[tuple[ParamGroupConfig | None, list[nn.Parameter]]]:

@@ -29,11 +29,11 @@ from accelerate import Accelerator
 
 from slotrun.engine import checkpoint, rng
 from slotrun.engine.distributed import broadcast, gather, make_accelerator, per_rank_batch, raise_together
-from slotrun.engine.evaluate import build_metrics, evaluate, format_metrics, save_pictures
+from slotrun.engine.evaluate import build_metrics, evaluate, format_metrics, save_pictures, save_samples
 from slotrun.engine.interrupt import StopFlag, TrainingInterrupted, stop_on_signals
 from slotrun.engine.progress import Progress
 from slotrun.engine.run_dir import RunDir, step_name
-from slotrun.engine.schedules import build_optimizer, build_scheduler
+from slotrun.engine.schedules import build_optimizer, build_scheduler, loss_weights_at, scheduled_weights
 from slotrun.errors import UserError
 from slotrun.model import build_model, load_pretrained
 from slotrun.protocols import DataSource
@@ -259,7 +259,7 @@ class _Trainer:
     def _step(self, stop: StopFlag) -> bool:
         """One optimiser step; returns whether any rank was asked to stop."""
         cfg, acc, model = self.config, self.accelerator, self.model
-        # Loss-weight schedules (a later issue) set self.raw.loss_weights[name] for self.step here.
+        self.raw.loss_weights.update(loss_weights_at(cfg, self.step))  # scheduled weights at step t
         model.train()
         accum = cfg.grad_accum
         terms: list[str] = []
@@ -292,6 +292,10 @@ class _Trainer:
         finite_loss = math.isfinite(loss_value)
         bad = not finite_loss if self.fp16 else not (finite_loss and math.isfinite(grad_value))
 
+        if not bad and len(self.raw.balancers):
+            # Balancers (GECO) adapt once per optimiser step from the step's mean term values, the same on
+            # every process; a skipped non-finite step leaves them unchanged.
+            self.raw.update_balancers(dict(zip(terms, numbers[1:-2], strict=True)))
         lr = float(self.scheduler.get_last_lr()[0])
         if bad and not self.fp16:
             pass  # skip the update; the gradients are dropped below
@@ -322,8 +326,10 @@ class _Trainer:
         means = self.window.means()
         elapsed = max(time.perf_counter() - self.window.started, 1e-9)
         skipped = gather(self.accelerator, skipped_samples(self.source))
+        weights = loss_weights_at(self.config, self.step - 1)  # the weights the last step used
         record: dict[str, Any] = {
-            "step": self.step, **means, "lr": lr,
+            "step": self.step, **means, **self.raw.balancer_scalars(),
+            **{f"weight.{n}": weights[n] for n in scheduled_weights(self.config)}, "lr": lr,
             "images_per_s": self.window.images / elapsed,
             "skipped_samples": int(sum(skipped)), "nonfinite_steps": self.nonfinite_total,
             "epoch": self.data.epoch,
@@ -376,6 +382,7 @@ class _Trainer:
 
     def _evaluate(self) -> dict[str, float]:
         seed = self.config.seed
+        self.raw.loss_weights.update(loss_weights_at(self.config, self.step))  # as `slotrun eval` will
         results = evaluate(self.raw, self.source, self.metrics, self.recipe.eval, self.accelerator, seed)
         if self.main:
             self.progress.write(format_metrics(self.step, results))
@@ -387,6 +394,10 @@ class _Trainer:
                                       self.rundir.pictures / f"{step_name(self.step)}.png")
                 if image is not None:
                     self.writer.add_image("pictures", np.asarray(image), self.step, dataformats="HWC")
+                samples = save_samples(self.raw, self.recipe.eval, self.accelerator, seed,
+                                       self.rundir.pictures / f"samples_{step_name(self.step)}.png")
+                if samples is not None:
+                    self.writer.add_image("samples", np.asarray(samples), self.step, dataformats="HWC")
             except OSError as exc:
                 print(f"slotrun: warning: could not write pictures: {exc}", file=sys.stderr)
             self.writer.flush()

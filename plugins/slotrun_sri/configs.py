@@ -1,0 +1,135 @@
+"""Recipe-facing config classes of the SRI plugin (the only code here that knows about recipes)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+from attrs import field
+from attrs import validators as v
+
+from slotrun.errors import UserError
+from slotrun.protocols import DecoderInputs, GrouperInputs, MetricInputs, PriorInputs
+from slotrun.structure import Spec, component
+
+from slotrun_sri.decoder import LIKELIHOODS, MixtureBroadcastDecoder
+from slotrun_sri.metrics import NegativeELBOBitsPerDim
+from slotrun_sri.posterior import GaussianSlotPosterior
+from slotrun_sri.prior import MATCHINGS, IndependentPrior, SRIPrior
+
+_frozen = attrs.frozen(kw_only=True)
+_int = v.instance_of(int)
+_num = v.instance_of((int, float))
+_bool = v.instance_of(bool)
+_positive = [_int, v.ge(1)]
+
+
+def _default_inner() -> Spec:
+    # The paper's SRI-SA* segregation: Slot Attention with a learned initialisation per slot.
+    from slotrun_slot_attention.configs import SlotAttentionConfig
+
+    return Spec(type="slot_attention", config=SlotAttentionConfig(init="learned"))
+
+
+def _not_self(_instance: object, _attribute: attrs.Attribute, value: Spec) -> None:
+    if isinstance(value, Spec) and value.type == "sri_segregate":
+        raise ValueError("inner must be another grouper (e.g. slot_attention or slot_mixture), not sri_segregate")
+
+
+@_frozen
+class SegregateConfig:
+    """Gaussian slot posterior q(z_k|x) over any grouper (`inner`): linear head to mean/std, samples z decoded."""
+
+    inner: Spec = component("groupers", default=attrs.Factory(_default_inner), validator=_not_self)
+    latent_dim: int | None = field(default=None, validator=v.optional(_positive))  # None: the inner slot_dim
+    eval_sample: bool = field(default=False, validator=_bool)  # at eval decode a sample (ELBO) instead of the mean
+
+    @classmethod
+    def conformance(cls) -> SegregateConfig:
+        from slotrun_slot_attention.configs import SlotAttentionConfig
+
+        inner = SlotAttentionConfig(num_slots=3, slot_dim=16, mlp_hidden=32, init="learned")
+        return cls(inner=Spec(type="slot_attention", config=inner), latent_dim=8)
+
+    def build(self, inputs: GrouperInputs) -> GaussianSlotPosterior:
+        return GaussianSlotPosterior(self.inner.build(inputs), self.latent_dim, eval_sample=self.eval_sample)
+
+
+@_frozen
+class SRIPriorConfig:
+    """SRI prior: scene variable q(s|z), scene-conditional LSTM slot prior, learned order (terms kl_*)."""
+
+    scene_dim: int = field(default=128, validator=_positive)
+    hidden: int = field(default=256, validator=_positive)  # LSTM units of the prior and posterior LSTMs
+    relation_layers: int = field(default=3, validator=[_int, v.ge(0)])
+    scene_variable: bool = field(default=True, validator=_bool)  # ablation: false = no s (no kl_scene)
+    order_alignment: bool = field(default=True, validator=_bool)  # ablation: false = the segregation order
+    kl_rollout: bool = field(default=True, validator=_bool)  # ablation: false = no kl_rollout term
+    segregation_kl: bool = field(default=True, validator=_bool)  # term kl_seg = KL(q(z|x) || N(0, I))
+    matching: Literal["greedy", "hungarian"] = field(default="greedy", validator=v.in_(MATCHINGS))
+    detach_means: bool = field(default=True, validator=_bool)  # the paper: SRI does not update the means
+    init_gain: float = field(default=0.02, validator=[_num, v.gt(0.0)])
+
+    @classmethod
+    def conformance(cls) -> SRIPriorConfig:
+        return cls(scene_dim=16, hidden=32)
+
+    def build(self, inputs: PriorInputs) -> SRIPrior:
+        return SRIPrior(
+            inputs.slot_dim, scene_dim=self.scene_dim, hidden=self.hidden, relation_layers=self.relation_layers,
+            scene_variable=self.scene_variable, order_alignment=self.order_alignment, kl_rollout=self.kl_rollout,
+            segregation_kl=self.segregation_kl, matching=self.matching, detach_means=self.detach_means,
+            init_gain=self.init_gain,
+        )
+
+
+@_frozen
+class IndependentPriorConfig:
+    """Independent slot prior N(0, I) (the baseline): term kl_slot = sum_k KL(q(z_k|x) || N(0, I))."""
+
+    def build(self, inputs: PriorInputs) -> IndependentPrior:
+        return IndependentPrior(inputs.slot_dim)
+
+
+def _divides_channels(instance: MixtureBroadcastConfig, _attribute: attrs.Attribute, value: int) -> None:
+    channels = getattr(instance, "channels", None)
+    if isinstance(channels, int) and isinstance(value, int) and value >= 1 and channels % value:
+        raise ValueError(f"'groups' ({value}) must divide 'channels' ({channels}) for GroupNorm")
+
+
+@_frozen
+class MixtureBroadcastConfig:
+    """SRI's broadcast decoder (4x4 + coords, ConvT x n, GroupNorm): Gaussian/MoG likelihood, term "nll"."""
+
+    broadcast_size: int = field(default=4, validator=_positive)
+    channels: int = field(default=64, validator=_positive)
+    groups: int = field(default=8, validator=[*_positive, _divides_channels])
+    likelihood: Literal["mog", "gaussian"] = field(default="mog", validator=v.in_(LIKELIHOODS))
+    sigma: float = field(default=0.7, validator=[_num, v.gt(0.0)])  # the likelihood's std (images in [0, 1])
+
+    @classmethod
+    def conformance(cls) -> MixtureBroadcastConfig:
+        return cls(channels=16)
+
+    def build(self, inputs: DecoderInputs) -> MixtureBroadcastDecoder:
+        image = inputs.image
+        try:
+            return MixtureBroadcastDecoder(
+                inputs.slot_dim, out_channels=image.channels, image_size=(image.height, image.width),
+                broadcast_size=self.broadcast_size, channels=self.channels, groups=self.groups,
+                likelihood=self.likelihood, sigma=self.sigma,
+            )
+        except ValueError as exc:  # a recipe mistake (image size), not a crash
+            raise UserError(f"mog_broadcast decoder: {exc}") from exc
+
+
+@_frozen
+class NegativeELBOConfig:
+    """Negative ELBO in bits per dimension: (nll + KL terms) / (C H W ln 2), continuous density on [0, 1]."""
+
+    nll_term: str = field(default="nll", validator=[v.instance_of(str), v.min_len(1)])
+    kl_terms: tuple[str, ...] = field(default=("kl_scene", "kl_slot"), converter=tuple,
+                                      validator=v.deep_iterable(member_validator=v.instance_of(str)))
+
+    def build(self, inputs: MetricInputs) -> NegativeELBOBitsPerDim:
+        return NegativeELBOBitsPerDim(self.nll_term, self.kl_terms)

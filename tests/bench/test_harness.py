@@ -1,0 +1,57 @@
+"""Each sub-benchmark runs end to end at tiny sizes and writes its results (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench import __main__ as cli
+from bench import common, quality
+
+
+def test_saved_tensor_accounting_counts_activations_not_params() -> None:
+    lin = torch.nn.Linear(8, 8)
+    x = torch.randn(4, 8)
+    assert common.saved_bytes(lambda: lin(x).sum(), exclude=[x, *lin.parameters()]) == 0
+    n = common.saved_bytes(lambda: torch.tanh(lin(x)).sum(), exclude=[x, *lin.parameters()])
+    assert n == 4 * 8 * 4  # tanh saves its output
+
+
+def test_spread_and_ratios() -> None:
+    s = common.spread([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert s["median"] == 3.0 and s["p25"] == 2.0 and s["p75"] == 4.0
+    assert common.paired_ratios([2.0, 6.0], [1.0, 3.0]) == [2.0, 2.0]
+
+
+@pytest.mark.parametrize("what", ["grouper", "step", "loader"])
+def test_suite_runs_tiny(what: str, tmp_path) -> None:
+    assert cli.main([what, "--tiny", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / f"{what}.json").read_text())
+    assert data["machine"]["torch"] == torch.__version__
+    assert (tmp_path / f"{what}.md").read_text().startswith("###")
+    assert (tmp_path / "README.md").is_file()
+    if what == "grouper":
+        mem = data["result"]["implicit_memory"][-1]["slot_attention"]
+        assert mem["implicit"] < mem["full"]
+
+
+def test_grid_baseline_masks_cover_quadrants() -> None:
+    m = quality.grid_masks(2, 4, 6)
+    assert torch.equal(m.sum(1), torch.ones(2, 4, 6))
+    ids = torch.zeros(1, 4, 4, dtype=torch.long)
+    ids[0, :2, :2] = 1
+    ids[0, 2:, 2:] = 2
+    fg, mbo = quality.scores(quality.grid_masks(1, 4, 4), ids)
+    assert fg.item() == pytest.approx(1.0) and mbo.item() == pytest.approx(1.0)
+
+
+def test_quality_tiny_budget(tmp_path) -> None:
+    r = quality.run(budget_s=1.0, eval_images=8, overrides=[
+        "data.image_size=16", "data.num_train=16", "data.num_val=0", f"data.cache_dir={tmp_path}",
+        "model.encoder.channels=8", "model.decoder.channels=8", "model.grouper.slot_dim=16",
+        "model.decoder.broadcast_size=4", "train.batch_size=4"])
+    assert r["steps"] >= 1 and r["model"]["images"] == 8
+    assert 0.0 <= r["grid_2x2"]["mbo"] <= 1.0
+    assert "FG-ARI" in quality.markdown(r)
