@@ -21,6 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup -q
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m bench
 
 clean-venv:

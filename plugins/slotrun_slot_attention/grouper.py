@@ -1,20 +1,58 @@
-"""The Slot Attention module (Locatello et al., 2020, Algorithm 1)."""
+"""The Slot Attention module (Locatello et al., 2020, Algorithm 1).
+
+Speed (bench/: `python -m bench grouper`): the keys and values are linear in the normalised inputs x, k = x Wk^T
+and v = x Wv^T, so the attention logits q k^T equal (q Wk) x^T and the weighted mean of the values equals
+(weights x) Wv^T. When the slots are few (K * T * in_dim <= slot_dim * (in_dim + K * T), e.g. CLEVR's K=7, T=3,
+D=64) this "query-side" form never projects the N tokens at all: per update it costs two [K x N x in_dim]
+products instead of one [N x in_dim x 2D] projection plus two [K x N x D] products, and autograd keeps only x
+instead of x, k and v. Otherwise the keys and values are projected once per forward (one fused matmul for k and
+v). Both forms give the same numbers up to float rounding (tests/bench guard it). In both, the eps that keeps
+every slot's input weights non-zero is folded into the normaliser, (attn + eps) / sum(attn + eps) applied to the
+values as (attn v + eps sum_n v_n) / (sum_n attn + N eps): the same value, without a second [B, K, N] tensor.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import attrs
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slotrun.blocks import mlp
 
-from slotrun_slot_attention.iterative import IterativeGrouper, assign
+from slotrun_slot_attention.iterative import IterativeGrouper
 from slotrun_slot_attention.slot_init import SlotInit
+
+
+@attrs.frozen
+class _Projected:
+    """Keys and values projected once per forward, and the values' sum over inputs (for eps)."""
+
+    k: Tensor
+    v: Tensor
+    v_sum: Tensor
+
+
+@attrs.frozen
+class _QuerySide:
+    """The normalised inputs and their sum over inputs: keys and values are applied on the slot side."""
+
+    x: Tensor
+    x_sum: Tensor
+
+
+def _pool(attn: Tensor, values: Tensor, values_sum: Tensor, eps: float) -> Tensor:
+    """sum_n w_kn values_n with w = (attn + eps) renormalised over inputs, without forming w (float32)."""
+    denom = attn.sum(dim=2, keepdim=True) + attn.shape[2] * eps
+    return torch.baddbmm(values_sum * eps, attn, values) / denom
 
 
 class SlotAttention(IterativeGrouper):
     """Features [B, N, in_dim] -> Slots [B, K, slot_dim] by `iters` rounds of attention normalised over slots,
-    a GRU update and a residual MLP. See `iterative` for the `iters` / `implicit_diff` semantics."""
+    a GRU update and a residual MLP. See `iterative` for the `iters` / `implicit_diff` semantics.
+    `query_side`: None = pick the cheaper equivalent form per call (module docstring), True / False = force it."""
 
     def __init__(
         self,
@@ -28,10 +66,12 @@ class SlotAttention(IterativeGrouper):
         implicit_diff: bool = False,
         eps: float = 1e-8,
         layer_norm_eps: float = 1e-3,
+        query_side: bool | None = None,
     ) -> None:
         super().__init__(slot_dim=slot_dim, num_slots=num_slots, iters=iters, implicit_diff=implicit_diff)
         self.eps = eps
         self.scale = slot_dim**-0.5
+        self.query_side = query_side
         self.init = SlotInit(slot_dim, num_slots, init)
         self.norm_inputs = nn.LayerNorm(in_dim, eps=layer_norm_eps)
         self.project_kv = nn.Linear(in_dim, 2 * slot_dim, bias=False)  # k and v fused: one matmul per forward
@@ -41,16 +81,39 @@ class SlotAttention(IterativeGrouper):
         self.norm_mlp = nn.LayerNorm(slot_dim, eps=layer_norm_eps)
         self.mlp = mlp(slot_dim, [mlp_hidden], slot_dim)
 
+    def use_query_side(self, in_dim: int, num_slots: int, iters: int) -> bool:
+        if self.query_side is not None:
+            return self.query_side
+        work = num_slots * iters
+        return work * in_dim <= self.slot_dim * (in_dim + work)
+
     def prepare(self, tokens: Tensor) -> Any:
         k, v = self.project_kv(self.norm_inputs(tokens)).chunk(2, dim=-1)
-        return k, v
+        return _Projected(k=k, v=v, v_sum=v.sum(dim=1, keepdim=True))
+
+    def prepare_for(self, tokens: Tensor, num_slots: int, iters: int) -> Any:
+        if not self.use_query_side(tokens.shape[-1], num_slots, iters):
+            return self.prepare(tokens)
+        x = self.norm_inputs(tokens)
+        return _QuerySide(x=x, x_sum=x.sum(dim=1, keepdim=True))
 
     def step(self, slots: Tensor, prepared: Any) -> tuple[Tensor, Tensor]:
-        k, v = prepared
         b, n_slots, d = slots.shape
         q = self.project_q(self.norm_slots(slots)) * self.scale
-        attn, weights = assign(k, q, self.eps)
-        updates = weights.to(v.dtype) @ v  # [B, K, D]: weighted mean of the values
+        # The assignment in float32 with autocast off: a softmax over few slots is precision sensitive.
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            if isinstance(prepared, _QuerySide):
+                x = prepared.x.float()
+                q_in = q.float() @ self.project_kv.weight[:d].float()  # [B, K, in_dim]: (q Wk) x^T = q k^T
+                attn = torch.bmm(q_in, x.transpose(1, 2)).softmax(dim=1)  # over slots: slots compete for inputs
+                pooled = _pool(attn, x, prepared.x_sum.float(), self.eps)  # [B, K, in_dim]
+            else:
+                attn = torch.bmm(q.float(), prepared.k.float().transpose(1, 2)).softmax(dim=1)
+                updates = _pool(attn, prepared.v.float(), prepared.v_sum.float(), self.eps)  # [B, K, D]
+        if isinstance(prepared, _QuerySide):
+            updates = F.linear(pooled.to(q.dtype), self.project_kv.weight[d:])  # (w x) Wv^T = w v
+        else:
+            updates = updates.to(q.dtype)
         # The GRU's hidden state is the slots before the LayerNorm (prev), as in the paper.
         slots = self.gru(updates.reshape(b * n_slots, d), slots.reshape(b * n_slots, d).to(updates.dtype))
         slots = slots.reshape(b, n_slots, d)

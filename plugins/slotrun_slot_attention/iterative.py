@@ -38,6 +38,11 @@ class IterativeGrouper(nn.Module):
     def prepare(self, tokens: Tensor) -> Any:
         raise NotImplementedError
 
+    def prepare_for(self, tokens: Tensor, num_slots: int, iters: int) -> Any:
+        """`prepare`, told the slot count and the number of updates of this call (a subclass may pick the
+        cheaper of two equivalent computations from them); by default just `prepare(tokens)`."""
+        return self.prepare(tokens)
+
     def step(self, slots: Tensor, prepared: Any) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
@@ -62,7 +67,7 @@ class IterativeGrouper(nn.Module):
             slots = self.init(tokens.shape[0], k)
         else:
             slots = slots_init
-        prepared = self.prepare(tokens)
+        prepared = self.prepare_for(tokens, slots.shape[1], iters)
         attns: list[Tensor] = []
         if self.implicit_diff:
             with torch.no_grad():

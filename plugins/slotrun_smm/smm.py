@@ -45,7 +45,6 @@ from torch import Tensor, nn
 from slotrun.blocks import mlp
 from slotrun.types import Features, Gaussian, Slots
 
-from slotrun_smm.mixture_math import sq_distance, weighted_moments
 
 DENSITIES = ("log_gaussian", "code")
 GRU_HIDDEN = ("mean", "normalised_mean")
@@ -67,6 +66,42 @@ class SMMState:
     mean: Tensor
     log_sigma: Tensor
     pi: Tensor
+
+
+@attrs.frozen
+class TokenStats:
+    """What every update needs from the N tokens, computed once per forward (float32): keys and values centred
+    on their mean over tokens and their squares. The methods are `mixture_math.sq_distance` and
+    `mixture_math.weighted_moments` with this token-side work hoisted out of the loop (same operations in the
+    same order, so the same numbers)."""
+
+    k_mean: Tensor  # [B, 1, D]
+    k_c: Tensor  # [B, N, D]
+    k_c2: Tensor
+    v_mean: Tensor
+    v_c: Tensor
+    v_c2: Tensor
+
+    def sq_distance(self, mean: Tensor, inv_var: Tensor) -> Tensor:
+        mean = mean - self.k_mean
+        xx = torch.einsum("bnd,bkd->bkn", self.k_c2, inv_var)
+        xm = torch.einsum("bnd,bkd->bkn", self.k_c, mean * inv_var)
+        mm = (mean * mean * inv_var).sum(-1, keepdim=True)
+        return (xx - 2.0 * xm + mm).clamp_min(0.0)
+
+    def weighted_var(self, weights: Tensor, center: Tensor) -> Tensor:
+        m1 = weights @ self.v_c
+        m2 = weights @ self.v_c2
+        var = (m2 - m1 * m1).clamp_min(0.0)
+        return var + (m1 + self.v_mean - center) ** 2
+
+
+def token_stats(k: Tensor, v: Tensor) -> TokenStats:
+    with torch.autocast(device_type=k.device.type, enabled=False):
+        k, v = k.float(), v.float()
+        k_mean, v_mean = k.mean(dim=1, keepdim=True), v.mean(dim=1, keepdim=True)
+        k_c, v_c = k - k_mean, v - v_mean
+        return TokenStats(k_mean=k_mean, k_c=k_c, k_c2=k_c * k_c, v_mean=v_mean, v_c=v_c, v_c2=v_c * v_c)
 
 
 def _glorot_uniform_(param: Tensor) -> None:
@@ -191,8 +226,11 @@ class SlotMixtureModule(nn.Module):
 
     # ---- one update ---------------------------------------------------------------------------------------
 
-    def step(self, state: SMMState, k: Tensor, v: Tensor) -> tuple[SMMState, Tensor]:
-        """One E/M update of (mean, log-std, pi) given keys and values [B, N, D]; returns (state, gamma)."""
+    def step(self, state: SMMState, k: Tensor, v: Tensor, tokens: TokenStats | None = None
+             ) -> tuple[SMMState, Tensor]:
+        """One E/M update of (mean, log-std, pi) given keys and values [B, N, D]; returns (state, gamma).
+        `tokens`: `token_stats(k, v)`, the per-forward work on the N tokens, computed here when not given."""
+        tokens = token_stats(k, v) if tokens is None else tokens
         mu, log_sigma, pi = state.mean, state.log_sigma, state.pi
         b, n_slots, d = mu.shape
         if self.code_log_sigma_projection:
@@ -203,7 +241,7 @@ class SlotMixtureModule(nn.Module):
             q_mu, q_l = self.project_q(s_mu), log_sigma
         with torch.autocast(device_type=k.device.type, enabled=False):
             q_mu, q_l = q_mu.float(), q_l.float()
-            dist = sq_distance(k.float(), q_mu, torch.exp(-2.0 * q_l))  # [B, K, N]
+            dist = tokens.sq_distance(q_mu, torch.exp(-2.0 * q_l))  # [B, K, N]
             if self.density == "log_gaussian":
                 logits = -0.5 * dist - q_l.sum(-1, keepdim=True)
             else:
@@ -223,7 +261,7 @@ class SlotMixtureModule(nn.Module):
         mu = mu.reshape(b, n_slots, d)
         mu = mu + self.mlp(self.norm_mlp(mu))
         with torch.autocast(device_type=k.device.type, enabled=False):
-            _, var = weighted_moments(weights, v.float(), center=mu.float())  # around the NEW mean
+            var = tokens.weighted_var(weights, center=mu.float())  # around the NEW mean
             log_sigma = 0.5 * torch.log(var + self.var_eps)
         return SMMState(mean=mu, log_sigma=log_sigma, pi=new_pi), gamma
 
@@ -262,18 +300,19 @@ class SlotMixtureModule(nn.Module):
             raise ValueError(f"iters must be >= 1, got {iters}")
         state = self._initial_state(tokens, num_slots, slots_init)
         k, v = self.project_kv(self.norm_inputs(tokens)).chunk(2, dim=-1)
+        stats = token_stats(k, v)  # once per forward, not once per update
         attns: list[Tensor] = []
         if self.implicit_diff:
             with torch.no_grad():
                 for _ in range(iters - 1):
-                    state, gamma = self.step(state, k, v)
+                    state, gamma = self.step(state, k, v, stats)
                     attns.append(gamma)
             state = SMMState(mean=state.mean.detach(), log_sigma=state.log_sigma.detach(), pi=state.pi.detach())
-            state, gamma = self.step(state, k, v)
+            state, gamma = self.step(state, k, v, stats)
             attns.append(gamma)
         else:
             for _ in range(iters):
-                state, gamma = self.step(state, k, v)
+                state, gamma = self.step(state, k, v, stats)
                 attns.append(gamma)
         mu, log_sigma = state.mean, state.log_sigma
         cov = torch.exp(2.0 * log_sigma) if self.output_covariance == "variance" else log_sigma

@@ -1,0 +1,91 @@
+"""`python -m bench [grouper|step|loader|quality|all]` (no argument = grouper + step + loader).
+
+Writes bench/results/<name>.json and .md, and a combined bench/results/README.md (with machine details) when
+grouper, step and loader have all been run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench import common
+
+SUITE = ("grouper", "step", "loader")
+
+
+def combined(out_dir: Path) -> Path:
+    from bench import grouper, loader, step
+
+    parts = ["# slotrun benchmarks", ""]
+    m = None
+    for name, mod in (("grouper", grouper), ("step", step), ("loader", loader), ("quality", None)):
+        path = out_dir / f"{name}.json"
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        m = m or data.get("machine")
+        if mod is None:
+            from bench import quality as mod
+        parts += [f"Run: `{data.get('command', 'python -m bench ' + name)}` on {data.get('date', '?')}", "",
+                  mod.markdown(data["result"]), ""]
+    if m:
+        parts[2:2] = [f"Machine: {common.machine_line(m)}. Shared with other jobs: every speed figure is a ratio "
+                      "against a baseline measured alternately in the same process, median [p25-p75].", ""]
+    return common.write_md("README", "\n".join(parts), out_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("what", nargs="?", default="all", choices=(*SUITE, "quality", "all"))
+    p.add_argument("--tiny", action="store_true", help="tiny sizes (tests: checks the harness, not speed)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--batch", type=int, default=None, help="grouper: override B (default: the paper's 64)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--out", type=Path, default=common.RESULTS)
+    p.add_argument("--recipe", default=None, help="quality: the recipe to train")
+    p.add_argument("--budget-min", type=float, default=30.0, help="quality: training wall-clock minutes")
+    p.add_argument("overrides", nargs="*", default=[], help="quality: KEY=VALUE recipe overrides")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = SUITE if args.what == "all" else (args.what,)
+    for name in names:
+        started = time.perf_counter()
+        if name == "grouper":
+            from bench import grouper as mod
+
+            result = mod.run(tiny=args.tiny, batch=args.batch, repeats=args.repeats)
+        elif name == "step":
+            from bench import step as mod
+
+            result = mod.run(tiny=args.tiny, repeats=args.repeats)
+        elif name == "loader":
+            from bench import loader as mod
+
+            result = mod.run(tiny=args.tiny, repeats=args.repeats)
+        else:
+            from bench import quality as mod
+
+            from bench.quality import DEFAULT_RECIPE
+
+            result = mod.run(recipe=args.recipe or DEFAULT_RECIPE, overrides=args.overrides,
+                             budget_s=args.budget_min * 60)
+        data = {"benchmark": name, "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+                "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": time.perf_counter() - started,
+                "machine": common.machine(), "tiny": args.tiny, "result": result}
+        common.write_json(name, data, args.out)
+        common.write_md(name, mod.markdown(result), args.out)
+        print(mod.markdown(result), flush=True)
+        print(flush=True)
+    path = combined(args.out)
+    print(f"wrote {args.out}/*.json, *.md and {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The issue-5 object-discovery quality benchmark: train a recipe for a wall-clock budget, then score 320 held-out
+images (test split) with the project's metric functions: FG-ARI (mean and share of images >= 0.9) and mBO, beside
+a fixed 2x2 grid of "slots" scored on the same images. Not run by `python -m bench` (30 minutes by default)."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from bench.common import md_table
+from slotrun.api import load_recipe
+from slotrun.engine.schedules import build_optimizer, build_scheduler
+from slotrun.engine.trainer import DataStream
+from slotrun.metrics import adjusted_rand_index, best_overlap
+from slotrun.metrics.components import masks_for_comparison
+from slotrun.model import build_model
+
+DEFAULT_RECIPE = "recipes/quickstart.toml"
+
+
+def grid_masks(batch: int, height: int, width: int) -> torch.Tensor:
+    """[B, 4, H, W] one-hot masks of the four quadrants: the fixed 2x2-grid baseline."""
+    masks = torch.zeros(batch, 4, height, width)
+    h2, w2 = height // 2, width // 2
+    masks[:, 0, :h2, :w2] = 1
+    masks[:, 1, :h2, w2:] = 1
+    masks[:, 2, h2:, :w2] = 1
+    masks[:, 3, h2:, w2:] = 1
+    return masks
+
+
+def scores(masks: torch.Tensor, true_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    true, pred, _ = masks_for_comparison(masks, true_ids, None)
+    return adjusted_rand_index(true, pred), best_overlap(true, pred)
+
+
+def summary(fg_ari: torch.Tensor, mbo: torch.Tensor) -> dict[str, float]:
+    ok = ~torch.isnan(fg_ari)
+    return {"fg_ari": float(fg_ari[ok].mean()), "fg_ari_share_ge_0.9": float((fg_ari[ok] >= 0.9).double().mean()),
+            "mbo": float(mbo[~torch.isnan(mbo)].mean()), "images": int(ok.sum())}
+
+
+def run(*, recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None, budget_s: float = 1800.0,
+        eval_images: int = 320, seed: int = 0) -> dict[str, Any]:
+    overrides = list(overrides or [])
+    rec = load_recipe(recipe, [f"data.num_test={eval_images}", *overrides])
+    cfg = rec.train
+    source = rec.data.build(None)
+    source.prepare()
+    torch.manual_seed(seed)
+    model = build_model(rec.model, source.image, properties=source.properties, loss_weights=cfg.loss_weights)
+    optimizer, scheduler = build_optimizer(model, cfg), None
+    scheduler = build_scheduler(optimizer, cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    data = DataStream(source, cfg.batch_size, seed=cfg.seed, rank=0, world_size=1)
+    clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+    norm = math.inf if cfg.grad_clip_norm == "inf" else 2.0
+    start, steps, losses = time.perf_counter(), 0, []
+    model.train()
+    while time.perf_counter() - start < budget_s and steps < cfg.steps:
+        batch = data.next()
+        out = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.float().backward()
+        torch.nn.utils.clip_grad_norm_(params, clip, norm_type=norm)
+        optimizer.step()
+        scheduler.step()
+        steps += 1
+        losses.append(float(out.loss.detach()))
+    train_s = time.perf_counter() - start
+    model.eval()
+    fg, mb, gfg, gmb = [], [], [], []
+    with torch.no_grad():
+        for batch in source.batches("test", 32, seed=0, epoch=0, shuffle=False, drop_last=False):
+            out = model(batch)
+            a, m = scores(out.decoded.masks, batch.mask)
+            fg.append(a), mb.append(m)
+            h, w = batch.mask.shape[-2:]
+            a, m = scores(grid_masks(batch.size, h, w), batch.mask)
+            gfg.append(a), gmb.append(m)
+    model_scores = summary(torch.cat(fg), torch.cat(mb))
+    grid_scores = summary(torch.cat(gfg), torch.cat(gmb))
+    targets = {"fg_ari >= 0.90": model_scores["fg_ari"] >= 0.90,
+               "share fg_ari >= 0.9 >= 75%": model_scores["fg_ari_share_ge_0.9"] >= 0.75,
+               "mbo >= 0.75": model_scores["mbo"] >= 0.75}
+    command = f"python -m bench quality --recipe {recipe} --budget-min {budget_s / 60:g}" + "".join(
+        f" {o}" for o in overrides)
+    return {"recipe": recipe, "overrides": overrides, "budget_s": budget_s, "train_s": train_s, "steps": steps,
+            "final_loss": (sum(losses[-20:]) / len(losses[-20:])) if losses else None,
+            "model": model_scores, "grid_2x2": grid_scores, "targets_met": targets, "command": command}
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m, g = r["model"], r["grid_2x2"]
+    lines = ["### Object-discovery quality (issue 5)", "",
+             f"`{r['command']}`: {r['steps']} steps in {r['train_s'] / 60:.1f} min, scored on {m['images']} "
+             "held-out test images with slotrun.metrics.", ""]
+    lines.append(md_table(["", "FG-ARI", "share FG-ARI >= 0.9", "mBO"], [
+        ["model", f"{m['fg_ari']:.3f}", f"{m['fg_ari_share_ge_0.9']:.0%}", f"{m['mbo']:.3f}"],
+        ["fixed 2x2 grid", f"{g['fg_ari']:.3f}", f"{g['fg_ari_share_ge_0.9']:.0%}", f"{g['mbo']:.3f}"],
+        ["target", ">= 0.90", ">= 75%", ">= 0.75"]]))
+    lines += ["", "Targets met: " + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in r["targets_met"].items())]
+    return "\n".join(lines)
