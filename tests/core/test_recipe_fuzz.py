@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,11 @@ def cases(draw: st.DrawFn) -> dict[str, Any]:
         at = draw(st.integers(0, len(lines)))
         lines.insert(at, draw(st.sampled_from(BROKEN_LINES)))
         case["text"] = "\n".join(lines) + "\n"
-        case["expect"] = "line"
+        try:  # inside a multi-line array some "broken" lines are valid TOML values: then a key path is expected
+            tomllib.loads(case["text"])
+            case["expect"] = "@ $."
+        except tomllib.TOMLDecodeError:
+            case["expect"] = "line"
     elif kind == "extends_cycle":
         case["expect"] = "extends cycle"
     elif kind == "bad_override":
