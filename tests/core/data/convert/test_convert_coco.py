@@ -83,6 +83,9 @@ def test_coco_instances_categories_ignore(coco_root, tmp_path, convert, load):
     # flips move the ignore map with the image
     _, (flipped,) = load(out, 40, split="val", flip=True)  # flip only applies to train: unchanged here
     assert np.array_equal(flipped.ignore, batch.ignore)
+    _, (parallel,) = load(out, 40, split="val", workers=2)  # loader worker processes carry the new fields too
+    assert torch.equal(parallel.categories, batch.categories) and torch.equal(parallel.ignore, batch.ignore)
+    assert torch.equal(parallel.mask, batch.mask)
 
 
 def test_coco_errors(coco_root, tmp_path, convert):
