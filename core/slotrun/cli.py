@@ -16,7 +16,7 @@ from pathlib import Path
 
 from slotrun.errors import RecipeError, UserError
 
-COMMANDS = ("train", "check", "show", "plugins", "eval", "sample", "data")
+COMMANDS = ("train", "check", "show", "plugins", "eval", "sample", "data", "probe")
 
 
 def _plugins(args: argparse.Namespace):  # noqa: ANN202 - Plugins, imported lazily for a fast --help
@@ -111,6 +111,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from slotrun.engine.probe import probe_run
+    from slotrun.engine.run_dir import json_safe
+
+    for name in ("max_samples", "epochs", "hidden"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"probe: --{name.replace('_', '-')} must be at least 1 (got {value})")
+    record = probe_run(args.run_dir, train_split=args.train_split, test_split=args.test_split,
+                       max_samples=args.max_samples, epochs=args.epochs, hidden=args.hidden, seed=args.seed,
+                       plugins=_plugins(args))
+    print(json.dumps(json_safe(record), sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slotrun",
@@ -151,6 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default RUN_DIR/samples)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("probe", help="fit an MLP from a run's frozen slots to object properties (Hungarian "
+                                     "matched); test accuracy / R^2 as JSON, also RUN_DIR/probe.json")
+    p.add_argument("run_dir")
+    p.add_argument("--train-split", default="train", help="split the probe is fitted on (default train)")
+    p.add_argument("--test-split", default="test", help="split the probe is scored on (default test)")
+    p.add_argument("--max-samples", type=int, default=None, help="at most N images of each split (default all)")
+    p.add_argument("--epochs", type=int, default=100, help="probe training epochs (default 100)")
+    p.add_argument("--hidden", type=int, default=256, help="hidden units of the probe MLP (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="the probe's initialisation and shuffling (default 0)")
+    p.set_defaults(func=cmd_probe)
 
     from slotrun.data.cli import add_commands
 
