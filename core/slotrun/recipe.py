@@ -104,7 +104,9 @@ class ParamGroupConfig:
 class TrainConfig:
     """Optimisation. lr(t) = lr * min(1, t / warmup_steps) * 0.5 ** (t / decay_steps) for the
     "slot_attention" schedule; "constant" keeps lr after warmup; "onecycle" is torch's OneCycleLR shape
-    (cosine up from lr/25 over onecycle_pct of the steps, then cosine down to lr/25e4)."""
+    (cosine up from lr/25 over onecycle_pct of the steps, then cosine down to lr/25e4).
+    `compile = true` runs the training forward through torch.compile (same numbers within float tolerance;
+    the first steps pay the compile time; evaluation uses the uncompiled module)."""
 
     steps: int = field(default=1000, validator=v.ge(1))
     seed: int = field(default=0, validator=v.ge(0))
@@ -128,6 +130,7 @@ class TrainConfig:
     keep_checkpoints: int = field(default=2, validator=v.ge(1))
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     max_nonfinite: int = field(default=20, validator=v.ge(1))
+    compile: bool = field(default=False, validator=v.instance_of(bool))
 
 
 @_frozen

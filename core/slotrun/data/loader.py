@@ -263,7 +263,6 @@ class _Stream(IterableDataset):
         samples: list[tuple[Sample, bool]] = []
         messages, notes[:] = list(notes), []
         skipped = 0
-        h, w = self.index.height, self.index.width
         for p in map(int, positions):
             raw = pending.pop(p)
             if raw is None:  # missing from its shard (already warned about per shard)
@@ -271,22 +270,7 @@ class _Stream(IterableDataset):
                 continue
             shard, key, members = raw
             try:
-                sample = decode_sample(key, members)
-                if sample.image.shape != (h, w, 3):
-                    raise ValueError(f"image is {sample.image.shape}, index says ({h}, {w}, 3)")
-                if self.index.has_mask and sample.mask is None:
-                    raise ValueError("mask missing")
-                if self.load_properties and sample.properties is None:
-                    raise ValueError("properties missing")
-                if self.index.has_categories and sample.categories is None:
-                    raise ValueError("categories missing")
-                if self.index.has_ignore and sample.ignore is None:
-                    raise ValueError("ignore map missing")
-                if self.index.has_categories and sample.mask is not None and sample.mask.size and \
-                        int(sample.mask.max()) > len(sample.categories):
-                    raise ValueError(f"instance id {int(sample.mask.max())} has no category")
-                if self.crop != "none" or self.size is not None:
-                    sample = transform_sample(sample, self.crop, self.size)
+                sample = self.decode(key, members)
             except Exception as exc:  # noqa: BLE001 - any damage to one sample skips that sample only
                 messages.append(f"shard {shard}: skipped corrupt sample {key} ({type(exc).__name__}: {exc})")
                 skipped += 1
@@ -304,12 +288,46 @@ class _Stream(IterableDataset):
             samples = [samples[i % len(samples)] for i in range(len(positions))]  # keep the batch size
         return (*self.collate(samples), skipped, messages)
 
+    def decode(self, key: str, members: dict) -> Sample:
+        """One sample decoded, checked against the index and transformed (crop, resize); raises on damage."""
+        h, w = self.index.height, self.index.width
+        sample = decode_sample(key, members)
+        if sample.image.shape != (h, w, 3):
+            raise ValueError(f"image is {sample.image.shape}, index says ({h}, {w}, 3)")
+        if self.index.has_mask and sample.mask is None:
+            raise ValueError("mask missing")
+        if self.load_properties:
+            self.check_properties(sample.properties)
+        if self.index.has_categories and sample.categories is None:
+            raise ValueError("categories missing")
+        if self.index.has_ignore and sample.ignore is None:
+            raise ValueError("ignore map missing")
+        if self.index.has_categories and sample.mask is not None and sample.mask.size and \
+                int(sample.mask.max()) > len(sample.categories):
+            raise ValueError(f"instance id {int(sample.mask.max())} has no category")
+        if self.crop != "none" or self.size is not None:
+            sample = transform_sample(sample, self.crop, self.size)
+        return sample
+
+    def check_properties(self, props: np.ndarray | None) -> None:
+        """A sample's properties must be a numeric [M, P] array that fits the index (P = the layout's width,
+        M <= max_objects): anything else would fail the whole batch in collate, so it is the sample's damage."""
+        if props is None:
+            raise ValueError("properties missing")
+        layout, rows = self.index.properties, self.index.max_objects
+        if props.ndim != 2 or (layout is not None and props.shape[1] != layout.dim) or \
+                (rows is not None and props.shape[0] > rows):
+            want = f"[<= {rows if rows is not None else 'M'}, {layout.dim if layout is not None else 'P'}]"
+            raise ValueError(f"properties have shape {props.shape}, index says {want}")
+        if not (np.issubdtype(props.dtype, np.number) or props.dtype == np.bool_):
+            raise ValueError(f"properties have dtype {props.dtype}, not a number")
+
     def borrow(self, pending: dict) -> list[tuple[Sample, bool]]:
         """One good sample for a wholly lost batch: the earliest already-read one waiting for a later batch
         (the same whether or not the stream was resumed), else the last good one handed out."""
         for p in sorted(k for k, raw in pending.items() if raw is not None):
             try:
-                return [(decode_sample(pending[p][1], pending[p][2]), bool(self.plan.flips[p]))]
+                return [(self.decode(pending[p][1], pending[p][2]), bool(self.plan.flips[p]))]
             except Exception:  # noqa: BLE001 - damaged too; its own batch will count it
                 continue
         return [] if self.last_good is None else [self.last_good]

@@ -430,7 +430,10 @@ def _octal(field: bytes) -> int:
     if field[:1] and field[0] & 0x80:  # GNU base-256 for large sizes
         return int.from_bytes(field[1:], "big")
     text = field.split(b"\0", 1)[0].strip()
-    return int(text, 8) if text else 0
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:  # not a tar header at all (a file that is not a tar): damage, like a bad checksum
+        raise tarfile.ReadError(f"not a tar header (bad number field {bytes(text[:12])!r})") from None
 
 
 def _tar_entries(buf) -> Iterator[tuple[str, int, int]]:

@@ -142,6 +142,10 @@ def train(recipe: Recipe, plugins: Any, *, on_log: LogHook | None = None) -> dic
             run.close()
 
 
+def _compile_probe(x: torch.Tensor) -> torch.Tensor:
+    return x * 2 + 1
+
+
 class _Trainer:
     def __init__(self, recipe: Recipe, accelerator: Accelerator, run: RunDir, on_log: LogHook | None) -> None:
         self.recipe, self.accelerator, self.rundir, self.on_log = recipe, accelerator, run, on_log
@@ -182,6 +186,35 @@ class _Trainer:
         model, optimizer = acc.prepare(model, optimizer)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.raw = acc.unwrap_model(model)
+        # train.compile: only the training forward goes through torch.compile. The prepared module itself stays
+        # as it is, so parameters, no_sync, clipping and checkpoints see the same module either way, and
+        # evaluation, pictures and samples run on the uncompiled `raw` module: they are rare, use other batch
+        # sizes and model entry points (which would each cost a recompile) and must match `slotrun eval`.
+        # Compiling the prepared module keeps Accelerate's autocast wrapper (mixed precision) inside the graph.
+        # Slotrun's batch and output types are frozen attrs classes, whose generated __init__ this torch's
+        # dynamo cannot trace (an internal error, not a graph break); suppress_errors, scoped to the training
+        # forward, lets dynamo run such frames eagerly and still compile the frames it can trace (modules' tensor
+        # code, e.g. the encoder's layers and the grouper's update). Numbers are unchanged either way.
+        self.forward: Callable[[Batch], Any] = model
+        self.compile_config: tuple[Any, Any] = (nullcontext(), nullcontext())  # re-enterable, once per step
+        if cfg.compile:
+            import torch._dynamo
+
+            # suppress_errors would also hide a compiler that cannot work at all (no C compiler, an unsupported
+            # platform) behind silent eager runs: a one-line probe fails the run at startup instead.
+            try:
+                torch.compile(_compile_probe)(torch.ones(2, device=self.device))
+            except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the user's fix is the same
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                raise UserError(f"train.compile = true, but torch.compile does not work here "
+                                f"({type(exc).__name__}: {first}); set train.compile = false") from None
+            import torch._inductor.config
+
+            # fallback_random: compiled random ops (the slots' initial noise) draw from eager torch's generator,
+            # so a compiled run samples the same numbers as an uncompiled one and checkpoints' RNG state holds.
+            self.compile_config = (torch._dynamo.config.patch(suppress_errors=True),
+                                   torch._inductor.config.patch(fallback_random=True))
+            self.forward = torch.compile(model)
 
         self.step = 0
         self.nonfinite_total = self.nonfinite_run = 0
@@ -270,7 +303,8 @@ class _Trainer:
             images += batch.size
             sync = nullcontext() if micro == accum - 1 else acc.no_sync(model)
             with sync:
-                output = model(batch)
+                with self.compile_config[0], self.compile_config[1]:
+                    output = self.forward(batch)
                 loss = output.loss.float()
                 acc.backward(loss / accum)
             terms = sorted(output.losses)
