@@ -52,13 +52,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     for path in recipes:
         try:
             built = build_from_recipe(load(path, overrides, plugins=plugins), plugins)
-        except RecipeError as exc:
-            bad += 1
-            for problem in exc.problems:
-                print(f"FAIL {path}: {problem}")
         except UserError as exc:
             bad += 1
-            print(f"FAIL {path}: {exc}")
+            for problem in exc.problems if isinstance(exc, RecipeError) else [str(exc)]:
+                print(f"FAIL {path}: {problem}")
         else:
             params = sum(p.numel() for p in built.parameters())
             print(f"ok   {path} ({params:,} parameters)")
@@ -205,17 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except RecipeError as exc:
-        if debug:
-            traceback.print_exc()
-        where = f"{exc.source}: " if exc.source else ""
-        for problem in exc.problems:
-            print(f"slotrun: error: {where}{problem}", file=sys.stderr)
-        return 2
     except UserError as exc:
         if debug:
             traceback.print_exc()
-        print(f"slotrun: error: {exc}", file=sys.stderr)
+        for line in exc.lines():
+            print(f"slotrun: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("slotrun: interrupted", file=sys.stderr)

@@ -8,6 +8,10 @@ from collections.abc import Sequence
 class UserError(Exception):
     """A mistake in a recipe, a path, a plugin or the data; its message is shown as-is, without a traceback."""
 
+    def lines(self) -> list[str]:
+        """What the command line prints, one problem per line."""
+        return [str(self)]
+
 
 class RecipeError(UserError):
     """Every problem found in a recipe at once, each as 'message @ $.path.to.key'."""
@@ -17,6 +21,10 @@ class RecipeError(UserError):
         self.source = source
         where = f"{source}: " if source else ""
         super().__init__(where + "; ".join(self.problems))
+
+    def lines(self) -> list[str]:
+        where = f"{self.source}: " if self.source else ""
+        return [where + problem for problem in self.problems]
 
 
 class PluginError(UserError):
