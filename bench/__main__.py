@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", default=None, help="quality: the recipe to train")
     p.add_argument("--budget-min", type=float, default=30.0, help="quality: training wall-clock minutes")
     p.add_argument("overrides", nargs="*", default=[], help="quality: KEY=VALUE recipe overrides")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # KEY=VALUE overrides may follow the options
     if args.threads:
         torch.set_num_threads(args.threads)
     names = SUITE if args.what == "all" else (args.what,)
