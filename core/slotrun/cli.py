@@ -34,6 +34,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     plugins = _plugins(args)
     loaded = recipe.load(args.recipe, args.overrides, plugins=plugins)
     metrics = engine.train(loaded, plugins)
+    pictures = sorted(Path(loaded.run.dir, "pictures").glob("step_*.png"))
+    if pictures:
+        print(f"slotrun: latest picture of the slots: {pictures[-1]}", file=sys.stderr)
     if metrics:
         print(json.dumps(metrics, sort_keys=True))
     return 0
