@@ -24,3 +24,12 @@ def plugins():
     loaded = load_plugins()
     assert not loaded.failures, [str(f) for f in loaded.failures]
     return loaded
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: extra threads only contend on the shared CI cores (also when run without xdist)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

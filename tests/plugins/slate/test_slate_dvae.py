@@ -14,13 +14,7 @@ from slotrun_slate.configs import SlateDVAEConfig
 from slotrun_slate.dvae import SlateEncoder, cosine_anneal
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: threads only contend on the shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only contend
 
 
 V, D, S = 16, 24, 16  # vocabulary, d_model, image size

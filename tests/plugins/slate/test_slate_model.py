@@ -15,13 +15,7 @@ from slotrun.types import Batch, ImageSpec
 from slotrun_slate import DVAE_PREFIX, reconstruct
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: threads only contend on the shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only contend
 
 
 S = 16

@@ -14,13 +14,7 @@ from slotrun_slate.dvae import SlateEncoder
 from slotrun_slate.transformer import SlateTransformerDecoder
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: threads only contend on the shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only contend
 
 
 B, K, DS, V, GRID = 2, 3, 12, 10, (3, 4)

@@ -13,13 +13,7 @@ from slotrun_smm.smm import SlotMixtureModule
 B, N, D_IN, D, K, T = 2, 48, 32, 32, 5, 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: threads only contend on the shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: threads only contend
 
 
 def features() -> Features:

@@ -12,13 +12,7 @@ from slotrun_smm.configs import SlotMixtureConfig
 from slotrun_smm.smm import SlotMixtureModule, SMMState
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: threads only contend on the shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only contend
 
 
 B, N, D_IN, D, K = 2, 12, 16, 8, 4

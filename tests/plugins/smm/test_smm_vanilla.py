@@ -13,13 +13,7 @@ from slotrun_smm.configs import GMMConfig, KMeansConfig
 from slotrun_smm.vanilla import KMeansGrouper, VanillaGMM, order_free_init
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: threads only contend on the shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only contend
 
 
 GROUPERS = {"gmm": VanillaGMM, "kmeans": KMeansGrouper}
