@@ -27,6 +27,22 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+class TokenMLP(nn.Module):
+    """LayerNorm(in_dim) -> MLP through `widths` (ReLU between, none after): the feature transform DINOSAUR puts
+    between a ViT and its grouper (768 -> 768 -> 256 is widths = [768, 256]). `out_dim` = widths[-1]."""
+
+    def __init__(self, in_dim: int, widths: Sequence[int], *, layer_norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        if not widths:
+            raise ValueError("TokenMLP needs at least one width")
+        self.out_dim = int(widths[-1])
+        self.norm = nn.LayerNorm(in_dim, eps=layer_norm_eps)
+        self.mlp = mlp(in_dim, list(widths[:-1]), self.out_dim)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.mlp(self.norm(tokens))
+
+
 def coordinate_grid(height: int, width: int, device: torch.device | None = None) -> Tensor:
     """[H, W, 4] grid of (y, x, 1 - y, 1 - x) with y, x in [0, 1]: the Slot Attention paper's ramps."""
     ys = torch.linspace(0.0, 1.0, height, device=device)

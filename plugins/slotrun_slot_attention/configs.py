@@ -72,12 +72,15 @@ class SlotAttentionConfig:
     implicit_diff: bool = field(default=False, validator=_bool)  # backprop through the last update only
     eps: float = field(default=1e-8, validator=[_num, v.gt(0.0)])
     layer_norm_eps: float = field(default=1e-3, validator=[_num, v.gt(0.0)])
+    # LayerNorm -> MLP on the tokens before the attention, as widths (DINOSAUR: [768, 256]); [] = none.
+    input_mlp: tuple[int, ...] = field(default=(), converter=tuple,
+                                       validator=v.deep_iterable(member_validator=_positive))
 
     def build(self, inputs: GrouperInputs) -> SlotAttention:
         return SlotAttention(
             inputs.dim, slot_dim=self.slot_dim, num_slots=self.num_slots, iters=self.iters,
             mlp_hidden=self.mlp_hidden, init=self.init, implicit_diff=self.implicit_diff, eps=self.eps,
-            layer_norm_eps=self.layer_norm_eps,
+            layer_norm_eps=self.layer_norm_eps, input_mlp=self.input_mlp,
         )
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slotrun.blocks import mlp
+from slotrun.blocks import TokenMLP, mlp
 
 from slotrun_slot_attention.iterative import IterativeGrouper
 from slotrun_slot_attention.slot_init import SlotInit
@@ -52,7 +52,8 @@ def _pool(attn: Tensor, values: Tensor, values_sum: Tensor, eps: float) -> Tenso
 class SlotAttention(IterativeGrouper):
     """Features [B, N, in_dim] -> Slots [B, K, slot_dim] by `iters` rounds of attention normalised over slots,
     a GRU update and a residual MLP. See `iterative` for the `iters` / `implicit_diff` semantics.
-    `query_side`: None = pick the cheaper equivalent form per call (module docstring), True / False = force it."""
+    `input_mlp`: widths of an MLP (after a LayerNorm) applied to the tokens first, DINOSAUR's 768 -> 768 -> 256
+    is [768, 256]; the attention then works on its output. `query_side`: None = pick the cheaper equivalent form per call (module docstring), True / False = force it."""
 
     def __init__(
         self,
@@ -67,8 +68,12 @@ class SlotAttention(IterativeGrouper):
         eps: float = 1e-8,
         layer_norm_eps: float = 1e-3,
         query_side: bool | None = None,
+        input_mlp: tuple[int, ...] = (),
     ) -> None:
         super().__init__(slot_dim=slot_dim, num_slots=num_slots, iters=iters, implicit_diff=implicit_diff)
+        if input_mlp:
+            self.input_mlp = TokenMLP(in_dim, input_mlp, layer_norm_eps=layer_norm_eps)
+            in_dim = self.input_mlp.out_dim
         self.eps = eps
         self.scale = slot_dim**-0.5
         self.query_side = query_side

@@ -22,7 +22,8 @@ from slotrun_slot_attention.slot_init import SlotInit
 
 class IterativeGrouper(nn.Module):
     """Subclasses set `self.init` (a SlotInit) and implement `prepare(tokens)` (work done once per forward)
-    and `step(slots, prepared) -> (slots, attn [B, K, N] normalised over slots)`."""
+    and `step(slots, prepared) -> (slots, attn [B, K, N] normalised over slots)`. A subclass may set
+    `self.input_mlp` (tokens -> tokens, e.g. DINOSAUR's feature transform), applied before `prepare`."""
 
     init: SlotInit
 
@@ -34,6 +35,7 @@ class IterativeGrouper(nn.Module):
         self.num_slots = num_slots
         self.iters = iters
         self.implicit_diff = implicit_diff
+        self.input_mlp: nn.Module | None = None
 
     def prepare(self, tokens: Tensor) -> Any:
         raise NotImplementedError
@@ -56,7 +58,7 @@ class IterativeGrouper(nn.Module):
     ) -> Slots:
         """`num_slots` / `iters` override the configured values for this call; `slots_init` [B, K, D] replaces
         the sampled initial slots (deterministic studies and tests; K is then taken from it)."""
-        tokens = features.tokens
+        tokens = features.tokens if self.input_mlp is None else self.input_mlp(features.tokens)
         iters = self.iters if iters is None else iters
         if iters < 1:
             raise ValueError(f"iters must be >= 1, got {iters}")

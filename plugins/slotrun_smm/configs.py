@@ -49,6 +49,9 @@ class SlotMixtureConfig:
     eps: float = field(default=1e-8, validator=[_num, v.gt(0.0)])
     var_eps: float = field(default=1e-8, validator=[_num, v.gt(0.0)])
     layer_norm_eps: float = field(default=1e-5, validator=[_num, v.gt(0.0)])
+    # LayerNorm -> MLP on the tokens before the mixture, as widths (DINOSAUR's [768, 256]); [] = none.
+    input_mlp: tuple[int, ...] = field(default=(), converter=tuple,
+                                       validator=v.deep_iterable(member_validator=_positive))
 
     @classmethod
     def official_code(cls, **overrides: object) -> SlotMixtureConfig:
@@ -60,8 +63,9 @@ class SlotMixtureConfig:
         return cls(**values)
 
     def build(self, inputs: GrouperInputs) -> SlotMixtureModule:
-        if self.init == "transformer" and inputs.dim % self.init_heads:
-            raise UserError(f"slot_mixture: init = \"transformer\" needs the encoder's token size ({inputs.dim}) "
+        token_dim = self.input_mlp[-1] if self.input_mlp else inputs.dim
+        if self.init == "transformer" and token_dim % self.init_heads:
+            raise UserError(f"slot_mixture: init = \"transformer\" needs the token size ({token_dim}) "
                             f"divisible by init_heads ({self.init_heads})")
         return SlotMixtureModule(
             inputs.dim, slot_dim=self.slot_dim, num_slots=self.num_slots, iters=self.iters,
@@ -70,6 +74,7 @@ class SlotMixtureConfig:
             scale_logits=self.scale_logits, code_log_sigma_projection=self.code_log_sigma_projection,
             gru_hidden=self.gru_hidden, pi_update=self.pi_update, output_covariance=self.output_covariance,
             output_head=self.output_head, eps=self.eps, var_eps=self.var_eps, layer_norm_eps=self.layer_norm_eps,
+            input_mlp=self.input_mlp,
         )
 
 

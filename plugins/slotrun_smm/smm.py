@@ -42,7 +42,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from slotrun.blocks import mlp
+from slotrun.blocks import TokenMLP, mlp
 from slotrun.types import Features, Gaussian, Slots
 
 
@@ -192,6 +192,7 @@ class SlotMixtureModule(nn.Module):
         eps: float = 1e-8,
         var_eps: float = 1e-8,
         layer_norm_eps: float = 1e-5,
+        input_mlp: tuple[int, ...] = (),
     ) -> None:
         super().__init__()
         for name, value, allowed in (("init", init, INITS), ("density", density, DENSITIES),
@@ -209,6 +210,10 @@ class SlotMixtureModule(nn.Module):
         self.output_covariance = output_covariance
         self.scale = d**-0.5 if scale_logits else 1.0
         self.eps, self.var_eps = eps, var_eps
+        # DINOSAUR's feature transform (LayerNorm -> MLP) on the tokens; everything after sees its output.
+        self.input_mlp = TokenMLP(in_dim, input_mlp, layer_norm_eps=layer_norm_eps) if input_mlp else None
+        if self.input_mlp is not None:
+            in_dim = self.input_mlp.out_dim
         self.norm_inputs = nn.LayerNorm(in_dim, eps=layer_norm_eps)
         self.project_kv = nn.Linear(in_dim, 2 * d, bias=False)
         # The code normalises [mu ; log-std] together; the paper normalises the mean before W_q, as SA does.
@@ -269,15 +274,22 @@ class SlotMixtureModule(nn.Module):
 
     def sample_init(self, tokens: Tensor, num_slots: int | None = None) -> Tensor:
         """[B, K, 2D] initial [mean ; log-std], fresh noise each call (tokens: raw encoder tokens)."""
+        return self._sample_init(self._transform(tokens), num_slots)
+
+    def _transform(self, tokens: Tensor) -> Tensor:
+        return tokens if self.input_mlp is None else self.input_mlp(tokens)
+
+    def _sample_init(self, tokens: Tensor, num_slots: int | None) -> Tensor:
         k = self.num_slots if num_slots is None else num_slots
         if k < 1:
             raise ValueError(f"num_slots must be >= 1, got {k}")
         return self.init(self.norm_inputs(tokens), k)
 
     def _initial_state(self, tokens: Tensor, num_slots: int | None, slots_init: Tensor | None) -> SMMState:
+        """`tokens`: after the input MLP."""
         d = self.slot_dim
         if slots_init is None:
-            slots_init = self.sample_init(tokens, num_slots)
+            slots_init = self._sample_init(tokens, num_slots)
         elif slots_init.shape[-1] == d:  # means only: every component starts at the learned log-std mean
             log_sigma = self.init.deterministic(slots_init.shape[0]).to(slots_init)
             slots_init = torch.cat([slots_init, log_sigma.expand(-1, slots_init.shape[1], -1)], dim=-1)
@@ -294,7 +306,7 @@ class SlotMixtureModule(nn.Module):
         slots_init: Tensor | None = None,
     ) -> tuple[Slots, SMMState]:
         """forward() plus the final mixture state (with the mixture weights pi)."""
-        tokens = features.tokens
+        tokens = self._transform(features.tokens)
         iters = self.iters if iters is None else iters
         if iters < 1:
             raise ValueError(f"iters must be >= 1, got {iters}")

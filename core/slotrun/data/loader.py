@@ -27,7 +27,8 @@ last good one); elsewhere such a batch is left out.
 Load-time conventions (per sample, after decoding, before flipping): `crop` ("none"; "center": the largest
 centred square; "clevr": rows 29:221, cols 64:256 of a 240x320 CLEVR-with-masks image, as in Slot Attention),
 then a resize to `size` when given (images bilinear without antialiasing, like TF's tf.image.resize; masks and
-ignore maps nearest). Samples carrying categories (COCO) fill Batch.categories [B, M], padded with 0 to the
+ignore maps nearest, or left at the stored resolution with resize_masks=False: COCO's protocol scores masks at
+320 px while the model sees 224 px). Samples carrying categories (COCO) fill Batch.categories [B, M], padded with 0 to the
 index's max_categories; samples carrying an ignore map fill Batch.ignore [B, H, W] (flipped with the image).
 
 Why plain tarfile rather than webdataset's pipeline: the order above must be computed without reading, and the
@@ -98,16 +99,20 @@ def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return labels[rows[:, None], cols[None, :]]
 
 
-def transform_sample(sample: Sample, crop: str = "none", size: tuple[int, int] | None = None) -> Sample:
-    """`sample` cropped by `crop` then resized to `size` (image, mask and ignore alike; properties untouched)."""
+def transform_sample(sample: Sample, crop: str = "none", size: tuple[int, int] | None = None, *,
+                     resize_masks: bool = True) -> Sample:
+    """`sample` cropped by `crop` then resized to `size` (image, mask and ignore alike unless not
+    `resize_masks`: then those are only cropped; properties untouched)."""
     h, w = sample.image.shape[:2]
     top, bottom, left, right = crop_box(h, w, crop)
-    out = (bottom - top, right - left) if size is None else tuple(size)
+    cropped = (bottom - top, right - left)
+    out = cropped if size is None else tuple(size)
     if (top, bottom, left, right) == (0, h, 0, w) and out == (h, w):
         return sample
+    label_size = out if resize_masks else cropped
 
     def labels(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else resize_labels(a[top:bottom, left:right], out)
+        return None if a is None else resize_labels(a[top:bottom, left:right], label_size)
 
     return attrs.evolve(sample, image=resize_image(sample.image[top:bottom, left:right], out),
                         mask=labels(sample.mask), ignore=labels(sample.ignore))
@@ -189,9 +194,9 @@ class _Stream(IterableDataset):
 
     def __init__(self, index: Index, plan: EpochPlan, *, skip: int, value_range: str,
                  load_properties: bool, flip_coords: bool, crop: str = "none",
-                 size: tuple[int, int] | None = None) -> None:
+                 size: tuple[int, int] | None = None, resize_masks: bool = True) -> None:
         self.index, self.plan, self.skip = index, plan, skip
-        self.crop, self.size = crop, size
+        self.crop, self.size, self.resize_masks = crop, size, resize_masks
         self.value_range, self.load_properties, self.flip_coords = value_range, load_properties, flip_coords
         self.last_good: tuple[Sample, bool] | None = None
 
@@ -306,7 +311,7 @@ class _Stream(IterableDataset):
                 int(sample.mask.max()) > len(sample.categories):
             raise ValueError(f"instance id {int(sample.mask.max())} has no category")
         if self.crop != "none" or self.size is not None:
-            sample = transform_sample(sample, self.crop, self.size)
+            sample = transform_sample(sample, self.crop, self.size, resize_masks=self.resize_masks)
         return sample
 
     def check_properties(self, props: np.ndarray | None) -> None:
@@ -379,12 +384,13 @@ class ShardLoader:
 
     def __init__(self, index: Index, *, value_range: str = "minus_one_one", flip: bool = False,
                  shuffle_buffer: int = 1000, workers: int = 0, load_properties: bool = True, crop: str = "none",
-                 size: tuple[int, int] | None = None) -> None:
+                 size: tuple[int, int] | None = None, resize_masks: bool = True) -> None:
         if value_range not in VALUE_RANGES:
             raise ValueError(f"value_range must be one of {', '.join(VALUE_RANGES)}, got {value_range!r}")
         crop_box(index.height, index.width, crop)  # checks that the crop applies to these images
         self.index = index
         self.crop, self.size = crop, (None if size is None else (int(size[0]), int(size[1])))
+        self.resize_masks = resize_masks
         self.value_range, self.flip, self.buffer, self.workers = value_range, flip, shuffle_buffer, workers
         self.load_properties = load_properties and index.properties is not None
         self.skipped = 0
@@ -406,7 +412,7 @@ class ShardLoader:
         stream = _Stream(self.index, plan, skip=max(0, skip), value_range=self.value_range,
                          load_properties=self.load_properties,
                          flip_coords=bool(self.index.meta.get("image_coords", False)), crop=self.crop,
-                         size=self.size)
+                         size=self.size, resize_masks=self.resize_masks)
         if self.workers > 0 and len(plan) - skip > 1:
             items: Iterator[tuple] = iter(DataLoader(stream, batch_size=None, num_workers=self.workers))
         else:

@@ -170,7 +170,8 @@ class ShardsSource(_Source):
     def __init__(self, config: ShardsData) -> None:
         size = config.image_size
         super().__init__(value_range=config.value_range, flip=config.flip, shuffle_buffer=config.shuffle_buffer,
-                         workers=config.workers, crop=config.crop, size=(size, size) if config.resize else None)
+                         workers=config.workers, crop=config.crop, size=(size, size) if config.resize else None,
+                         resize_masks=config.resize_masks)
         self.config = config
         self.image = ImageSpec(channels=3, height=config.image_size, width=config.image_size)
         self.properties = LAYOUTS[config.layout]
@@ -277,6 +278,8 @@ class ShardsData:
     layout: str = field(default="none", validator=_known_layout)  # property layout, known without disk
     crop: str = field(default="none", validator=v.in_(CROPS))  # at load time: "center" square or CLEVR's box
     resize: bool = field(default=False, validator=_bool)  # at load time: resize (after the crop) to image_size
+    # false: masks and ignore maps keep the stored (cropped) resolution, so metrics score at it (COCO: 320 px)
+    resize_masks: bool = field(default=True, validator=_bool)
     value_range: str = _loader_fields["value_range"]()
     flip: bool = _loader_fields["flip"]()
     shuffle_buffer: int = _loader_fields["shuffle_buffer"]()

@@ -11,7 +11,8 @@ Masks-based metrics take DecoderOutput.masks [B, K, h, w], resize them bilinearl
 (MetricInputs.mask_size, else the GT mask's size), take the argmax over slots and compare with Batch.mask
 [B, H, W] (0 = background; resized with nearest neighbour when mask_size differs). Two optional per-batch
 inputs that Batch does not carry yet are read from batch attributes if present, or passed to update():
-`ignore` [B, H, W] bool (pixels to leave out: COCO's pixels covered by several instances) and `categories`
+`ignore` [B, H, W] bool (pixels to leave out when ignore_overlaps: COCO's pixels covered by several instances;
+none on datasets without overlaps) and `categories`
 [B, M] int (category of instance id m + 1, for class mBO).
 """
 
@@ -128,8 +129,9 @@ class _MaskMetric(RecordMetric):
         masks = _needs(output.decoded.masks, self.name, "per-slot masks (the decoder returned masks=None)")
         true_ids = _needs(batch.mask, self.name, "instance masks (the dataset yields mask=None)")
         if self.ignore_overlaps:
+            # A dataset without an ignore map (the converter found no overlaps to mark) has nothing to leave out,
+            # so a COCO recipe still scores on the built-in scenes.
             ignore = ignore if ignore is not None else getattr(batch, "ignore", None)
-            _needs(ignore, self.name, "a per-pixel ignore mask for ignore_overlaps = true (the batch has none)")
         else:
             ignore = None
         return masks_for_comparison(masks, true_ids, self.mask_size, ignore)

@@ -132,9 +132,10 @@ def test_mbo_metric_with_categories_and_ignore() -> None:
     plain.update(batch, output(masks=masks))
     mbo, _ = mean_best_overlap(true, masks)
     assert plain.compute() == {"mbo": pytest.approx(mbo.nanmean().item())}
+    no_map = build("mbo", ignore_overlaps=True)  # a dataset without an ignore map has nothing to leave out
+    no_map.update(batch, output(masks=masks))
+    assert no_map.compute() == plain.compute()
     both = build("mbo", ignore_overlaps=True)
-    with pytest.raises(UserError, match="ignore mask"):
-        both.update(batch, output(masks=masks))
     both.update(batch, output(masks=masks), categories=categories, ignore=ignore)
     mbo, mbo_c = mean_best_overlap(true, masks, categories=categories, ignore=ignore)
     assert both.compute() == {"mbo": pytest.approx(mbo.nanmean().item()),

@@ -105,6 +105,22 @@ def test_slot_attention_shapes_and_fused_kv() -> None:
     assert grouper.init.mu.abs().max() <= limit and grouper.init.mu.shape == (1, 1, 8)
 
 
+def test_input_mlp_is_layernorm_then_mlp_in_front_of_the_attention() -> None:
+    with_mlp = make("slot_attention", input_mlp=(24, 10))
+    assert with_mlp.project_kv.weight.shape == (2 * 8, 10)  # keys and values come from the MLP's output
+    plain = SlotAttention(10, slot_dim=8, num_slots=K, mlp_hidden=16)
+    plain.load_state_dict({k: v for k, v in with_mlp.state_dict().items() if not k.startswith("input_mlp.")})
+    feats, init = features(), with_mlp.init(B, K)
+    manual = with_mlp.input_mlp.mlp(torch.nn.functional.layer_norm(feats.tokens, (D_IN,), eps=1e-3))
+    out = with_mlp(feats, slots_init=init)
+    torch.testing.assert_close(out.slots, plain(Features(tokens=manual, grid=feats.grid), slots_init=init).slots)
+    out.slots.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in with_mlp.input_mlp.parameters())
+    perm = torch.randperm(N, generator=torch.Generator().manual_seed(1))
+    shuffled = with_mlp(Features(tokens=feats.tokens[:, perm], grid=feats.grid), slots_init=init)
+    torch.testing.assert_close(shuffled.slots, out.slots, atol=1e-5, rtol=1e-5)
+
+
 def test_soft_kmeans_is_a_weighted_mean_of_tokens() -> None:
     grouper = make("soft_kmeans")
     feats = features()

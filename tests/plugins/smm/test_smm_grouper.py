@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from slotrun.errors import UserError
 from slotrun.protocols import GrouperInputs
 from slotrun.types import Features
 from slotrun_smm.configs import SlotMixtureConfig
@@ -24,6 +25,8 @@ VARIANTS = {
     "code_transformer_init": dict(init="transformer", density="code", code_log_sigma_projection=True,
                                   gru_hidden="normalised_mean", pi_update="code", output_covariance="log_sigma",
                                   output_head="mlp"),
+    # DINOSAUR's feature transform in front: the init transformer and the mixture see its 12-d output
+    "input_mlp": dict(init="transformer", input_mlp=(24, 12)),
 }
 
 
@@ -230,3 +233,11 @@ def test_config_builds_and_official_code_preset() -> None:
     assert code.implicit_diff
     g = code.build(GrouperInputs(dim=D_IN, grid=(3, 4)))
     assert g(features()).slots.shape == (B, 5, 64)
+
+
+def test_input_mlp_sets_the_token_size_the_transformer_init_sees() -> None:
+    # 16-d encoder tokens, 6 init heads: only the MLP's 12-d output is divisible, and that is what counts
+    g = SlotMixtureConfig(init="transformer", init_heads=6, input_mlp=[24, 12]).build(GrouperInputs(dim=D_IN, grid=(3, 4)))
+    assert g.project_kv.weight.shape[1] == 12 and g(features()).slots.shape == (B, 7, 64)
+    with pytest.raises(UserError, match=r"token size \(16\)"):
+        SlotMixtureConfig(init="transformer", init_heads=6).build(GrouperInputs(dim=D_IN, grid=(3, 4)))

@@ -56,6 +56,10 @@ def test_load_time_crop_and_resize(tmp_path, convert, load):
     _, (b,) = load(tmp_path / "native", 128, crop="clevr", resize=True, value_range="zero_one")
     assert b.image.shape == (1, 3, 128, 128) and np.allclose(b.image.numpy(), 200 / 255, atol=1e-3)
     assert b.mask.shape == (1, 128, 128) and b.mask[0, 60, 60] == 1 and b.mask[0, 5, 5] == 0
+    # COCO's protocol: the model sees the resized image, the metrics the stored-resolution masks (cropped only)
+    _, (m,) = load(tmp_path / "native", 128, crop="clevr", resize=True, resize_masks=False)
+    assert m.image.shape == (1, 3, 128, 128) and m.mask.shape == (1, 192, 192)
+    assert np.array_equal(m.mask[0].numpy(), mask[29:221, 64:256])
     _, (c,) = load(tmp_path / "native", 240, crop="center")
     assert c.image.shape == (1, 3, 240, 240) and c.mask[0, 120, 100] == 1
     small = tmp_path / "small"
