@@ -33,8 +33,15 @@ CLEVR_LAYOUT = PropertyLayout(
     categorical=(("size", 3, 5), ("material", 5, 7), ("shape", 7, 10), ("colour", 10, 18)), presence=18,
 )
 
+# multi-dSprites' per-object latents (DeepMind multi_object_datasets): x, y in [0, 1] | scale (0.5..1) | colour
+# RGB in [0, 1] | shape one-hot (square, ellipse, heart) | presence: the feature probe of Stange et al. (Table 2).
+DSPRITES_LAYOUT = PropertyLayout(
+    coords=(0, 2), continuous=(("scale", 2, 3), ("colour", 3, 6)), categorical=(("shape", 6, 9),), presence=9,
+)
+
 # Property layouts a "shards" dataset may declare, by name (the converters write one of these).
-LAYOUTS: dict[str, PropertyLayout | None] = {"none": None, "shapes": PROPERTY_LAYOUT, "clevr": CLEVR_LAYOUT}
+LAYOUTS: dict[str, PropertyLayout | None] = {"none": None, "shapes": PROPERTY_LAYOUT, "clevr": CLEVR_LAYOUT,
+                                             "dsprites": DSPRITES_LAYOUT}
 
 _int = v.instance_of(int)
 _bool = v.instance_of(bool)
@@ -289,5 +296,5 @@ class ShardsData:
         return ShardsSource(self)
 
 
-__all__ = ["LAYOUTS", "ShapesData", "ShapesSource", "ShardsData", "ShardsSource", "default_cache_dir",
+__all__ = ["DSPRITES_LAYOUT", "LAYOUTS", "ShapesData", "ShapesSource", "ShardsData", "ShardsSource", "default_cache_dir",
            "write_synthetic"]

@@ -10,8 +10,11 @@ github.com/deepmind/multi_object_datasets (E = max entities, entity 0 = the back
     clevr_with_masks only: x, y, z float_list [E] (3D position), size, material, shape, color bytes_list [E]
                 (one-byte integer codes, 0 for the background entity)
 
-Used: image, mask, visibility, and (clevr_with_masks) x, y, z, size, material, shape, color. Ignored: pixel_coords,
-rotation, and multi_dsprites / tetrominoes x, y, shape, color, scale, orientation.
+    multi_dsprites only: x, y, scale, shape float_list [E] (shape 1 square, 2 ellipse, 3 heart; 0 background),
+                color float_list [E * C] (RGB in [0, 1]; C = 1 for "binarized")
+
+Used: image, mask, visibility, (clevr_with_masks) x, y, z, size, material, shape, color, and (multi_dsprites)
+x, y, scale, shape, color. Ignored: pixel_coords, rotation, orientation, and tetrominoes' x, y, shape, color.
 
 Sizes: clevr_with_masks 240x320, E = 11; multi_dsprites 64x64, E = 4 (binarized), 5 (colored_on_colored) or 6
 (colored_on_grayscale); tetrominoes 35x35, E = 4; objects_room 64x64, E = 7 (train), 4 (empty_room) or 10
@@ -23,7 +26,9 @@ entities with pixels, in entity order (compact); for clevr_with_masks also CLEVR
 (x + 3) / 6, y and z likewise, then one-hot size (2), material (2), shape (3), colour (8), presence. The codes are
 one-hot at index code - 1 (code 0 = no object). The published spec does not name the codes, so the one-hot
 columns are consistent across the dataset but not guaranteed to follow tfds CLEVR's name order; set-prediction
-AP only compares them for equality.
+AP only compares them for equality. multi_dsprites writes the "dsprites" layout (the feature probe's targets):
+x, y, scale, colour RGB (a binarized colour repeated), shape one-hot (3), presence, one row per visible object,
+padded to E - 1 rows.
 
 Object counts (--min-objects / --max-objects, e.g. --max-objects 6 for CLEVR6) count entities 1.. with visibility
 > 0.5, or with pixels when there is no visibility feature (objects_room). Filtering happens before the splits
@@ -43,7 +48,7 @@ from slotrun.data.convert.common import assign, bad, need, parse_sizes, write
 from slotrun.data.convert.tfrecord import COMPRESSIONS, parse_example, read_records
 from slotrun.data.loader import CROPS, crop_box, resize_image, resize_labels
 from slotrun.data.shards import Sample
-from slotrun.data.sources import CLEVR_LAYOUT
+from slotrun.data.sources import CLEVR_LAYOUT, DSPRITES_LAYOUT
 from slotrun.errors import UserError
 
 SPECS = {
@@ -131,6 +136,17 @@ def decode(kind: str, data: bytes, path: Path, record: int) -> dict[str, np.ndar
             if codes.size != entities:
                 raise bad(path, f"feature '{name}' must have {entities} one-byte codes", record)
             out[name] = codes
+    if kind == "multi_dsprites":
+        for name in ("x", "y", "scale", "shape"):
+            value = _floats(features, name, entities, path, record)
+            if value is None:
+                raise bad(path, f"feature '{name}' is missing", record)
+            out[name] = value
+        colour = features.get("color")
+        if not isinstance(colour, np.ndarray) or colour.dtype != np.float32 or colour.size not in (entities,
+                                                                                                   3 * entities):
+            raise bad(path, f"feature 'color' must be {entities} or {3 * entities} floats", record)
+        out["color"] = np.broadcast_to(colour.reshape(entities, -1), (entities, 3))
     return out
 
 
@@ -158,6 +174,21 @@ def clevr_properties(scene: dict[str, np.ndarray], entities: list[int], rows: in
     return props
 
 
+def dsprites_properties(scene: dict[str, np.ndarray], entities: list[int], rows: int, path: Path,
+                        record: int) -> np.ndarray:
+    props = np.zeros((rows, DSPRITES_LAYOUT.dim), np.float32)
+    for row, e in enumerate(entities[:rows]):
+        code = round(float(scene["shape"][e]))
+        if not 1 <= code <= 3:
+            raise bad(path, f"object entity {e} has shape {scene['shape'][e]:g}, expected 1, 2 or 3", record)
+        props[row, 0:2] = scene["x"][e], scene["y"][e]
+        props[row, 2] = scene["scale"][e]
+        props[row, 3:6] = scene["color"][e]
+        props[row, 5 + code] = 1.0
+        props[row, DSPRITES_LAYOUT.presence] = 1.0
+    return props
+
+
 def samples(kind: str, files: list[Path], args: argparse.Namespace) -> Iterator[Sample]:
     size = args.image_size
     for path in files:
@@ -181,6 +212,8 @@ def samples(kind: str, files: list[Path], args: argparse.Namespace) -> Iterator[
             props = None
             if kind == "clevr_with_masks":
                 props = clevr_properties(scene, visible, masks.shape[0] - 1, path, record)
+            elif kind == "multi_dsprites":
+                props = dsprites_properties(scene, visible, masks.shape[0] - 1, path, record)
             yield Sample(key="pending", image=np.ascontiguousarray(image), mask=lut[ids], properties=props)
 
 
@@ -199,7 +232,8 @@ def run(kind: str, src: Path, out: Path, args: argparse.Namespace) -> dict:
                         "supported; pass --crop center or --image-size")
     sizes = parse_sizes(args.split_sizes)
     stream = samples(kind, files, args)
-    layout, layout_name = (CLEVR_LAYOUT, "clevr") if kind == "clevr_with_masks" else (None, "none")
+    layout, layout_name = {"clevr_with_masks": (CLEVR_LAYOUT, "clevr"),
+                           "multi_dsprites": (DSPRITES_LAYOUT, "dsprites")}.get(kind, (None, "none"))
     options = {k: getattr(args, k) for k in ("split_sizes", "min_objects", "max_objects", "crop", "image_size",
                                               "background_entities", "compression")}
     counts = write(out, assign(stream, sizes), kind=kind, src=src, options=options, layout=layout,

@@ -132,10 +132,47 @@ def test_tetrominoes_and_objects_room(tmp_path, convert, load):
     assert b.mask.unique().tolist() == [0, 1] and b.mask[0, 15, 15] == 1
 
 
+def dsprites_latents(entities, objects, channels=3):
+    """multi_dsprites latent features; objects = [(x, y, scale, shape, colour)] for entities 1..."""
+    f = {k: np.zeros(entities, np.float32) for k in ("x", "y", "scale", "shape", "orientation")}
+    f["color"] = np.zeros((entities, channels), np.float32)
+    for e, (x, y, scale, shape, colour) in enumerate(objects, start=1):
+        f["x"][e], f["y"][e], f["scale"][e], f["shape"][e] = x, y, scale, shape
+        f["color"][e] = colour
+    f["color"] = f["color"].reshape(-1)
+    return f
+
+
+def test_multi_dsprites_writes_the_probe_latents(tmp_path, convert, load):
+    mask = np.zeros((5, 64, 64), np.uint8)  # colored_on_colored: E = 5, two visible sprites
+    mask[0] = 255
+    mask[:, 10:20, 10:20], mask[1, 10:20, 10:20] = 0, 255
+    mask[:, 40:50, 30:40], mask[2, 40:50, 30:40] = 0, 255
+    vis = np.array([1, 1, 1, 0, 0], np.float32)
+    latents = dsprites_latents(5, [(0.2, 0.25, 0.5, 3, (1.0, 0.5, 0.0)), (0.6, 0.7, 1.0, 1, (0.0, 0.0, 1.0))])
+    record = make_example({"image": uint8_bytes_list(np.zeros((64, 64, 3))), "mask": uint8_bytes_list(mask),
+                           "visibility": vis, **latents})
+    src = tmp_path / "multi_dsprites_colored_on_colored_train.tfrecords"
+    write_records(src, [record], gzip_compress=True)
+    convert("multi_dsprites", src, tmp_path / "md")
+    assert read_index(tmp_path / "md").layout_name == "dsprites"
+    _, (b,) = load(tmp_path / "md", 64, "dsprites")
+    props = b.properties[0].numpy()
+    assert props.shape == (4, 10) and props[:, 9].tolist() == [1, 1, 0, 0]
+    assert np.allclose(props[0], [0.2, 0.25, 0.5, 1.0, 0.5, 0.0, 0, 0, 1, 1])  # heart = shape 3
+    assert np.allclose(props[1], [0.6, 0.7, 1.0, 0.0, 0.0, 1.0, 1, 0, 0, 1])  # square = shape 1
+    latents["shape"][2] = 7
+    broken = make_example({"image": uint8_bytes_list(np.zeros((64, 64, 3))), "mask": uint8_bytes_list(mask),
+                           "visibility": vis, **latents})
+    write_records(src, [broken])
+    with pytest.raises(UserError, match="record 0: object entity 2 has shape 7, expected 1, 2 or 3"):
+        convert("multi_dsprites", src, tmp_path / "md2")
+
+
 def test_bad_records_are_one_line_errors(tmp_path, convert, clevr_file):
     bad = tmp_path / "multi_dsprites.tfrecords"
     good = make_example({"image": uint8_bytes_list(np.zeros((64, 64, 3))),
-                         "mask": uint8_bytes_list(np.zeros((6, 64, 64)))})
+                         "mask": uint8_bytes_list(np.zeros((6, 64, 64))), **dsprites_latents(6, [])})
     wrong = make_example({"image": uint8_bytes_list(np.zeros((64, 64, 3))),
                           "mask": uint8_bytes_list(np.zeros((3, 64, 64)))})
     write_records(bad, [good, wrong])
