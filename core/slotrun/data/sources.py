@@ -296,5 +296,5 @@ class ShardsData:
         return ShardsSource(self)
 
 
-__all__ = ["DSPRITES_LAYOUT", "LAYOUTS", "ShapesData", "ShapesSource", "ShardsData", "ShardsSource", "default_cache_dir",
-           "write_synthetic"]
+__all__ = ["DSPRITES_LAYOUT", "LAYOUTS", "ShapesData", "ShapesSource", "ShardsData", "ShardsSource",
+           "default_cache_dir", "write_synthetic"]
