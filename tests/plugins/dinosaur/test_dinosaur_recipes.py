@@ -46,6 +46,8 @@ def test_recipe_builds_small(path: Path, plugins, tmp_path: Path) -> None:
 def test_headline_recipe_settings(plugins) -> None:
     r = load(ROOT / "recipes" / "dinosaur_covloss.toml", plugins=plugins)
     assert (r.model.grouper.config.num_slots, r.model.grouper.config.slot_dim) == (7, 256)
+    assert r.model.grouper.config.input_mlp == (768, 256)  # DINOSAUR's feature transform
+    assert all(m.config.ignore_overlaps for m in r.eval.metrics)  # the COCO protocol
     assert r.model.decoder.type == "dinosaur_mlp"
     cov, var = r.model.regularisers["covariance"], r.model.regularisers["variance"]
     assert (cov.type, cov.config.projection, cov.config.normalise) == ("covariance", "identity", "p")
@@ -81,3 +83,23 @@ def test_headline_recipe_trains_and_evaluates_from_a_local_checkpoint(plugins, t
         assert torch.equal(model.encoder.model.state_dict()[name], value), name
     again = engine.evaluate_run(tmp_path / "run", [], plugins)
     assert again["fg_ari"] == pytest.approx(metrics["fg_ari"])
+
+
+def test_headline_recipe_scores_masks_at_the_stored_resolution(plugins, tmp_path: Path) -> None:
+    """COCO protocol as the recipe ships it (data.resize = true, resize_masks = false): the model sees the
+    images resized (here 32 -> 16 px), the metrics score the masks at the shards' 32 px."""
+    from slotrun import engine
+    from slotrun.cli import main
+
+    assert main(["data", "synth", str(tmp_path / "shards"), "--image-size", "32", "--num-train", "8",
+                 "--num-val", "4", "--num-test", "4"]) == 0
+    recipe = load(ROOT / "recipes" / "dinosaur_covloss.toml", [
+        f"data.path={tmp_path / 'shards'}", "data.image_size=16", "data.flip=false", *SMALL,
+        "model.decoder.hidden=[32]", "train.steps=2", "train.batch_size=4", "eval.batch_size=4", "eval.pictures=1",
+        f"run.dir={tmp_path / 'run'}"], plugins=plugins)
+    assert recipe.data.config.resize and not recipe.data.config.resize_masks
+    source = recipe.data.build(None)
+    batch = next(iter(source.batches("val", 4, seed=0, epoch=0, shuffle=False, drop_last=False)))
+    assert batch.image.shape[-2:] == (16, 16) and batch.mask.shape[-2:] == (32, 32)
+    metrics = engine.train(recipe, plugins)
+    assert 0.0 <= metrics["fg_ari"] <= 1.0 and 0.0 < metrics["mbo"] <= 1.0
