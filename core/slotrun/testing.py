@@ -132,6 +132,9 @@ def check_grouper(config: Any) -> None:
     for i, attn in enumerate(out.attn):
         _expect(tuple(attn.shape) == (BATCH, k, features.tokens.shape[1]), f"attn[{i}] shape {tuple(attn.shape)}")
         _expect(torch.allclose(attn.sum(1), torch.ones(()), atol=1e-4), f"attn[{i}] does not sum to 1 over slots")
+    if out.history:
+        _expect(all(tuple(h.shape) == tuple(out.slots.shape) for h in out.history), "history shapes != slots shape")
+        _expect(torch.equal(out.history[-1], out.slots), "history[-1] must be the final slots")
     out.slots.square().mean().backward()
     _expect(features.tokens.grad is not None, "no gradient reaches the input tokens")
     if any(p.requires_grad for p in grouper.parameters()):

@@ -113,12 +113,15 @@ class Slots:
     mixture: per-slot Gaussian components ([B, K, D] mean and std) when the grouper is a mixture model (SMM,
         GMM), else None.
     posterior: q(z_k | x) when a posterior head made the slots stochastic (SRI), else None.
+    history: the slots [B, K, D] after each iteration (the last is `slots`) when the grouper is iterative, for
+        losses applied at every iteration (set prediction's step-wise loss); () otherwise.
     """
 
     slots: Tensor
     attn: tuple[Tensor, ...] = ()
     mixture: Gaussian | None = None
     posterior: Gaussian | None = None
+    history: tuple[Tensor, ...] = ()
 
     @property
     def num_slots(self) -> int:

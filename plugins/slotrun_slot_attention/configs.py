@@ -129,6 +129,7 @@ class SetPredictionConfig:
     hidden: int = field(default=64, validator=_positive)
     coord_scale: float = field(default=1.0, validator=[_num, v.gt(0.0)])  # weight of coordinates in the loss
     huber_delta: float = field(default=1.0, validator=[_num, v.gt(0.0)])
+    stepwise: bool = field(default=False, validator=_bool)  # the loss after every grouper iteration, averaged
 
     def build(self, inputs: DecoderInputs) -> SetPredictionDecoder:
         layout = inputs.properties
@@ -140,5 +141,5 @@ class SetPredictionConfig:
             )
         return SetPredictionDecoder(
             inputs.slot_dim, layout.dim, hidden=self.hidden, coord_columns=tuple(layout.coords),
-            coord_scale=self.coord_scale, huber_delta=self.huber_delta,
+            coord_scale=self.coord_scale, huber_delta=self.huber_delta, stepwise=self.stepwise,
         )

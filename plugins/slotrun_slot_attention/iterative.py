@@ -4,7 +4,8 @@ Iteration-count semantics (the same with and without implicit differentiation): 
 updates, and `Slots.attn` holds one map per update. With `implicit_diff` (Chang et al., 2022) the first
 `iters - 1` updates run without a graph and the last one starts from their detached result, so forward values
 equal the plain `iters`-update run for the same initial slots, while gradients flow through the last update
-only and memory does not grow with `iters`. The initial slots then get no gradient (they sit before the
+only and memory does not grow with `iters` (`Slots.history`, the slots after each update, then holds graph-free
+tensors for all but the last). The initial slots then get no gradient (they sit before the
 detach). Chang et al.'s "T iterations, then one more on the detached slots" is `iters = T + 1` here.
 """
 
@@ -71,19 +72,23 @@ class IterativeGrouper(nn.Module):
             slots = slots_init
         prepared = self.prepare_for(tokens, slots.shape[1], iters)
         attns: list[Tensor] = []
+        history: list[Tensor] = []
         if self.implicit_diff:
             with torch.no_grad():
                 for _ in range(iters - 1):
                     slots, attn = self.step(slots, prepared)
                     attns.append(attn)
+                    history.append(slots)
             slots = slots.detach()
             slots, attn = self.step(slots, prepared)
             attns.append(attn)
+            history.append(slots)
         else:
             for _ in range(iters):
                 slots, attn = self.step(slots, prepared)
                 attns.append(attn)
-        return Slots(slots=slots, attn=tuple(attns))
+                history.append(slots)
+        return Slots(slots=slots, attn=tuple(attns), history=tuple(history))
 
 
 def assign(keys: Tensor, queries: Tensor, eps: float) -> tuple[Tensor, Tensor]:

@@ -314,23 +314,32 @@ class SlotMixtureModule(nn.Module):
         k, v = self.project_kv(self.norm_inputs(tokens)).chunk(2, dim=-1)
         stats = token_stats(k, v)  # once per forward, not once per update
         attns: list[Tensor] = []
+        states: list[SMMState] = []
         if self.implicit_diff:
             with torch.no_grad():
                 for _ in range(iters - 1):
                     state, gamma = self.step(state, k, v, stats)
                     attns.append(gamma)
+                    states.append(state)
             state = SMMState(mean=state.mean.detach(), log_sigma=state.log_sigma.detach(), pi=state.pi.detach())
             state, gamma = self.step(state, k, v, stats)
             attns.append(gamma)
+            states.append(state)
         else:
             for _ in range(iters):
                 state, gamma = self.step(state, k, v, stats)
                 attns.append(gamma)
+                states.append(state)
+        history = tuple(self.output(s) for s in states)  # the slots after every update (step-wise losses)
+        slots = history[-1]
+        mixture = Gaussian(mean=state.mean, std=state.log_sigma.exp())
+        return Slots(slots=slots, attn=tuple(attns), mixture=mixture, history=history), state
+
+    def output(self, state: SMMState) -> Tensor:
+        """The slots [B, K, D] of a mixture state: the head on [mean ; variance (or log-std)]."""
         mu, log_sigma = state.mean, state.log_sigma
         cov = torch.exp(2.0 * log_sigma) if self.output_covariance == "variance" else log_sigma
-        slots = self.head(torch.cat([mu, cov.to(mu.dtype)], dim=-1))
-        mixture = Gaussian(mean=mu, std=log_sigma.exp())
-        return Slots(slots=slots, attn=tuple(attns), mixture=mixture), state
+        return self.head(torch.cat([mu, cov.to(mu.dtype)], dim=-1))
 
     def forward(
         self, features: Features, *, num_slots: int | None = None, iters: int | None = None,

@@ -130,3 +130,25 @@ def test_set_prediction_decoder() -> None:
 def test_set_prediction_needs_properties() -> None:
     with pytest.raises(UserError, match="properties"):
         SetPredictionConfig().build(decoder_inputs())
+
+
+def test_stepwise_set_loss_averages_the_loss_of_every_iteration() -> None:
+    from slotrun_slot_attention.grouper import SlotAttention
+
+    torch.manual_seed(0)
+    grouper = SlotAttention(8, slot_dim=8, num_slots=3, iters=3, mlp_hidden=16)
+    slots = grouper(Features(tokens=torch.randn(2, 16, 8), grid=(4, 4)))
+    assert len(slots.history) == 3 and slots.history[-1] is slots.slots
+    decoder = SetPredictionConfig(stepwise=True).build(decoder_inputs(properties=LAYOUT))
+    batch = Batch(image=torch.zeros(2, 3, 16, 16), properties=torch.rand(2, 3, 6))
+    per_iteration = [hungarian_huber_loss(decoder.head(h).sigmoid(), batch.properties) for h in slots.history]
+    loss = decoder(slots, dummy_features(), batch).losses["set"]
+    torch.testing.assert_close(loss, torch.stack(per_iteration).mean())
+    assert not torch.allclose(loss, per_iteration[-1])  # the earlier iterations really count
+    loss.backward()  # ... and train the grouper through them: the first update's GRU gets their gradient
+    assert grouper.gru.weight_hh.grad.abs().sum() > 0
+    decoder.eval()  # evaluation reports the final slots' loss, comparable with a non-stepwise run
+    torch.testing.assert_close(decoder(slots, dummy_features(), batch).losses["set"], per_iteration[-1])
+    decoder.train()
+    with pytest.raises(UserError, match="model.decoder.stepwise = true needs a grouper"):
+        decoder(Slots(slots=torch.randn(2, 3, 8)), dummy_features(), batch)
