@@ -1,4 +1,4 @@
-"""`python -m bench [grouper|step|loader|quality|all]` (no argument = grouper + step + loader).
+"""`python -m bench [grouper|step|loader|compile|quality|smm|all]` (no argument = grouper + step + loader).
 
 Writes bench/results/<name>.json and .md, and a combined bench/results/README.md (with machine details) when
 grouper, step and loader have all been run."""
@@ -6,6 +6,7 @@ grouper, step and loader have all been run."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -18,19 +19,19 @@ from bench import common
 SUITE = ("grouper", "step", "loader")
 
 
-def combined(out_dir: Path) -> Path:
-    from bench import grouper, loader, step
+COMBINED = ("grouper", "step", "loader", "compile", "quality", "smm")  # the order of bench/results/README.md
 
+
+def combined(out_dir: Path) -> Path:
     parts = ["# slotrun benchmarks", ""]
     m = None
-    for name, mod in (("grouper", grouper), ("step", step), ("loader", loader), ("quality", None)):
+    for name in COMBINED:
         path = out_dir / f"{name}.json"
         if not path.is_file():
             continue
         data = json.loads(path.read_text())
         m = m or data.get("machine")
-        if mod is None:
-            from bench import quality as mod
+        mod = importlib.import_module(f"bench.{name}")
         parts += [f"Run: `{data.get('command', 'python -m bench ' + name)}` on {data.get('date', '?')}", "",
                   mod.markdown(data["result"]), ""]
     if m:
@@ -41,7 +42,7 @@ def combined(out_dir: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("what", nargs="?", default="all", choices=(*SUITE, "quality", "all"))
+    p.add_argument("what", nargs="?", default="all", choices=(*SUITE, "compile", "quality", "smm", "all"))
     p.add_argument("--tiny", action="store_true", help="tiny sizes (tests: checks the harness, not speed)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch", type=int, default=None, help="grouper: override B (default: the paper's 64)")
@@ -68,6 +69,15 @@ def main(argv: list[str] | None = None) -> int:
             from bench import loader as mod
 
             result = mod.run(tiny=args.tiny, repeats=args.repeats)
+        elif name == "compile":
+            from bench import compile as mod
+
+            result = mod.run(tiny=args.tiny, repeats=args.repeats)
+        elif name == "smm":
+            from bench import smm as mod
+
+            plot = mod.PLOT if args.out == common.RESULTS and not args.tiny else args.out / mod.PLOT.name
+            result = mod.run(tiny=args.tiny, plot_path=plot, out_dir=args.out, threads=args.threads or 1)
         else:
             from bench import quality as mod
 

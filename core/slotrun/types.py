@@ -2,17 +2,21 @@
 
 Every component speaks in these classes rather than dicts of magic keys, so a decoder written for one
 grouper works with any other. Shapes use B = batch, N = tokens, D = channels, K = slots, T = iterations.
+
+They are frozen dataclasses rather than attrs classes because torch.compile (dynamo) traces a dataclass's
+__init__ but not attrs' generated one: components create these inside the compiled training forward.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-import attrs
+import dataclasses
+
 import torch
 from torch import Tensor
 
-_frozen = attrs.frozen(kw_only=True)
+_frozen = dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 
 
 @_frozen
@@ -90,7 +94,7 @@ class Features:
     tokens: Tensor
     grid: tuple[int, int]
     target: Tensor | None = None
-    losses: Mapping[str, Tensor] = attrs.field(factory=dict)
+    losses: Mapping[str, Tensor] = dataclasses.field(default_factory=dict)
 
 
 @_frozen

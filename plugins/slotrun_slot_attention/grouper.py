@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
+import dataclasses
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,7 +26,7 @@ from slotrun_slot_attention.iterative import IterativeGrouper
 from slotrun_slot_attention.slot_init import SlotInit
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)  # not attrs: torch.compile traces a dataclass
 class _Projected:
     """Keys and values projected once per forward, and the values' sum over inputs (for eps)."""
 
@@ -35,7 +35,7 @@ class _Projected:
     v_sum: Tensor
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)  # not attrs: torch.compile traces a dataclass
 class _QuerySide:
     """The normalised inputs and their sum over inputs: keys and values are applied on the slot side."""
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 
-import attrs
+import dataclasses
 import torch
 from torch import Tensor, nn
 
@@ -59,7 +59,7 @@ def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} '{value}' (known: {', '.join(allowed)})")
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)  # not attrs: torch.compile traces a dataclass
 class SMMState:
     """The mixture after the last update: mean and log-std [B, K, D], mixture weights pi [B, K] (sum to 1)."""
 
@@ -68,7 +68,7 @@ class SMMState:
     pi: Tensor
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)  # not attrs: torch.compile traces a dataclass
 class TokenStats:
     """What every update needs from the N tokens, computed once per forward (float32): keys and values centred
     on their mean over tokens and their squares. The methods are `mixture_math.sq_distance` and

@@ -29,10 +29,10 @@ from accelerate import Accelerator
 
 from slotrun.engine import checkpoint, rng
 from slotrun.engine.distributed import broadcast, gather, make_accelerator, per_rank_batch, raise_together
-from slotrun.engine.evaluate import build_metrics, evaluate, format_metrics, save_pictures, save_samples
+from slotrun.engine.evaluate import build_metrics, can_sample, evaluate, format_metrics, save_pictures, save_samples
 from slotrun.engine.interrupt import StopFlag, TrainingInterrupted, stop_on_signals
 from slotrun.engine.progress import Progress
-from slotrun.engine.run_dir import RunDir, step_name
+from slotrun.engine.run_dir import RunDir, read_jsonl, step_name
 from slotrun.engine.schedules import build_optimizer, build_scheduler, loss_weights_at, scheduled_weights
 from slotrun.errors import UserError
 from slotrun.model import build_model, load_pretrained
@@ -191,10 +191,11 @@ class _Trainer:
         # evaluation, pictures and samples run on the uncompiled `raw` module: they are rare, use other batch
         # sizes and model entry points (which would each cost a recompile) and must match `slotrun eval`.
         # Compiling the prepared module keeps Accelerate's autocast wrapper (mixed precision) inside the graph.
-        # Slotrun's batch and output types are frozen attrs classes, whose generated __init__ this torch's
-        # dynamo cannot trace (an internal error, not a graph break); suppress_errors, scoped to the training
-        # forward, lets dynamo run such frames eagerly and still compile the frames it can trace (modules' tensor
-        # code, e.g. the encoder's layers and the grouper's update). Numbers are unchanged either way.
+        # Slotrun's own batch and output types are frozen dataclasses, which dynamo traces, so the built-in
+        # components compile as one graph (the quickstart model: 1 graph, 0 breaks). suppress_errors, scoped to
+        # the training forward, keeps a third-party component that dynamo cannot trace (e.g. one creating attrs
+        # instances, whose generated __init__ is an internal dynamo error, not a graph break) running: those
+        # frames run eagerly, the rest still compiles. Numbers are unchanged either way.
         self.forward: Callable[[Batch], Any] = model
         self.compile_config: tuple[Any, Any] = (nullcontext(), nullcontext())  # re-enterable, once per step
         if cfg.compile:
@@ -247,8 +248,12 @@ class _Trainer:
         self.window = Window(window_state)
         self.last_checkpoint = found or None
 
+        # A checkpoint at an evaluation step is written before that evaluation, so a run stopped or killed in
+        # between resumes with the evaluation unfinished: it is done again before the next step, and the final
+        # one always is. Its old record goes, so the logs hold one per evaluation, as an uninterrupted run's do.
+        self.redo_eval = bool(broadcast(acc, self._unfinished_eval() if self.main else None))
         if self.main:
-            self.rundir.truncate_logs(self.step)
+            self.rundir.truncate_logs(self.step, redo_eval=self.redo_eval or self.step >= cfg.steps)
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.rundir.tb), purge_step=self.step + 1 if self.step else None)
@@ -272,6 +277,8 @@ class _Trainer:
         if self.step >= cfg.steps and self.main:
             print(f"slotrun: {self.rundir.path} is already trained to step {self.step} (train.steps={cfg.steps}); "
                   "evaluating", file=sys.stderr)
+        if self.step < cfg.steps and self.redo_eval:
+            self._evaluate()
         with stop_on_signals(announce=self.main) as stop:
             while self.step < cfg.steps:
                 stopping = self._step(stop)
@@ -288,6 +295,18 @@ class _Trainer:
                 if every and self.step % every == 0 and self.step < cfg.steps:
                     self._evaluate()
         return self._evaluate()
+
+    def _unfinished_eval(self) -> bool:
+        """Whether the run resumes at a scheduled evaluation step whose record or pictures are missing."""
+        step, every, pictures = self.step, self.recipe.eval.every, self.recipe.eval.pictures
+        if not (every and step % every == 0 and 0 < step < self.config.steps):
+            return False
+        done = self.rundir.evals.exists() and any(
+            r.get("step") == step and "overrides" not in r for r in read_jsonl(self.rundir.evals))
+        expected = [f"{step_name(step)}.png"] if pictures else []
+        if pictures and can_sample(self.raw):
+            expected.append(f"samples_{step_name(step)}.png")
+        return not (done and all((self.rundir.pictures / name).exists() for name in expected))
 
     def _step(self, stop: StopFlag) -> bool:
         """One optimiser step; returns whether any rank was asked to stop."""

@@ -55,3 +55,26 @@ def test_a_compiler_that_cannot_work_is_a_one_line_user_error(tmp_path: Path, mo
                                         r"\(RuntimeError: InvalidCxxCompiler: No working C\+\+ compiler found\); "
                                         r"set train.compile = false$"):
         engine.train(ef.recipe(tmp_path, *STEPS, "train.compile=true", loaded=plugins), plugins)
+
+
+ROOT = QUICKSTART.parents[1]
+
+
+@pytest.mark.parametrize("recipe", ["quickstart.toml", "smm/shapes_object_discovery.toml", "slate/shapes_sa.toml"])
+def test_built_in_models_trace_as_one_graph(recipe: str, tmp_path: Path, plugins) -> None:
+    """Dynamo traces the whole training forward, typed inputs and outputs included, without a graph break, so
+    train.compile compiles all of it (a break would leave the code after it eager). Tracing only, no codegen."""
+    import torch
+    import torch._dynamo
+
+    from slotrun.api import build_from_recipe
+
+    rec = load(ROOT / "recipes" / recipe, ["data.type=shapes", "data.image_size=32", "data.num_train=4",
+                                           "data.num_val=4", "data.num_test=4", f"data.cache_dir={tmp_path}"],
+               plugins=plugins)
+    model = build_from_recipe(rec, plugins)
+    source = rec.data.build(None)
+    batch = next(iter(source.batches("train", 2, seed=0, epoch=0)))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(batch)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
