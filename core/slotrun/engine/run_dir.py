@@ -152,6 +152,12 @@ class RunLock:
             self.fd = None
 
 
+def _writer_gone(path: Path) -> bool:
+    """Whether the process named in a write_atomic temporary file (".NAME.tmp-PID") is gone."""
+    pid = path.name.rpartition("-")[2]
+    return not (pid.isdigit() and _alive(int(pid)))
+
+
 def _alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -191,6 +197,7 @@ class RunDir:
         self.lock.acquire()
         try:
             self._check_recipe(recipe)
+            self._remove_leftovers()
             self._check_plugins(versions)
             write_atomic(self.recipe, to_toml(recipe))
             write_atomic(self.plugins, json.dumps(dict(versions), indent=2, sort_keys=True) + "\n")
@@ -202,6 +209,17 @@ class RunDir:
 
     def close(self) -> None:
         self.lock.release()
+
+    def _remove_leftovers(self) -> None:
+        """The temporary files that killed processes left behind: write_atomic's (named after their writer's
+        pid: only those of dead processes, as `slotrun eval` may be writing now) and the training pictures' (only
+        the lock holder writes those). Half-written checkpoints go at the next checkpoint."""
+        leftovers = [p for name in KNOWN_ENTRIES for p in self.path.glob(f".{name}.tmp-*") if _writer_gone(p)]
+        if self.pictures.is_dir():
+            leftovers += [*self.pictures.glob(".step_*.png.tmp"), *self.pictures.glob(".samples_step_*.png.tmp")]
+        for path in leftovers:
+            if path.is_file():
+                path.unlink(missing_ok=True)
 
     def _check_recipe(self, recipe: Recipe) -> None:
         if not self.recipe.exists():
@@ -243,12 +261,14 @@ class RunDir:
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(json_safe(record), sort_keys=False) + "\n")
 
-    def truncate_logs(self, step: int) -> None:
+    def truncate_logs(self, step: int, *, redo_eval: bool = False) -> None:
         """Forget training log lines written after `step` (by a run that died after its last checkpoint), so
-        a resumed run's logs read as if it had never stopped. `slotrun eval` lines are kept."""
+        a resumed run's logs read as if it had never stopped; with `redo_eval`, also the evaluation at `step`
+        itself, which the resumed run repeats (it may have been cut short). `slotrun eval` lines are kept."""
         for path in (self.metrics, self.evals):
             if path.exists():
-                keep = [r for r in _read_jsonl(path) if "overrides" in r or int(r.get("step", 0)) <= step]
+                last = step - 1 if redo_eval and path == self.evals else step
+                keep = [r for r in _read_jsonl(path) if "overrides" in r or int(r.get("step", 0)) <= last]
                 write_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
