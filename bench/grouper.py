@@ -3,6 +3,7 @@ activation memory, and how cost grows with slots K, tokens N and iterations T.""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -57,23 +58,31 @@ def fwd_bwd(module: nn.Module, x: torch.Tensor, slotrun_api: bool) -> Callable[[
     return run
 
 
-def compare(s: dict[str, int], repeats: int) -> dict[str, Any]:
-    """Ours (SA, SMM) vs the peer SA at sizes `s`, alternating; ratios are peer time / candidate time."""
+def compare(s: dict[str, int], repeats: int, compiled: bool = False) -> dict[str, Any]:
+    """Ours (SA, SMM; with `compiled` also SA through torch.compile, as train.compile runs it) vs the peer SA at
+    sizes `s`, alternating; ratios are peer time / candidate time."""
     torch.manual_seed(0)
     ours = make_ours(s)
     peer, peer_name = peer_slot_attention(s["K"], s["D"], s["T"], s["H"])
     load_from(peer, ours)
     smm = make_smm(s)
     x = tokens_for(s)
-    times = alternate({"peer": fwd_bwd(peer, x, False), "slotrun_sa": fwd_bwd(ours, x, True),
-                       "slotrun_smm": fwd_bwd(smm, x, True)}, repeats=repeats)
-    return {
+    fns = {"peer": fwd_bwd(peer, x, False), "slotrun_sa": fwd_bwd(ours, x, True),
+           "slotrun_smm": fwd_bwd(smm, x, True)}
+    if compiled:
+        fns["slotrun_sa_compiled"] = fwd_bwd(torch.compile(copy.deepcopy(ours)), x, True)
+        fns["slotrun_sa_compiled"]()  # compile outside the timed rounds (paid once per run)
+    times = alternate(fns, repeats=repeats)
+    out = {
         "sizes": s, "peer": peer_name,
         "seconds": {k: spread(v) for k, v in times.items()},
         "speedup_sa_vs_peer": spread(paired_ratios(times["peer"], times["slotrun_sa"])),
         "speedup_smm_vs_peer": spread(paired_ratios(times["peer"], times["slotrun_smm"])),
         "raw_seconds": times,
     }
+    if compiled:
+        out["speedup_sa_compiled_vs_peer"] = spread(paired_ratios(times["peer"], times["slotrun_sa_compiled"]))
+    return out
 
 
 def implicit_memory(s: dict[str, int], iters: int) -> dict[str, Any]:
@@ -122,7 +131,7 @@ def run(*, tiny: bool = False, batch: int | None = None, repeats: int = 7) -> di
     reps = 2 if tiny else repeats
     result: dict[str, Any] = {"comparisons": {}, "implicit_memory": [], "scaling": []}
     for name, s in sizes.items():
-        result["comparisons"][name] = compare(s, reps)
+        result["comparisons"][name] = compare(s, reps, compiled=not tiny)
     mem_sizes = sizes["clevr"]
     result["implicit_memory"] = [implicit_memory(mem_sizes, t) for t in ((2, 3) if tiny else (3, 7))]
     result["scaling"] = scaling(sizes["clevr"], max(2, reps // 2 + 1), tiny)
@@ -145,6 +154,14 @@ def markdown(r: dict[str, Any]) -> str:
                      f"{c['seconds']['slotrun_smm']['median'] * 1e3:.1f}", fmt_ratio(c["speedup_smm_vs_peer"])])
     lines.append(md_table(["sizes", "", "peer ms", "slotrun SA ms", "SA speedup", "slotrun SMM ms",
                            "SMM speedup (vs peer SA)"], rows))
+    compiled = [(name, c) for name, c in r["comparisons"].items() if "speedup_sa_compiled_vs_peer" in c]
+    if compiled:
+        lines += ["", "Slot Attention through torch.compile (`train.compile = true`; compiled once before timing) "
+                  "against the same eager peer:", ""]
+        lines.append(md_table(["sizes", "peer ms", "slotrun SA compiled ms", "speedup"], [
+            [name, f"{c['seconds']['peer']['median'] * 1e3:.1f}",
+             f"{c['seconds']['slotrun_sa_compiled']['median'] * 1e3:.1f}", fmt_ratio(c["speedup_sa_compiled_vs_peer"])]
+            for name, c in compiled]))
     lines += ["", "### Implicit differentiation: grouper activation memory (saved tensors, excl. params/inputs)", ""]
     rows = []
     for m in r["implicit_memory"]:
