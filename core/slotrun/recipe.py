@@ -23,6 +23,24 @@ from slotrun.structure import Spec, Structurer, component, unstructure
 
 _frozen = attrs.frozen(kw_only=True)
 
+# ---- upper bounds on sizes ---------------------------------------------------------------------------------
+# The settings that size memory are bounded far above any published configuration (and every shipped recipe),
+# low enough that a typo (three extra zeros) is refused at once with its key path, before anything is
+# allocated. Plugins bound their own size fields with them: `field(default=64, validator=size(MAX_WIDTH))`.
+MAX_IMAGE_SIZE = 4096  # pixels per side: images, masks, broadcast grids, strides, patches
+MAX_BATCH = 65_536  # images per batch (training, evaluation) and micro-batches per step
+MAX_SLOTS = 256  # slots per image
+MAX_WIDTH = 16_384  # channels, token / slot / hidden widths, projection sizes, vocabularies
+MAX_LAYERS = 1024  # layers, blocks, attention heads
+MAX_ITERS = 128  # slot-update iterations (each keeps its activations for backprop)
+MAX_SAMPLES = 100_000_000  # images per generated split, per shard
+MAX_PICTURES = 256  # images per picture grid
+
+
+def size(limit: int, low: int = 1) -> list[Any]:
+    """The validators of an integer size setting: low <= value <= limit (the messages name the bound)."""
+    return [v.instance_of(int), v.ge(low), v.le(limit)]
+
 
 # ---- the schema ------------------------------------------------------------------------------------------
 
@@ -110,8 +128,9 @@ class TrainConfig:
 
     steps: int = field(default=1000, validator=v.ge(1))
     seed: int = field(default=0, validator=v.ge(0))
-    batch_size: int = field(default=32, validator=v.ge(1))
-    grad_accum: int = field(default=1, validator=v.ge(1))  # each optimiser step sees batch_size * grad_accum images
+    batch_size: int = field(default=32, validator=[v.ge(1), v.le(MAX_BATCH)])
+    # each optimiser step sees batch_size * grad_accum images
+    grad_accum: int = field(default=1, validator=[v.ge(1), v.le(MAX_BATCH)])
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = field(default=4e-4, validator=v.gt(0.0))
     weight_decay: float = field(default=0.0, validator=v.ge(0.0))
@@ -139,11 +158,13 @@ class EvalConfig:
 
     every: int = field(default=0, validator=v.ge(0))
     split: Literal["train", "val", "test"] = "val"
-    batch_size: int = field(default=32, validator=v.ge(1))
+    batch_size: int = field(default=32, validator=[v.ge(1), v.le(MAX_BATCH)])
     max_samples: int | None = field(default=None, validator=v.optional(v.ge(1)))
-    mask_size: tuple[int, int] | None = None
+    mask_size: tuple[int, int] | None = field(
+        default=None, validator=v.optional(v.deep_iterable([v.ge(1), v.le(MAX_IMAGE_SIZE)])))
     metrics: tuple[Spec, ...] = component("metrics", shape="list")
-    pictures: int = field(default=8, validator=v.ge(0))  # images (and, for generative models, samples) drawn
+    # images (and, for generative models, samples) drawn
+    pictures: int = field(default=8, validator=[v.ge(0), v.le(MAX_PICTURES)])
     sample_temperature: float = field(default=1.0, validator=v.gt(0.0))  # prior.sample's temperature
 
 

@@ -9,6 +9,7 @@ from attrs import field
 from attrs import validators as v
 
 from slotrun.protocols import RegulariserInputs
+from slotrun.recipe import MAX_WIDTH, size
 
 from slotrun_bottleneck.regularisers import CosineRegulariser, CovarianceRegulariser, VarianceRegulariser
 
@@ -23,7 +24,7 @@ class CovarianceConfig:
     """VICReg covariance of slots over the batch (projection head optional), off-diagonal^2 / P or / P^2."""
 
     projection: Literal["mlp", "identity"] = field(default="mlp", validator=_projection)  # identity: P = slot dim
-    proj_dim: int = field(default=1024, validator=_positive)
+    proj_dim: int = field(default=1024, validator=size(MAX_WIDTH))
     layernorm: bool = field(default=True, validator=_bool)
     normalise: Literal["p", "p2"] = field(default="p", validator=v.in_(("p", "p2")))
 
@@ -37,7 +38,7 @@ class VarianceConfig:
     """VICReg variance hinge of slots over the batch: mean relu(gamma - sqrt(var + eps))."""
 
     projection: Literal["mlp", "identity"] = field(default="mlp", validator=_projection)
-    proj_dim: int = field(default=1024, validator=_positive)
+    proj_dim: int = field(default=1024, validator=size(MAX_WIDTH))
     layernorm: bool = field(default=True, validator=_bool)
     gamma: float = field(default=1.0, validator=[v.instance_of(float), v.gt(0.0)])
     eps: float = field(default=1e-4, validator=[v.instance_of(float), v.gt(0.0)])

@@ -10,6 +10,7 @@ from attrs import validators as v
 
 from slotrun.errors import UserError
 from slotrun.protocols import DecoderInputs
+from slotrun.recipe import MAX_LAYERS, MAX_WIDTH, size
 from slotrun.types import ImageSpec
 
 from slotrun_dinosaur.decoders import MLPFeatureDecoder, TransformerFeatureDecoder
@@ -82,7 +83,7 @@ class DinosaurMLPConfig:
     """DINOSAUR MLP decoder: broadcast slots + position embedding, MLP -> features + alpha, MSE on features."""
 
     hidden: tuple[int, ...] = field(default=(2048, 2048, 2048), converter=tuple,
-                                    validator=v.deep_iterable(member_validator=_positive))
+                                    validator=[v.max_len(MAX_LAYERS), v.deep_iterable(size(MAX_WIDTH))])
     pos_init_std: float = field(default=0.02, validator=[v.instance_of(float), v.ge(0.0)])
 
     @classmethod
@@ -99,10 +100,10 @@ class DinosaurMLPConfig:
 class DinosaurTransformerConfig:
     """DINOSAUR autoregressive transformer decoder: BOS, causal self-attn, cross-attn to slots; masks from it."""
 
-    d_model: int = field(default=768, validator=_positive)
-    layers: int = field(default=4, validator=_positive)
-    heads: int = field(default=8, validator=_positive)
-    ff_mult: int = field(default=4, validator=_positive)
+    d_model: int = field(default=768, validator=size(MAX_WIDTH))
+    layers: int = field(default=4, validator=size(MAX_LAYERS))
+    heads: int = field(default=8, validator=size(MAX_LAYERS))
+    ff_mult: int = field(default=4, validator=size(64))
     dropout: float = field(default=0.0, validator=[v.instance_of(float), v.ge(0.0), v.lt(1.0)])
     position_embedding: bool = field(default=True, validator=_bool)
 

@@ -14,6 +14,7 @@ from attrs import validators as v
 
 from slotrun.errors import UserError
 from slotrun.protocols import DecoderInputs, GrouperInputs
+from slotrun.recipe import MAX_IMAGE_SIZE, MAX_ITERS, MAX_LAYERS, MAX_SLOTS, MAX_WIDTH, size
 from slotrun.types import ImageSpec
 
 from slotrun_slot_attention.broadcast_decoder import SpatialBroadcastDecoder
@@ -28,7 +29,7 @@ _int = v.instance_of(int)
 _num = v.instance_of((int, float))
 _bool = v.instance_of(bool)
 _positive = [_int, v.ge(1)]
-_optional_positive = v.optional([_int, v.ge(1)])
+_optional_positive = v.optional(size(MAX_WIDTH))  # widths
 _init = v.in_(INIT_KINDS)
 
 
@@ -41,11 +42,11 @@ def _odd(_instance: object, attribute: attrs.Attribute, value: int) -> None:
 class SlotAttentionEncoderConfig:
     """Slot Attention's CNN: convs, soft position embedding, LayerNorm, MLP (paper settings as fields)."""
 
-    channels: int = field(default=64, validator=_positive)
-    kernel_size: int = field(default=5, validator=[_int, v.ge(1), _odd])
+    channels: int = field(default=64, validator=size(MAX_WIDTH))
+    kernel_size: int = field(default=5, validator=[_int, v.ge(1), v.le(63), _odd])
     strides: tuple[int, ...] = field(
         default=(1, 1, 1, 1), converter=tuple,
-        validator=[v.min_len(1), v.deep_iterable(member_validator=[_int, v.ge(1)])],
+        validator=[v.min_len(1), v.max_len(MAX_LAYERS), v.deep_iterable(size(MAX_IMAGE_SIZE))],
     )
     out_dim: int | None = field(default=None, validator=_optional_positive)  # None: = channels
     mlp_hidden: int | None = field(default=None, validator=_optional_positive)  # None: = channels
@@ -64,17 +65,17 @@ class SlotAttentionEncoderConfig:
 class SlotAttentionConfig:
     """Slot Attention grouper: Gaussian (or learned) init, attention over slots, GRU + residual MLP."""
 
-    num_slots: int = field(default=7, validator=_positive)
-    iters: int = field(default=3, validator=_positive)  # slot updates; implicit_diff keeps this count
-    slot_dim: int = field(default=64, validator=_positive)
-    mlp_hidden: int = field(default=128, validator=_positive)
+    num_slots: int = field(default=7, validator=size(MAX_SLOTS))
+    iters: int = field(default=3, validator=size(MAX_ITERS))  # slot updates; implicit_diff keeps this count
+    slot_dim: int = field(default=64, validator=size(MAX_WIDTH))
+    mlp_hidden: int = field(default=128, validator=size(MAX_WIDTH))
     init: Literal["gaussian", "learned"] = field(default="gaussian", validator=_init)
     implicit_diff: bool = field(default=False, validator=_bool)  # backprop through the last update only
     eps: float = field(default=1e-8, validator=[_num, v.gt(0.0)])
     layer_norm_eps: float = field(default=1e-3, validator=[_num, v.gt(0.0)])
     # LayerNorm -> MLP on the tokens before the attention, as widths (DINOSAUR: [768, 256]); [] = none.
     input_mlp: tuple[int, ...] = field(default=(), converter=tuple,
-                                       validator=v.deep_iterable(member_validator=_positive))
+                                       validator=[v.max_len(MAX_LAYERS), v.deep_iterable(size(MAX_WIDTH))])
 
     def build(self, inputs: GrouperInputs) -> SlotAttention:
         return SlotAttention(
@@ -88,8 +89,8 @@ class SlotAttentionConfig:
 class SoftKMeansConfig:
     """Soft k-means ablation of Slot Attention: no GRU, LayerNorms or projections (slot_dim = token dim)."""
 
-    num_slots: int = field(default=7, validator=_positive)
-    iters: int = field(default=3, validator=_positive)
+    num_slots: int = field(default=7, validator=size(MAX_SLOTS))
+    iters: int = field(default=3, validator=size(MAX_ITERS))
     init: Literal["gaussian", "learned"] = field(default="gaussian", validator=_init)
     implicit_diff: bool = field(default=False, validator=_bool)
     eps: float = field(default=1e-8, validator=[_num, v.gt(0.0)])
@@ -105,9 +106,9 @@ class SoftKMeansConfig:
 class SpatialBroadcastConfig:
     """Spatial broadcast decoder: per-slot RGB + alpha, softmax masks over slots, MSE loss "recon"."""
 
-    broadcast_size: int = field(default=8, validator=_positive)  # = image height: full-resolution variant
-    channels: int = field(default=64, validator=_positive)
-    full_res_layers: int = field(default=3, validator=_positive)  # 5x5 stride-1 layers when not upsampling
+    broadcast_size: int = field(default=8, validator=size(MAX_IMAGE_SIZE))  # = image height: full-resolution variant
+    channels: int = field(default=64, validator=size(MAX_WIDTH))
+    full_res_layers: int = field(default=3, validator=size(MAX_LAYERS))  # 5x5 stride-1 layers when not upsampling
     channels_last: bool = field(default=True, validator=_bool)  # measured ~2x faster on CPU (mkldnn)
 
     def build(self, inputs: DecoderInputs) -> SpatialBroadcastDecoder:
@@ -126,7 +127,7 @@ class SpatialBroadcastConfig:
 class SetPredictionConfig:
     """Set property prediction head: per-slot MLP + sigmoid, Hungarian-matched Huber loss "set"."""
 
-    hidden: int = field(default=64, validator=_positive)
+    hidden: int = field(default=64, validator=size(MAX_WIDTH))
     coord_scale: float = field(default=1.0, validator=[_num, v.gt(0.0)])  # weight of coordinates in the loss
     huber_delta: float = field(default=1.0, validator=[_num, v.gt(0.0)])
     stepwise: bool = field(default=False, validator=_bool)  # the loss after every grouper iteration, averaged

@@ -10,6 +10,7 @@ from attrs import validators as v
 
 from slotrun.errors import UserError
 from slotrun.protocols import GrouperInputs
+from slotrun.recipe import MAX_ITERS, MAX_LAYERS, MAX_SLOTS, MAX_WIDTH, size
 
 from slotrun_smm.smm import SlotMixtureModule
 from slotrun_smm.vanilla import KMeansGrouper, VanillaGMM
@@ -27,15 +28,15 @@ class SlotMixtureConfig:
 
     The official code's deviations are options (see slotrun_smm.smm); `official_code()` sets them all."""
 
-    num_slots: int = field(default=7, validator=_positive)
-    iters: int = field(default=3, validator=_positive)  # slot updates; implicit_diff keeps this count
-    slot_dim: int = field(default=64, validator=_positive)
-    mlp_hidden: int | None = field(default=None, validator=v.optional(_positive))  # None: max(slot_dim, 128)
+    num_slots: int = field(default=7, validator=size(MAX_SLOTS))
+    iters: int = field(default=3, validator=size(MAX_ITERS))  # slot updates; implicit_diff keeps this count
+    slot_dim: int = field(default=64, validator=size(MAX_WIDTH))
+    mlp_hidden: int | None = field(default=None, validator=v.optional(size(MAX_WIDTH)))  # None: max(slot_dim, 128)
     implicit_diff: bool = field(default=False, validator=_bool)  # backprop through the last update only
     init: Literal["gaussian", "transformer"] = field(default="gaussian",
                                                      validator=v.in_(("gaussian", "transformer")))
-    init_layers: int = field(default=2, validator=_positive)  # init = "transformer" only
-    init_heads: int = field(default=4, validator=_positive)  # init = "transformer" only
+    init_layers: int = field(default=2, validator=size(MAX_LAYERS))  # init = "transformer" only
+    init_heads: int = field(default=4, validator=size(MAX_LAYERS))  # init = "transformer" only
     density: Literal["log_gaussian", "code"] = field(default="log_gaussian",
                                                      validator=v.in_(("log_gaussian", "code")))
     scale_logits: bool = field(default=True, validator=_bool)  # log-density * slot_dim^-1/2
@@ -51,7 +52,7 @@ class SlotMixtureConfig:
     layer_norm_eps: float = field(default=1e-5, validator=[_num, v.gt(0.0)])
     # LayerNorm -> MLP on the tokens before the mixture, as widths (DINOSAUR's [768, 256]); [] = none.
     input_mlp: tuple[int, ...] = field(default=(), converter=tuple,
-                                       validator=v.deep_iterable(member_validator=_positive))
+                                       validator=[v.max_len(MAX_LAYERS), v.deep_iterable(size(MAX_WIDTH))])
 
     @classmethod
     def official_code(cls, **overrides: object) -> SlotMixtureConfig:
@@ -82,8 +83,8 @@ class SlotMixtureConfig:
 class GMMConfig:
     """Vanilla diagonal-Gaussian-mixture EM on the tokens (no learned layers; slot_dim = token size)."""
 
-    num_slots: int = field(default=7, validator=_positive)
-    iters: int = field(default=3, validator=_positive)
+    num_slots: int = field(default=7, validator=size(MAX_SLOTS))
+    iters: int = field(default=3, validator=size(MAX_ITERS))
     init: Literal["gaussian", "farthest"] = field(default="gaussian", validator=v.in_(("gaussian", "farthest")))
     eps: float = field(default=1e-8, validator=[_num, v.gt(0.0)])
     var_eps: float = field(default=1e-6, validator=[_num, v.gt(0.0)])
@@ -97,8 +98,8 @@ class GMMConfig:
 class KMeansConfig:
     """Vanilla k-means on the tokens (hard Lloyd steps, or soft with a temperature; slot_dim = token size)."""
 
-    num_slots: int = field(default=7, validator=_positive)
-    iters: int = field(default=3, validator=_positive)
+    num_slots: int = field(default=7, validator=size(MAX_SLOTS))
+    iters: int = field(default=3, validator=size(MAX_ITERS))
     init: Literal["gaussian", "farthest"] = field(default="gaussian", validator=v.in_(("gaussian", "farthest")))
     soft: bool = field(default=False, validator=_bool)
     temperature: float = field(default=1.0, validator=[_num, v.gt(0.0)])  # soft only

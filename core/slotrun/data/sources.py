@@ -22,6 +22,7 @@ from slotrun.data.loader import CROPS, VALUE_RANGES, ShardLoader, crop_box
 from slotrun.data.shapes import PROPERTY_LAYOUT, SceneConfig, floor_row, generate
 from slotrun.data.shards import Index, Sample, read_index, write_dataset
 from slotrun.errors import UserError
+from slotrun.recipe import MAX_IMAGE_SIZE, MAX_SAMPLES
 from slotrun.types import Batch, ImageSpec, PropertyLayout
 
 log = logging.getLogger("slotrun.data")
@@ -46,7 +47,7 @@ LAYOUTS: dict[str, PropertyLayout | None] = {"none": None, "shapes": PROPERTY_LA
 _int = v.instance_of(int)
 _bool = v.instance_of(bool)
 _str = v.instance_of(str)
-_count = [_int, v.ge(0)]
+_count = [_int, v.ge(0), v.le(MAX_SAMPLES)]
 
 
 def _known_layout(_instance: object, attribute: attrs.Attribute, value: str) -> None:
@@ -233,7 +234,7 @@ _loader_fields = {
     "value_range": lambda: field(default="minus_one_one", validator=v.in_(VALUE_RANGES)),
     "flip": lambda: field(default=False, validator=_bool),  # random horizontal flips of the train split
     "shuffle_buffer": lambda: field(default=1000, validator=[_int, v.ge(1)]),
-    "workers": lambda: field(default=0, validator=[_int, v.ge(0)]),  # DataLoader worker processes
+    "workers": lambda: field(default=0, validator=[_int, v.ge(0), v.le(256)]),  # DataLoader worker processes
 }
 
 
@@ -251,11 +252,11 @@ class ShapesData:
     max_size: float = field(default=0.30, validator=_scene("max_size"))
     min_visible: float = field(default=0.25, validator=_scene("min_visible"))
     max_towers: int = field(default=3, validator=_scene("max_towers"))
-    num_train: int = field(default=5000, validator=[_int, v.ge(1)])
+    num_train: int = field(default=5000, validator=[*_count, v.ge(1)])
     num_val: int = field(default=320, validator=_count)
     num_test: int = field(default=320, validator=_count)
     seed: int = field(default=0, validator=_scene("seed"))
-    shard_size: int = field(default=1000, validator=[_int, v.ge(1)])
+    shard_size: int = field(default=1000, validator=[*_count, v.ge(1)])
     cache_dir: str = field(default="", validator=_str)  # "" = $SLOTRUN_DATA or ~/.cache/slotrun
     value_range: str = _loader_fields["value_range"]()
     flip: bool = _loader_fields["flip"]()
@@ -281,7 +282,8 @@ class ShardsData:
     """A dataset directory of webdataset shards with index.json (from `slotrun data synth` or `convert`)."""
 
     path: str = field(default="", validator=_str)
-    image_size: int = field(default=64, validator=[_int, v.ge(1)])  # must match the index (checked in prepare)
+    # must match the index (checked in prepare)
+    image_size: int = field(default=64, validator=[_int, v.ge(1), v.le(MAX_IMAGE_SIZE)])
     layout: str = field(default="none", validator=_known_layout)  # property layout, known without disk
     crop: str = field(default="none", validator=v.in_(CROPS))  # at load time: "center" square or CLEVR's box
     resize: bool = field(default=False, validator=_bool)  # at load time: resize (after the crop) to image_size
