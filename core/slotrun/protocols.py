@@ -179,6 +179,9 @@ class Metric(Protocol):
 
     Across processes: `state()` is a float64 [N, C] tensor of independent rows (one per image or prediction);
     gather every rank's rows, `load_state(torch.cat(rows))` on one object, then `compute()`.
+    Optional: `bind_model(model)`, called before each evaluation, for metrics of what the model generates
+    (fid samples from the prior); `load_pretrained()`, called by the trainer before step 0, for metrics with
+    weights of their own (never by `slotrun check`, which must not download).
     """
 
     def reset(self) -> None: ...

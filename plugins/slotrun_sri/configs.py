@@ -10,12 +10,13 @@ from attrs import validators as v
 
 from slotrun.errors import UserError
 from slotrun.protocols import DecoderInputs, GrouperInputs, MetricInputs, PriorInputs
+from slotrun.recipe import MAX_IMAGE_SIZE, MAX_LAYERS, MAX_WIDTH, size
 from slotrun.structure import Spec, component
 
 from slotrun_sri.decoder import LIKELIHOODS, MixtureBroadcastDecoder
 from slotrun_sri.metrics import NegativeELBOBitsPerDim
 from slotrun_sri.posterior import GaussianSlotPosterior
-from slotrun_sri.prior import MATCHINGS, IndependentPrior, SRIPrior
+from slotrun_sri.prior import MATCHINGS, ORDERED_STDS, IndependentPrior, SRIPrior
 
 _frozen = attrs.frozen(kw_only=True)
 _int = v.instance_of(int)
@@ -41,7 +42,7 @@ class SegregateConfig:
     """Gaussian slot posterior q(z_k|x) over any grouper (`inner`): linear head to mean/std, samples z decoded."""
 
     inner: Spec = component("groupers", default=attrs.Factory(_default_inner), validator=_not_self)
-    latent_dim: int | None = field(default=None, validator=v.optional(_positive))  # None: the inner slot_dim
+    latent_dim: int | None = field(default=None, validator=v.optional(size(MAX_WIDTH)))  # None: the inner slot_dim
     eval_sample: bool = field(default=False, validator=_bool)  # at eval decode a sample (ELBO) instead of the mean
 
     @classmethod
@@ -59,15 +60,18 @@ class SegregateConfig:
 class SRIPriorConfig:
     """SRI prior: scene variable q(s|z), scene-conditional LSTM slot prior, learned order (terms kl_*)."""
 
-    scene_dim: int = field(default=128, validator=_positive)
-    hidden: int = field(default=256, validator=_positive)  # LSTM units of the prior and posterior LSTMs
-    relation_layers: int = field(default=3, validator=[_int, v.ge(0)])
+    scene_dim: int = field(default=128, validator=size(MAX_WIDTH))
+    hidden: int = field(default=256, validator=size(MAX_WIDTH))  # LSTM units of the prior and posterior LSTMs
+    relation_layers: int = field(default=3, validator=size(MAX_LAYERS, low=0))
     scene_variable: bool = field(default=True, validator=_bool)  # ablation: false = no s (no kl_scene)
     order_alignment: bool = field(default=True, validator=_bool)  # ablation: false = the segregation order
     kl_rollout: bool = field(default=True, validator=_bool)  # ablation: false = no kl_rollout term
     segregation_kl: bool = field(default=True, validator=_bool)  # term kl_seg = KL(q(z|x) || N(0, I))
     matching: Literal["greedy", "hungarian"] = field(default="greedy", validator=v.in_(MATCHINGS))
     detach_means: bool = field(default=True, validator=_bool)  # the paper: SRI does not update the means
+    # q_ord's stds: "segregation" = q(z|x)'s, permuted (a proper ELBO); "lstm" = the paper's posterior LSTM, which
+    # needs the paper's second likelihood term NLL_SRI that slotrun does not compute (see slotrun_sri.prior)
+    ordered_std: Literal["segregation", "lstm"] = field(default="segregation", validator=v.in_(ORDERED_STDS))
     init_gain: float = field(default=0.02, validator=[_num, v.gt(0.0)])
 
     @classmethod
@@ -79,7 +83,7 @@ class SRIPriorConfig:
             inputs.slot_dim, scene_dim=self.scene_dim, hidden=self.hidden, relation_layers=self.relation_layers,
             scene_variable=self.scene_variable, order_alignment=self.order_alignment, kl_rollout=self.kl_rollout,
             segregation_kl=self.segregation_kl, matching=self.matching, detach_means=self.detach_means,
-            init_gain=self.init_gain,
+            ordered_std=self.ordered_std, init_gain=self.init_gain,
         )
 
 
@@ -101,8 +105,8 @@ def _divides_channels(instance: MixtureBroadcastConfig, _attribute: attrs.Attrib
 class MixtureBroadcastConfig:
     """SRI's broadcast decoder (4x4 + coords, ConvT x n, GroupNorm): Gaussian/MoG likelihood, term "nll"."""
 
-    broadcast_size: int = field(default=4, validator=_positive)
-    channels: int = field(default=64, validator=_positive)
+    broadcast_size: int = field(default=4, validator=size(MAX_IMAGE_SIZE))
+    channels: int = field(default=64, validator=size(MAX_WIDTH))
     groups: int = field(default=8, validator=[*_positive, _divides_channels])
     likelihood: Literal["mog", "gaussian"] = field(default="mog", validator=v.in_(LIKELIHOODS))
     sigma: float = field(default=0.7, validator=[_num, v.gt(0.0)])  # the likelihood's std (images in [0, 1])

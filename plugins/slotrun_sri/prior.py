@@ -5,13 +5,25 @@ x ~ p(x | z) (the decoder). Inference (training) from the segregation posterior 
 
 1. Relate: q(s | z) from the DETACHED slots z (residual relation-attention blocks, DeepSets sum pooling).
 2. Imagine: roll the prior out K steps conditioned on s ~ q(s | z); match the rollout means to the detached
-   segregation means (greedy, or Hungarian) to get an order; permute the posterior means into that order and
-   predict new (correlated) standard deviations with a posterior LSTM fed [proj(s), mu_ord_1..mu_ord_{K-1}].
+   segregation means (greedy, or Hungarian) to get an order; permute the posterior means into that order. The
+   order-aligned posterior q_ord gets its standard deviations in one of two ways (`ordered_std`):
+   - "segregation" (default): the segregation posterior's own, permuted alike, so q_ord is q(z | x) in the
+     learned order and z_ord is the very sample z the decoder decoded and q(s | z) saw. The decoder's nll is
+     then E_q_ord[-log p(x | z)] and nll + kl_scene + kl_slot is a proper negative ELBO of p(s) p(z | s) p(x | z).
+   - "lstm" (the paper): new, correlated standard deviations from a posterior LSTM fed
+     [proj(s), mu_ord_1..mu_ord_{K-1}], and z_ord a fresh sample of q_ord. The paper constrains these variances
+     with a second likelihood term, NLL_SRI = -log p(x | z_ord) (the shared decoder decoding z_ord), which a
+     prior cannot compute here (it never sees the image or the decoder). Without it nothing penalises wide
+     variances: kl_slot and kl_rollout are driven towards 0 by inflating the posterior and prior stds together
+     (measured on towers posteriors, training the prior alone: kl_slot 26 -> below 0.01 nats in 1,250 steps
+     while the stds grew from 0.84 to 1.37; test_sri_prior.py checks the effect), the rollout's samples get
+     noisier and nll + KL is no bound. Kept for the record and for a model that adds NLL_SRI.
 3. Terms: kl_scene = KL(q(s|z) || N(0, I)); kl_slot = sum_k KL(q_ord_k || p(z_k | s, z_ord_<k)) with the prior
-   teacher-forced on samples of q_ord; kl_rollout = sum_k KL(q_ord_k || p_roll_k) against the free-running
-   rollout (the auxiliary cross-order term); kl_seg = sum_k KL(q(z_k|x) || N(0, I)) the segregation VAE's own
+   teacher-forced on z_ord; kl_rollout = sum_k KL(q_ord_k || p_roll_k) against the free-running rollout (the
+   auxiliary cross-order term); kl_seg = sum_k KL(q(z_k|x) || N(0, I)) the segregation VAE's own
    independent-prior KL (the paper trains GENESIS-v2 with a slot-wise independent prior jointly with SRI).
-   Every term is summed over slots and dimensions and averaged over the batch.
+   Every term is summed over slots and dimensions and averaged over the batch. With detach_means (the paper's
+   choice) none of the SRI terms reaches the segregation model: only kl_seg (and the decoder's nll) train it.
 
 The modules take plain arguments and are usable without slotrun.
 """
@@ -32,6 +44,7 @@ from slotrun.types import Slots
 from slotrun_sri.gaussians import kl_normal, kl_standard_normal, positive_std
 
 MATCHINGS = ("greedy", "hungarian")
+ORDERED_STDS = ("segregation", "lstm")
 
 
 def xavier_init(module: nn.Module, gain: float = 0.02) -> None:
@@ -216,11 +229,14 @@ class SRIPrior(nn.Module):
         segregation_kl: bool = True,
         matching: str = "greedy",
         detach_means: bool = True,
+        ordered_std: str = "segregation",
         init_gain: float = 0.02,
     ) -> None:
         super().__init__()
         if matching not in MATCHINGS:
             raise ValueError(f"matching must be one of {MATCHINGS}, got {matching!r}")
+        if ordered_std not in ORDERED_STDS:
+            raise ValueError(f"ordered_std must be one of {ORDERED_STDS}, got {ordered_std!r}")
         self.slot_dim = slot_dim
         self.scene_dim = scene_dim if scene_variable else None
         self.scene_variable = scene_variable
@@ -229,9 +245,11 @@ class SRIPrior(nn.Module):
         self.segregation_kl = segregation_kl
         self.matching = matching
         self.detach_means = detach_means
+        self.ordered_std = ordered_std
         self.scene_encoder = SceneEncoder(slot_dim, scene_dim, relation_layers) if scene_variable else None
         self.prior = AutoregressiveGaussian(slot_dim, self.scene_dim, hidden)
-        self.posterior = AutoregressiveGaussian(slot_dim, self.scene_dim, hidden, with_mean=False)
+        self.posterior = (AutoregressiveGaussian(slot_dim, self.scene_dim, hidden, with_mean=False)
+                          if ordered_std == "lstm" else None)
         terms = ["kl_scene"] if scene_variable else []
         terms.append("kl_slot")
         if kl_rollout:
@@ -259,12 +277,16 @@ class SRIPrior(nn.Module):
             with torch.set_grad_enabled(self.use_kl_rollout and torch.is_grad_enabled()):
                 _, roll_mean, roll_std = self.prior.rollout(s, k, batch=b)
             rollout = (roll_mean, roll_std)
-        means = mean_seg.detach() if self.detach_means else mean_seg
+        detach = (lambda t: t.detach()) if self.detach_means else (lambda t: t)
+        means, stds, z_ord = detach(mean_seg), detach(std_seg), detach(slots.slots)
         if self.order_alignment:
-            perm = self.match(rollout[0], mean_seg)
-            means = torch.gather(means, 1, perm.unsqueeze(-1).expand(-1, -1, means.shape[-1]))
-        _, std_ord = self.posterior.teacher_forced(s, means.detach())  # new, correlated variances
-        z_ord = means + std_ord * torch.randn_like(std_ord)
+            index = self.match(rollout[0], mean_seg).unsqueeze(-1).expand(-1, -1, means.shape[-1])
+            means, stds, z_ord = (torch.gather(t, 1, index) for t in (means, stds, z_ord))
+        if self.posterior is None:  # q_ord = q(z | x) in the learned order; z_ord = the decoded sample z
+            std_ord = stds
+        else:  # the paper's new, correlated variances and a fresh sample (see the module doc)
+            _, std_ord = self.posterior.teacher_forced(s, means.detach())
+            z_ord = means + std_ord * torch.randn_like(std_ord)
         prior_mean, prior_std = self.prior.teacher_forced(s, z_ord)
         losses["kl_slot"] = kl_normal(means, std_ord, prior_mean, prior_std).sum((1, 2)).mean()
         if self.use_kl_rollout:

@@ -69,6 +69,9 @@ def evaluate(model: nn.Module, source: DataSource, metrics: Sequence[Any], confi
     model.eval()
     for metric in metrics:
         metric.reset()
+        bind = getattr(metric, "bind_model", None)  # optional: metrics of generated samples (fid) need the model
+        if callable(bind):
+            bind(model)
     sums: dict[str, float] = {}
     count = 0
     batch_size = max(1, -(-config.batch_size // world))

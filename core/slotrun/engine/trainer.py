@@ -183,6 +183,12 @@ class _Trainer:
             # download happens once and a missing one fails before any work; on resume they are in the checkpoint.
             with acc.main_process_first():
                 load_pretrained(model)
+        # Metrics with weights of their own (the fid Inception) load them now too, also on resume (they are not in
+        # checkpoints): offline, the one-line error comes before step 0, not at the first evaluation hours later.
+        with acc.main_process_first():
+            for metric in self.metrics:
+                if callable(getattr(metric, "load_pretrained", None)):
+                    metric.load_pretrained()
         model, optimizer = acc.prepare(model, optimizer)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.raw = acc.unwrap_model(model)

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from slotrun.errors import UserError
 from slotrun.metrics.ari import adjusted_rand_index
+from slotrun.metrics.fid import FidConfig, FidMetric
 from slotrun.metrics.mbo import mean_best_overlap
 from slotrun.metrics.reconstruction import NETS, LPIPSDistance, per_image_mse
 from slotrun.metrics.set_ap import ap_from_records, set_ap_records
@@ -380,9 +381,10 @@ METRICS: dict[str, type] = {
     "set_ap": SetApConfig,
     "mse": MseConfig,
     "lpips": LpipsConfig,
+    "fid": FidConfig,
 }
 
 __all__ = [
-    "METRICS", "AriConfig", "AriMetric", "FgAriConfig", "LpipsConfig", "LpipsMetric", "MboConfig", "MboMetric",
+    "METRICS", "AriConfig", "AriMetric", "FgAriConfig", "FidConfig", "FidMetric", "LpipsConfig", "LpipsMetric", "MboConfig", "MboMetric",
     "MseConfig", "MseMetric", "RecordMetric", "SetApConfig", "SetApMetric", "ap_name", "masks_for_comparison",
 ]

@@ -19,7 +19,7 @@ from slotrun.protocols import MetricInputs
 from slotrun.structure import Structurer
 from slotrun.types import Batch, DecoderOutput, Features, ModelOutput, PropertyLayout, Slots
 
-NAMES = ["ari", "fg_ari", "lpips", "mbo", "mse", "set_ap"]
+NAMES = ["ari", "fg_ari", "fid", "lpips", "mbo", "mse", "set_ap"]
 LAYOUT = PropertyLayout(coords=(0, 2), coord_scale=6.0, categorical=(("shape", 2, 4),), presence=4)
 
 

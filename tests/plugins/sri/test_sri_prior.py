@@ -109,27 +109,33 @@ def _pin_heads(linear, bias):
     torch.nn.init.constant_(linear.bias, bias)
 
 
+@pytest.mark.parametrize("ordered_std", ["segregation", "lstm"])
 @pytest.mark.parametrize("scene", [True, False])
-def test_kl_terms_vanish_when_the_posterior_equals_the_prior(scene):
+def test_kl_terms_vanish_when_the_posterior_equals_the_prior(scene, ordered_std):
     """Construct the case: a prior whose every step is N(c, sigma^2), q(s) = N(0, I), and a segregation posterior
-    with every mean = c whose order-aligned stds (posterior LSTM) equal sigma."""
+    with every mean = c whose order-aligned stds (the segregation's own, or the posterior LSTM's) equal sigma."""
     torch.manual_seed(0)
-    prior = SRIPrior(D, scene_dim=S, hidden=16, scene_variable=scene, segregation_kl=False)
+    prior = SRIPrior(D, scene_dim=S, hidden=16, scene_variable=scene, segregation_kl=False, ordered_std=ordered_std)
     c, sigma = 0.3, 0.8
     _pin_heads(prior.prior.mean, c)
     _pin_heads(prior.prior.std, std_bias_for(sigma))
-    _pin_heads(prior.posterior.std, std_bias_for(sigma))
+    seg_std = 0.1
+    if ordered_std == "lstm":
+        _pin_heads(prior.posterior.std, std_bias_for(sigma))
+    else:
+        assert prior.posterior is None
+        seg_std = sigma
     if scene:
         _pin_heads(prior.scene_encoder.mean, 0.0)
         _pin_heads(prior.scene_encoder.std, std_bias_for(1.0))
     mean = torch.full((B, K, D), c)
-    slots = Slots(slots=mean.clone(), posterior=Gaussian(mean=mean, std=torch.full_like(mean, 0.1)))
+    slots = Slots(slots=mean.clone(), posterior=Gaussian(mean=mean, std=torch.full_like(mean, seg_std)))
     losses = prior(slots)
     assert set(losses) == set(prior.loss_terms)
     for name, value in losses.items():
         assert abs(value.item()) < 1e-4, (name, value.item())
     # ... and a posterior away from the prior gives positive terms.
-    away = Slots(slots=mean + 1, posterior=Gaussian(mean=mean + 1, std=torch.full_like(mean, 0.1)))
+    away = Slots(slots=mean + 1, posterior=Gaussian(mean=mean + 1, std=torch.full_like(mean, seg_std)))
     losses = prior(away)
     assert losses["kl_slot"].item() > 1 and losses["kl_rollout"].item() > 1
 
@@ -151,41 +157,50 @@ def test_independent_prior_kl_is_zero_at_standard_normal():
     ({"kl_rollout": False, "order_alignment": False}, {"kl_scene", "kl_slot", "kl_seg"}),
     ({"matching": "hungarian"}, {"kl_scene", "kl_slot", "kl_rollout", "kl_seg"}),
 ])
-def test_ablation_switches_and_gradients(kwargs, terms):
+@pytest.mark.parametrize("ordered_std", ["segregation", "lstm"])
+def test_ablation_switches_and_gradients(kwargs, terms, ordered_std):
     torch.manual_seed(0)
-    prior = SRIPrior(D, scene_dim=S, hidden=16, **kwargs)
+    prior = SRIPrior(D, scene_dim=S, hidden=16, ordered_std=ordered_std, **kwargs)
     assert set(prior.loss_terms) == terms
     mean = torch.randn(B, K, D, requires_grad=True)
-    post = Gaussian(mean=mean, std=torch.full((B, K, D), 0.5))
+    std = torch.full((B, K, D), 0.5, requires_grad=True)
+    post = Gaussian(mean=mean, std=std)
     losses = prior(Slots(slots=post.sample(), posterior=post))
     assert set(losses) == terms
     assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
     sum(losses.values()).backward()
-    assert prior.prior.std.weight.grad is not None and prior.posterior.std.weight.grad is not None
+    assert prior.prior.std.weight.grad is not None
+    if ordered_std == "lstm":
+        assert prior.posterior.std.weight.grad is not None
+    else:
+        assert prior.posterior is None
     if "kl_scene" in terms:
         assert prior.scene_encoder.mean.weight.grad is not None
     # SRI does not update the segregation means (detach_means); only kl_seg reaches them.
     if "kl_seg" in terms:
-        assert mean.grad is not None
+        assert mean.grad is not None and std.grad is not None
     else:
-        assert mean.grad is None
+        assert mean.grad is None and std.grad is None
 
 
-def test_order_alignment_undoes_a_shuffle_of_the_slots():
+@pytest.mark.parametrize("ordered_std", ["segregation", "lstm"])
+def test_order_alignment_undoes_a_shuffle_of_the_slots(ordered_std):
     """kl_slot depends on the slot order without alignment, and not with it (matching finds the prior's order)."""
     torch.manual_seed(0)
-    prior = SRIPrior(D, scene_dim=S, hidden=16, scene_variable=False, kl_rollout=False, segregation_kl=False)
+    prior = SRIPrior(D, scene_dim=S, hidden=16, scene_variable=False, kl_rollout=False, segregation_kl=False,
+                     ordered_std=ordered_std)
     for p in prior.prior.parameters():
         torch.nn.init.normal_(p, std=0.3)
     _pin_heads(prior.prior.std, std_bias_for(0.01))  # near-deterministic prior and posterior
-    _pin_heads(prior.posterior.std, std_bias_for(0.01))
+    if ordered_std == "lstm":
+        _pin_heads(prior.posterior.std, std_bias_for(0.01))
     with torch.no_grad():
         _, means, _ = prior.prior.rollout(None, K, batch=B, temperature=0.0)
     perm = torch.randperm(K)
     shuffled = means[:, perm]
-    post = Gaussian(mean=shuffled, std=torch.full_like(shuffled, 0.1))
+    post = Gaussian(mean=shuffled, std=torch.full_like(shuffled, 0.1 if ordered_std == "lstm" else 0.01))
     prior_unaligned = SRIPrior(D, scene_dim=S, hidden=16, scene_variable=False, kl_rollout=False,
-                               segregation_kl=False, order_alignment=False)
+                               segregation_kl=False, order_alignment=False, ordered_std=ordered_std)
     prior_unaligned.load_state_dict(prior.state_dict())
     torch.manual_seed(1)
     aligned = prior(Slots(slots=shuffled, posterior=post))["kl_slot"].item()
@@ -210,3 +225,49 @@ def test_temperature_scales_the_spread():
     hot = prior.sample(256, 3, temperature=1.0)
     assert float(cold.std()) < 0.5 * float(hot.std())
     assert math.isfinite(float(hot.std()))
+
+
+def test_segregation_ordered_std_is_the_permuted_posterior_and_the_decoded_sample():
+    """ordered_std = "segregation": kl_slot = sum_k KL(q(z_perm(k) | x) || p(z_k | s, z_perm(<k))) teacher-forced on
+    the very sample z the decoder decodes (Slots.slots), permuted by the matching."""
+    torch.manual_seed(0)
+    prior = SRIPrior(D, scene_dim=S, hidden=16, scene_variable=False, kl_rollout=False, segregation_kl=False)
+    slots = _slots()
+    perm = torch.stack([torch.randperm(K) for _ in range(B)])
+    prior.match = lambda rollout_means, segregation_means: perm
+    got = prior(slots)["kl_slot"]
+
+    def ordered(t):
+        return torch.gather(t, 1, perm.unsqueeze(-1).expand(-1, -1, D))
+
+    mean, std, z = ordered(slots.posterior.mean), ordered(slots.posterior.std), ordered(slots.slots)
+    prior_mean, prior_std = prior.prior.teacher_forced(None, z)
+    want = kl_normal(mean, std, prior_mean, prior_std).sum((1, 2)).mean()
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def _fit_prior_only(ordered_std, steps=60):
+    """Train only the prior (no scene variable, so it cannot know the random means) on fixed-spread posteriors."""
+    torch.manual_seed(0)
+    prior = SRIPrior(D, scene_dim=S, hidden=32, scene_variable=False, segregation_kl=False, ordered_std=ordered_std)
+    opt = torch.optim.Adam(prior.parameters(), lr=1e-2)
+    for _ in range(steps):
+        losses = prior(_slots(b=32, std=0.3))
+        loss = losses["kl_slot"] + losses["kl_rollout"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        losses = prior(_slots(b=256, std=0.3))
+    return losses["kl_slot"].item(), prior.sample(256, K).std().item()
+
+
+def test_posterior_lstm_without_nll_sri_inflates_variances_to_zero_kl(one_thread):
+    """Why ordered_std defaults to "segregation": without the paper's NLL_SRI nothing stops the posterior LSTM and the
+    prior from widening together until kl_slot vanishes; with the segregation's stds the KL keeps the price of
+    the unpredictable means, and the prior's samples keep the data's spread (std ~ 1 for N(0, 1) means)."""
+    kl_lstm, spread_lstm = _fit_prior_only("lstm")
+    kl_seg, spread_seg = _fit_prior_only("segregation")
+    assert kl_lstm < 0.1 * kl_seg
+    assert spread_lstm > 1.5 * spread_seg
