@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
 from attrs import field
 from attrs import validators as v
 
 from slotrun.errors import UserError
 from slotrun.protocols import DecoderInputs
+from slotrun.recipe import MAX_IMAGE_SIZE, MAX_LAYERS, MAX_WIDTH, size
 from slotrun.types import ImageSpec
 
 from slotrun_slate.dvae import SlateEncoder
-from slotrun_slate.transformer import SlateTransformerDecoder
+from slotrun_slate.transformer import EVAL_RECON, SlateTransformerDecoder
 
 _frozen = attrs.frozen(kw_only=True)
 _int = v.instance_of(int)
@@ -30,15 +33,15 @@ class SlateDVAEConfig:
     """SLATE's discrete VAE tokenizer + token embedding (images in [0, 1]); its own loss term "dvae_recon".
     The dVAE's parameters are named encoder.dvae.* (the recipe's dVAE optimiser group)."""
 
-    vocab_size: int = field(default=1024, validator=[_int, v.ge(2)])
-    d_model: int = field(default=192, validator=_positive)
-    dvae_channels: int = field(default=64, validator=_positive)
-    patch_size: int = field(default=4, validator=[_int, _power_of_two])
+    vocab_size: int = field(default=1024, validator=size(MAX_WIDTH, low=2))
+    d_model: int = field(default=192, validator=size(MAX_WIDTH))
+    dvae_channels: int = field(default=64, validator=size(MAX_WIDTH))
+    patch_size: int = field(default=4, validator=[_int, _power_of_two, v.le(MAX_IMAGE_SIZE)])
     tau_start: float = field(default=1.0, validator=[_num, v.gt(0.0)])
     tau_final: float = field(default=0.1, validator=[_num, v.gt(0.0)])
     tau_steps: int = field(default=30_000, validator=_positive)  # training forwards (micro-batches)
     dropout: float = field(default=0.1, validator=_dropout)
-    mlp_hidden: int | None = field(default=None, validator=v.optional(_positive))  # None: d_model
+    mlp_hidden: int | None = field(default=None, validator=v.optional(size(MAX_WIDTH)))  # None: d_model
 
     @classmethod
     def conformance(cls) -> SlateDVAEConfig:
@@ -58,13 +61,17 @@ class SlateDVAEConfig:
 
 @_frozen
 class SlateTransformerConfig:
-    """SLATE's autoregressive transformer decoder over the encoder's discrete tokens; loss term "token_ce"."""
+    """SLATE's autoregressive transformer decoder over the encoder's discrete tokens; loss term "token_ce"; in
+    evaluation, images from greedily generated tokens (eval_recon) for the mse metric."""
 
-    d_model: int = field(default=192, validator=_positive)
-    blocks: int = field(default=4, validator=_positive)
-    heads: int = field(default=4, validator=_positive)
+    d_model: int = field(default=192, validator=size(MAX_WIDTH))
+    blocks: int = field(default=4, validator=size(MAX_LAYERS))
+    heads: int = field(default=4, validator=size(MAX_LAYERS))
     dropout: float = field(default=0.1, validator=_dropout)
-    ffn_mult: int = field(default=4, validator=_positive)
+    ffn_mult: int = field(default=4, validator=size(64))
+    # evaluation images (recon) for mse/lpips and pictures: greedy AR "generate", "teacher_forced" or "none"
+    eval_recon: Literal["generate", "teacher_forced", "none"] = field(default="generate",
+                                                                      validator=v.in_(EVAL_RECON))
 
     def __attrs_post_init__(self) -> None:
         if self.d_model % self.heads:
@@ -80,5 +87,5 @@ class SlateTransformerConfig:
                             "(Features.target); use encoder type = \"slate_dvae\"")
         return SlateTransformerDecoder(
             inputs.slot_dim, inputs.target_dim, inputs.grid, d_model=self.d_model, blocks=self.blocks,
-            heads=self.heads, dropout=self.dropout, ffn_mult=self.ffn_mult,
+            heads=self.heads, dropout=self.dropout, ffn_mult=self.ffn_mult, eval_recon=self.eval_recon,
         )

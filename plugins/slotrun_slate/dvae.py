@@ -11,11 +11,15 @@ The encoder (`SlateEncoder`) returns the detached token indices, embedded (V + 1
 free so the table matches SLATE's) with learned positions and dropout, then LayerNorm + MLP as SLATE applies
 before Slot Attention; Features.target holds the one-hot tokens (detached: the slot model's cross-entropy never
 reaches the dVAE) and Features.losses the dVAE's own loss "dvae_recon" = sum of squared errors / batch size.
+They come as `SlateFeatures`, a Features that also carries the encoder's `decode_tokens` (token indices -> pixels
+through the dVAE decoder), so a token decoder can turn its predicted tokens into images in evaluation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +27,15 @@ from torch import Tensor, nn
 
 from slotrun.blocks import mlp
 from slotrun.types import Features
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)  # as slotrun.types: torch.compile traces it
+class SlateFeatures(Features):
+    """Features plus `decode_tokens(indices [B, N] or [B, h, w], grid) -> images [B, C, H, W]`: the encoder's dVAE
+    decoder, so that a decoder predicting discrete tokens can render them as pixels (evaluation MSE, pictures)
+    without holding the encoder itself. None when the tokens cannot be rendered."""
+
+    decode_tokens: Callable[..., Tensor] | None = None
 
 
 def conv_block(cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Sequential:
@@ -168,5 +181,5 @@ class SlateEncoder(nn.Module):
         indices = indices.detach()
         _, h, w = indices.shape
         target = F.one_hot(indices.reshape(b, h * w), self.vocab_size).float()
-        return Features(tokens=self.embed_tokens(indices), grid=(h, w), target=target,
-                        losses={"dvae_recon": loss})
+        return SlateFeatures(tokens=self.embed_tokens(indices), grid=(h, w), target=target,
+                             losses={"dvae_recon": loss}, decode_tokens=self.decode_tokens)

@@ -8,15 +8,21 @@ and images are made here, by whoever needs them (pictures, MSE/FID evaluation, g
     images = model.encoder.decode_tokens(tokens)    # dVAE decoder, [B, C, H, W]
 
 Any encoder with `decode_tokens(indices, grid)` and any decoder with `generate(slots, num_tokens, grid)` work.
+In evaluation mode `slate_transformer` also returns these generated images as DecoderOutput.recon (its
+`eval_recon` option), which is how `slotrun eval` reports the image MSE of a SLATE run.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import attrs
 import torch
 from torch import Tensor, nn
 
 from slotrun.types import Batch
+
+from slotrun_slate.dvae import SlateFeatures
 
 
 @attrs.frozen(kw_only=True)
@@ -52,7 +58,9 @@ def reconstruct(model: nn.Module, batch: Batch | Tensor, *, num_slots: int | Non
         tokens = decoder.generate(slots.slots, grid[0] * grid[1], grid)
         generated = encoder.decode_tokens(tokens, grid)
         dvae = encoder.decode_tokens(features.target.argmax(dim=-1), grid)
-        masks = decoder(slots, features, batch).masks
+        # Masks only: without the pixel hook the decoder does not generate its evaluation images a second time.
+        plain = dataclasses.replace(features, decode_tokens=None) if isinstance(features, SlateFeatures) else features
+        masks = decoder(slots, plain, batch).masks
     finally:
         model.train(was_training)
     return Reconstruction(generated=generated, tokens=tokens, dvae=dvae, masks=masks)

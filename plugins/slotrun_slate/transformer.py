@@ -7,6 +7,13 @@ logits. Logits at position t predict token z_{t+1} (0-based: token t) from the t
 forcing). Loss "token_ce" = cross-entropy summed over tokens, averaged over the batch. Masks = the last block's
 cross-attention averaged over heads, [B, K, h, w], normalised over slots.
 
+Images in evaluation: in eval mode the decoder also returns `recon` [B, C, H, W], the tokens it predicts rendered by
+the encoder's dVAE decoder (`Features.decode_tokens`, which `slate_dvae` provides), so the `mse` and `lpips`
+metrics and the pictures' reconstruction column work on SLATE runs. `eval_recon` picks the tokens: "generate"
+(default) = greedy autoregressive decoding from the slots alone, the images SLATE and the SMM paper score with
+MSE/FID; "teacher_forced" = the argmax of the teacher-forced logits (each token predicted from the true tokens
+before it: one pass, cheaper, optimistic); "none" = no reconstruction. Training never renders images.
+
 Differences from SLATE's code, all numerically minor: every block is a standard pre-LN block (SLATE's first
 block adds its residual to the normalised input), and attention uses PyTorch's fused kernels where no weights
 are needed.
@@ -21,6 +28,8 @@ from torch import Tensor, nn
 from slotrun.types import Batch, DecoderOutput, Features, Slots
 
 from slotrun_slate.dvae import resize_positions
+
+EVAL_RECON = ("generate", "teacher_forced", "none")  # which tokens become the evaluation image (module docstring)
 
 
 def _linear(cin: int, cout: int, bias: bool = True, kaiming: bool = False) -> nn.Linear:
@@ -118,10 +127,13 @@ class SlateTransformerDecoder(nn.Module):
 
     def __init__(
         self, slot_dim: int, vocab_size: int, grid: tuple[int, int], *, d_model: int = 192, blocks: int = 4,
-        heads: int = 4, dropout: float = 0.1, ffn_mult: int = 4,
+        heads: int = 4, dropout: float = 0.1, ffn_mult: int = 4, eval_recon: str = "generate",
     ) -> None:
         super().__init__()
+        if eval_recon not in EVAL_RECON:
+            raise ValueError(f"unknown eval_recon '{eval_recon}' (known: {', '.join(EVAL_RECON)})")
         self.vocab_size, self.grid, self.d_model = vocab_size, tuple(grid), d_model
+        self.eval_recon = eval_recon
         self.embed = nn.Embedding(vocab_size + 1, d_model)  # index 0 = BOS, token z -> z + 1
         nn.init.xavier_uniform_(self.embed.weight)
         self.pos = nn.Parameter(torch.zeros(1, grid[0] * grid[1], d_model))
@@ -162,7 +174,16 @@ class SlateTransformerDecoder(nn.Module):
         attn = weights.mean(dim=1)  # [B, N, K], each row sums to one over slots
         attn = attn / attn.sum(dim=-1, keepdim=True).clamp_min(1e-8)
         masks = attn.transpose(1, 2).reshape(b, -1, h, w)
-        return DecoderOutput(losses={"token_ce": loss}, masks=masks)
+        recon = None
+        decode = getattr(features, "decode_tokens", None)
+        if not self.training and self.eval_recon != "none" and decode is not None:
+            with torch.no_grad():
+                if self.eval_recon == "generate":
+                    predicted = self.generate(slots.slots, n, (h, w))
+                else:
+                    predicted = logits.argmax(dim=-1)
+                recon = decode(predicted, (h, w))
+        return DecoderOutput(losses={"token_ce": loss}, masks=masks, recon=recon)
 
     @torch.no_grad()
     def generate(self, slots: Tensor | Slots, num_tokens: int | None = None,
