@@ -1,4 +1,4 @@
-"""`python -m bench [grouper|step|loader|compile|quality|smm|all]` (no argument = grouper + step + loader).
+"""`python -m bench [grouper|step|loader|compile|quality|smm|sri|all]` (no argument = grouper + step + loader).
 
 Writes bench/results/<name>.json and .md, and a combined bench/results/README.md (with machine details) when
 grouper, step and loader have all been run."""
@@ -42,7 +42,7 @@ def combined(out_dir: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("what", nargs="?", default="all", choices=(*SUITE, "compile", "quality", "smm", "all"))
+    p.add_argument("what", nargs="?", default="all", choices=(*SUITE, "compile", "quality", "smm", "sri", "all"))
     p.add_argument("--tiny", action="store_true", help="tiny sizes (tests: checks the harness, not speed)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch", type=int, default=None, help="grouper: override B (default: the paper's 64)")
@@ -50,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=common.RESULTS)
     p.add_argument("--recipe", default=None, help="quality: the recipe to train")
     p.add_argument("--budget-min", type=float, default=30.0, help="quality: training wall-clock minutes")
-    p.add_argument("overrides", nargs="*", default=[], help="quality: KEY=VALUE recipe overrides")
+    p.add_argument("--seg-steps", type=int, default=4500, help="sri: segregation-model training steps")
+    p.add_argument("--prior-steps", type=int, default=1000, help="sri: prior-only training steps per variant")
+    p.add_argument("--samples", type=int, default=1000, help="sri: generated and real images per distance")
+    p.add_argument("--features", default="random_cnn", help="sri: feature space (random_cnn, or inception)")
+    p.add_argument("--weights", default=None, help="sri: a local FID Inception weights file")
+    p.add_argument("overrides", nargs="*", default=[], help="quality, sri: KEY=VALUE recipe overrides")
     args = p.parse_intermixed_args(argv)  # KEY=VALUE overrides may follow the options
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,7 +82,17 @@ def main(argv: list[str] | None = None) -> int:
             from bench import smm as mod
 
             plot = mod.PLOT if args.out == common.RESULTS and not args.tiny else args.out / mod.PLOT.name
-            result = mod.run(tiny=args.tiny, plot_path=plot, out_dir=args.out, threads=args.threads or 1)
+            result = mod.run(tiny=args.tiny, plot_path=plot, out_dir=args.out, threads=args.threads or 1,
+                             sections=args.overrides,  # `python -m bench smm slate`: rerun one section
+                             command="python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]))
+        elif name == "sri":
+            from bench import sri as mod
+
+            figure = mod.DOCS / "sri_towers_samples.png"
+            figure = figure if args.out == common.RESULTS and not args.tiny else args.out / figure.name
+            result = mod.run(seg_steps=args.seg_steps, prior_steps=args.prior_steps, samples=args.samples,
+                             features_name=args.features, weights=args.weights, overrides=args.overrides,
+                             tiny=args.tiny, figure=figure)
         else:
             from bench import quality as mod
 
