@@ -4,7 +4,6 @@ first call) is reported apart: it is paid once per run."""
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Any
 
@@ -25,29 +24,9 @@ TINY = [("quickstart (16 px, tiny)", "recipes/quickstart.toml",
           "model.decoder.broadcast_size=4"], 2)]
 
 
-def compiled_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Any, clip: float | None):
-    forward = torch.compile(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        out = forward(data)
-        out.loss.float().backward()
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        optimizer.step()
-
-    return step
-
-
 def measure(name: str, recipe: str, overrides: list[str], batch: int, repeats: int) -> dict[str, Any]:
-    from slotrun.api import load_recipe
-
-    clip = load_recipe(recipe, overrides).train.grad_clip
-    model, optimizer, data, eager = build(recipe, overrides, batch)
-    twin = copy.deepcopy(model)
-    twin_optimizer = type(optimizer)(twin.parameters(), **optimizer.defaults)
-    compiled = compiled_step(twin, twin_optimizer, data, clip)
+    eager = build(recipe, overrides, batch)[3]
+    compiled = build(recipe, overrides, batch, compiled=True)[3]  # the same seed: an identical copy
     torch._dynamo.reset()
     start = time.perf_counter()
     compiled()  # compiles forward and backward

@@ -53,7 +53,9 @@ class CountFlops(TorchDispatchMode):
         return out
 
 
-def build(recipe_path: str, overrides: list[str], batch: int, seed: int = 0):
+def build(recipe_path: str, overrides: list[str], batch: int, seed: int = 0, compiled: bool = False):
+    """(model, optimizer, batch, step): one training step as the engine takes it, the forward through
+    torch.compile when `compiled`; the same seed gives the same model either way."""
     recipe = load_recipe(recipe_path, overrides)
     source = recipe.data.build(None)
     torch.manual_seed(seed)
@@ -67,9 +69,11 @@ def build(recipe_path: str, overrides: list[str], batch: int, seed: int = 0):
     params = [p for p in model.parameters() if p.requires_grad]
     clip = recipe.train.grad_clip
 
+    forward = torch.compile(model) if compiled else model
+
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        out = model(data)
+        out = forward(data)
         out.loss.float().backward()
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(params, clip)

@@ -2,7 +2,6 @@
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,13 +16,7 @@ from slotrun.types import Batch
 from slotrun_sri.metrics import NegativeELBOBitsPerDim
 from slotrun.engine.sample import sample_run, structural_accuracy
 
-ROOT = Path(__file__).resolve().parents[3]
-TOWERS = ROOT / "recipes" / "sri" / "towers.toml"
-SMALL = [
-    "data.image_size=32", "model.encoder.channels=16", "model.grouper.latent_dim=16",
-    "model.grouper.inner.slot_dim=16", "model.grouper.inner.mlp_hidden=32", "model.grouper.inner.num_slots=4",
-    "model.decoder.channels=16", "model.prior.scene_dim=16", "model.prior.hidden=32",
-]
+from sri_recipes import ROOT, SMALL, TOWERS
 
 
 def _tiny(tmp_path, *extra):

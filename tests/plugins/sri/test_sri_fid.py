@@ -1,7 +1,6 @@
 """The `fid` metric on a whole SRI model: prior samples against the eval split, through the engine's evaluate()."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,13 +11,7 @@ from slotrun.errors import UserError
 from slotrun.model import build_model
 from slotrun.recipe import load
 
-ROOT = Path(__file__).resolve().parents[3]
-TOWERS = ROOT / "recipes" / "sri" / "towers.toml"
-SMALL = [
-    "data.image_size=32", "model.encoder.channels=16", "model.grouper.latent_dim=16",
-    "model.grouper.inner.slot_dim=16", "model.grouper.inner.mlp_hidden=32", "model.grouper.inner.num_slots=4",
-    "model.decoder.channels=16", "model.prior.scene_dim=16", "model.prior.hidden=32",
-]
+from sri_recipes import ROOT, SMALL, TOWERS
 
 
 def _setup(plugins, tmp_path, recipe=TOWERS, *extra):
