@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slotrun.blocks import SoftPositionEmbed
+from slotrun.metrics.reconstruction import PerceptualLoss
 from slotrun.types import Batch, DecoderOutput, Features, Slots
 
 
@@ -48,8 +49,13 @@ class SpatialBroadcastDecoder(nn.Module):
         channels: int = 64,
         full_res_layers: int = 3,
         channels_last: bool = False,
+        perceptual: PerceptualLoss | None = None,
     ) -> None:
         super().__init__()
+        # An optional LPIPS loss term "perceptual" beside the MSE "recon" (weighted by train.loss_weights).
+        self.perceptual = perceptual
+        if perceptual is not None:
+            self.loss_terms = ("recon", "perceptual")
         n_up = upsampling_steps(image_size, broadcast_size)
         self.image_size = tuple(image_size)
         self.out_channels = out_channels
@@ -90,5 +96,12 @@ class SpatialBroadcastDecoder(nn.Module):
 
     def forward(self, slots: Slots, features: Features, batch: Batch) -> DecoderOutput:
         out = self.decode_slots(slots.slots)
-        loss = F.mse_loss(out.recon, batch.image.float())
-        return DecoderOutput(losses={"recon": loss}, recon=out.recon, masks=out.masks, per_slot=out.per_slot)
+        losses = {"recon": F.mse_loss(out.recon, batch.image.float())}
+        if self.perceptual is not None:
+            losses["perceptual"] = self.perceptual(out.recon, batch.image.float())
+        return DecoderOutput(losses=losses, recon=out.recon, masks=out.masks, per_slot=out.per_slot)
+
+    def load_pretrained(self) -> None:
+        """The perceptual loss's LPIPS weights (the engine calls this before step 0)."""
+        if self.perceptual is not None:
+            self.perceptual.load_pretrained()

@@ -13,6 +13,7 @@ from attrs import field
 from attrs import validators as v
 
 from slotrun.errors import UserError
+from slotrun.metrics.reconstruction import PerceptualLoss
 from slotrun.protocols import DecoderInputs, GrouperInputs
 from slotrun.recipe import MAX_IMAGE_SIZE, MAX_ITERS, MAX_LAYERS, MAX_SLOTS, MAX_WIDTH, size
 from slotrun.types import ImageSpec
@@ -31,6 +32,11 @@ _bool = v.instance_of(bool)
 _positive = [_int, v.ge(1)]
 _optional_positive = v.optional(size(MAX_WIDTH))  # widths
 _init = v.in_(INIT_KINDS)
+
+
+def _range(_instance: object, attribute: attrs.Attribute, value: tuple[float, float]) -> None:
+    if len(value) != 2 or not value[1] > value[0]:
+        raise ValueError(f"'{attribute.name}' must be [low, high] with high > low, got {list(value)}")
 
 
 def _odd(_instance: object, attribute: attrs.Attribute, value: int) -> None:
@@ -110,14 +116,22 @@ class SpatialBroadcastConfig:
     channels: int = field(default=64, validator=size(MAX_WIDTH))
     full_res_layers: int = field(default=3, validator=size(MAX_LAYERS))  # 5x5 stride-1 layers when not upsampling
     channels_last: bool = field(default=True, validator=_bool)  # measured ~2x faster on CPU (mkldnn)
+    # LPIPS loss term "perceptual" on the reconstruction (weight it in train.loss_weights); "none" = off
+    perceptual: Literal["none", "alex", "vgg", "squeeze"] = field(
+        default="none", validator=v.in_(("none", "alex", "vgg", "squeeze")))
+    perceptual_pretrained: bool = field(default=True, validator=_bool)  # false: random backbone, no download
+    perceptual_value_range: tuple[float, float] = field(default=(-1.0, 1.0), converter=tuple,
+                                                        validator=_range)  # the data's value range
 
     def build(self, inputs: DecoderInputs) -> SpatialBroadcastDecoder:
         image = inputs.image
+        perceptual = None if self.perceptual == "none" else PerceptualLoss(
+            self.perceptual, pretrained=self.perceptual_pretrained, value_range=self.perceptual_value_range)
         try:
             return SpatialBroadcastDecoder(
                 inputs.slot_dim, out_channels=image.channels, image_size=(image.height, image.width),
                 broadcast_size=self.broadcast_size, channels=self.channels,
-                full_res_layers=self.full_res_layers, channels_last=self.channels_last,
+                full_res_layers=self.full_res_layers, channels_last=self.channels_last, perceptual=perceptual,
             )
         except ValueError as exc:  # a recipe mistake (size mismatch with the data), not a crash
             raise UserError(f"spatial_broadcast decoder: {exc}") from exc

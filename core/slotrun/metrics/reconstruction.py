@@ -107,4 +107,28 @@ class LPIPSDistance(nn.Module):
         return self.net(self._prepare(pred), self._prepare(target)).flatten(1).mean(dim=1)
 
 
-__all__ = ["LPIPSDistance", "NETS", "build_lpips", "per_image_mse"]
+class PerceptualLoss:
+    """LPIPS as a loss term for a decoder: mean LPIPSDistance(recon, image), built on first use or by
+    `load_pretrained()` (the engine calls a component's before step 0, so a missing download fails early and
+    `slotrun check` never loads). Deliberately not an nn.Module: its frozen weights come from outside, like a
+    metric's, so they stay out of the owner's parameters, optimiser and checkpoints; it follows the inputs'
+    device itself."""
+
+    def __init__(self, net: str = "alex", *, pretrained: bool = True,
+                 value_range: tuple[float, float] = (-1.0, 1.0)) -> None:
+        if net not in NETS:
+            raise ValueError(f"unknown LPIPS net {net!r} (known: {', '.join(NETS)})")
+        self.net, self.pretrained, self.value_range = net, pretrained, value_range
+        self.distance: LPIPSDistance | None = None
+
+    def load_pretrained(self) -> LPIPSDistance:
+        if self.distance is None:
+            self.distance = LPIPSDistance(self.net, pretrained=self.pretrained, value_range=self.value_range)
+        return self.distance
+
+    def __call__(self, recon: Tensor, image: Tensor) -> Tensor:
+        distance = self.load_pretrained().to(recon.device)
+        return distance(recon, image).mean()
+
+
+__all__ = ["LPIPSDistance", "NETS", "PerceptualLoss", "build_lpips", "per_image_mse"]

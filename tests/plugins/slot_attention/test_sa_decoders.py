@@ -152,3 +152,31 @@ def test_stepwise_set_loss_averages_the_loss_of_every_iteration() -> None:
     decoder.train()
     with pytest.raises(UserError, match="model.decoder.stepwise = true needs a grouper"):
         decoder(Slots(slots=torch.randn(2, 3, 8)), dummy_features(), batch)
+
+
+def test_perceptual_loss_term_is_lpips_of_the_reconstruction(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = SpatialBroadcastConfig(broadcast_size=8, channels=8, perceptual="alex", perceptual_pretrained=False)
+    decoder = config.build(decoder_inputs(size=32))
+    assert decoder.loss_terms == ("recon", "perceptual") and decoder.perceptual.distance is None  # built lazily
+    plain = SpatialBroadcastConfig(broadcast_size=8, channels=8).build(decoder_inputs(size=32))
+    assert decoder.state_dict().keys() == plain.state_dict().keys()  # LPIPS weights stay out of checkpoints
+    torch.manual_seed(0)
+    image = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = decoder(Slots(slots=torch.randn(2, 3, 8)), dummy_features(), Batch(image=image))
+    distance = decoder.perceptual.distance
+    torch.testing.assert_close(out.losses["perceptual"], distance(out.recon, image).mean())
+    assert out.losses["perceptual"] > 0
+    out.losses["perceptual"].backward()  # trains the decoder; LPIPS itself stays frozen
+    assert all(p.grad is not None for p in decoder.net.parameters())
+    assert all(p.grad is None for p in distance.parameters())
+    # Offline with pretrained weights: nothing happens at build (slotrun check), the engine's load_pretrained()
+    # before step 0 gives the one-line error.
+    import lpips.pretrained_networks as pn
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise OSError("no network")
+
+    monkeypatch.setattr(pn.tv, "alexnet", offline)
+    online = SpatialBroadcastConfig(broadcast_size=8, channels=8, perceptual="alex").build(decoder_inputs(size=32))
+    with pytest.raises(UserError, match="LPIPS \\(alex\\) could not load its ImageNet backbone weights"):
+        online.load_pretrained()
