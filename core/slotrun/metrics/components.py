@@ -33,7 +33,7 @@ from slotrun.errors import UserError
 from slotrun.metrics.ari import adjusted_rand_index
 from slotrun.metrics.fid import FidConfig, FidMetric
 from slotrun.metrics.mbo import mean_best_overlap
-from slotrun.metrics.reconstruction import NETS, LPIPSDistance, per_image_mse
+from slotrun.metrics.reconstruction import NETS, PerceptualLoss, per_image_mse
 from slotrun.metrics.set_ap import ap_from_records, set_ap_records
 from slotrun.protocols import MetricInputs
 from slotrun.types import Batch, ModelOutput, PropertyLayout
@@ -338,15 +338,19 @@ class LpipsMetric(RecordMetric):
 
     name = "lpips"
 
-    def __init__(self, distance: LPIPSDistance) -> None:
+    def __init__(self, lpips: PerceptualLoss) -> None:
         super().__init__()
-        self.distance = distance
+        self.lpips = lpips  # its network is built on first use (or load_pretrained): `slotrun check` loads nothing
+
+    def load_pretrained(self) -> None:
+        """Load the backbone now (the trainer calls this before step 0, so a missing download fails early)."""
+        self.lpips.load_pretrained()
 
     def update(self, batch: Batch, output: ModelOutput) -> None:
         recon = _recon_image(output, batch, self.name)
-        self.distance.to(recon.device)
+        distance = self.lpips.load_pretrained().to(recon.device)
         with torch.no_grad():
-            self._add(self.distance(recon.detach(), batch.image))
+            self._add(distance(recon.detach(), batch.image))
 
     def compute(self) -> dict[str, float]:
         return {"lpips": _nanmean(self.state()[:, 0])}
@@ -371,7 +375,7 @@ class LpipsConfig:
         return cls(pretrained=False)
 
     def build(self, inputs: MetricInputs) -> LpipsMetric:
-        return LpipsMetric(LPIPSDistance(self.net, pretrained=self.pretrained, value_range=self.value_range))
+        return LpipsMetric(PerceptualLoss(self.net, pretrained=self.pretrained, value_range=self.value_range))
 
 
 METRICS: dict[str, type] = {
