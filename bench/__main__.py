@@ -19,7 +19,7 @@ from bench import common
 SUITE = ("grouper", "step", "loader")
 
 
-COMBINED = ("grouper", "step", "loader", "compile", "quality", "smm")  # the order of bench/results/README.md
+COMBINED = ("grouper", "step", "loader", "compile", "quality", "smm", "sri")  # the order of bench/results/README.md
 
 
 def combined(out_dir: Path) -> Path:
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--features", default="random_cnn", help="sri: feature space (random_cnn, or inception)")
     p.add_argument("--weights", default=None, help="sri: a local FID Inception weights file")
     p.add_argument("overrides", nargs="*", default=[], help="quality, sri: KEY=VALUE recipe overrides")
+    p.add_argument("--discovery-steps", type=int, default=None, help="smm: object-discovery steps (default 200)")
     args = p.parse_intermixed_args(argv)  # KEY=VALUE overrides may follow the options
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             plot = mod.PLOT if args.out == common.RESULTS and not args.tiny else args.out / mod.PLOT.name
             result = mod.run(tiny=args.tiny, plot_path=plot, out_dir=args.out, threads=args.threads or 1,
                              sections=args.overrides,  # `python -m bench smm slate`: rerun one section
+                             discovery_steps=args.discovery_steps,
                              command="python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]))
         elif name == "sri":
             from bench import sri as mod

@@ -278,7 +278,8 @@ SECTIONS = {"set_prediction": run_set_prediction, "discovery": run_discovery, "s
 
 
 def run(*, tiny: bool = False, plot_path: Path | None = None, out_dir: Path = RESULTS, threads: int = 1,
-        sections: Sequence[str] = (), command: str = "python -m bench smm") -> dict[str, Any]:
+        sections: Sequence[str] = (), command: str = "python -m bench smm",
+        discovery_steps: int | None = None) -> dict[str, Any]:
     """The comparisons at BUDGET (TINY: the harness only): every section, or only `sections`, whose results then
     replace those sections in out_dir/smm.json (each section keeps the command and date that made it). The plot
     goes to plot_path (default PLOT); the Markdown written to out_dir links it relatively."""
@@ -301,6 +302,8 @@ def run(*, tiny: bool = False, plot_path: Path | None = None, out_dir: Path = RE
             result[key].setdefault("date", data.get("date"))
     torch.set_num_threads(threads)
     budget = TINY if tiny else BUDGET
+    if discovery_steps:  # a longer object-discovery curve (evaluated at 5 points + step 0)
+        budget = replace(budget, discovery_steps=discovery_steps, discovery_every=max(1, discovery_steps // 5))
     plugins = load_plugins()
     with tempfile.TemporaryDirectory(prefix="slotrun_bench_smm_") as tmp:
         scratch = Path(tmp)
