@@ -21,6 +21,8 @@ are needed.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -101,18 +103,29 @@ class DecoderBlock(nn.Module):
 
     def forward(
         self, x: Tensor, slots: Tensor, *, need_weights: bool = False,
-        cache: dict[str, Tensor] | None = None,
+        cache: dict[str, Any] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """slots: projected [B, K, d]. With `cache` (incremental decoding), x holds only the new positions and
-        the self-attention keys/values of earlier positions are read from and appended to the cache."""
+        the self-attention keys/values of earlier positions are read from and appended to the cache; a cache
+        created with {"capacity": n} preallocates n positions, so appending never copies what is cached."""
         h = self.norm_self(x)
         if cache is None:
             x = x + self.self_attn(h, causal=True)[0]
         else:
             k, v = self.self_attn.project_kv(h)
-            if "k" in cache:
-                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
+            if "capacity" in cache:
+                start = cache.setdefault("length", 0)
+                if "k_buf" not in cache:
+                    shape = (*k.shape[:2], cache["capacity"], k.shape[3])
+                    cache["k_buf"], cache["v_buf"] = k.new_empty(shape), v.new_empty(shape)
+                end = start + k.shape[2]
+                cache["k_buf"][:, :, start:end], cache["v_buf"][:, :, start:end] = k, v
+                cache["length"] = end
+                k, v = cache["k_buf"][:, :, :end], cache["v_buf"][:, :, :end]
+            else:
+                if "k" in cache:
+                    k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+                cache["k"], cache["v"] = k, v
             # New positions see every cached one and, among themselves, only earlier ones.
             x = x + self.self_attn(h, kv=(k, v), causal=h.shape[1] > 1, need_weights=h.shape[1] > 1)[0]
         out, weights = self.cross_attn(self.norm_cross(x), slots, need_weights=need_weights)
@@ -199,7 +212,7 @@ class SlateTransformerDecoder(nn.Module):
             raise ValueError(f"cannot generate {n} tokens: the decoder has {pos.shape[1]} positions")
         b = slots.shape[0]
         s = self.slot_proj(slots)
-        caches: list[dict[str, Tensor]] = [{} for _ in self.blocks]
+        caches: list[dict[str, Any]] = [{"capacity": n} for _ in self.blocks]
         current = torch.zeros(b, dtype=torch.long, device=slots.device)  # BOS
         out = []
         for t in range(n):

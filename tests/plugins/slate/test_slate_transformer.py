@@ -92,16 +92,18 @@ def test_greedy_generation_matches_teacher_forced_argmax() -> None:
         dec.generate(s, num_tokens=N + 1)
 
 
-def test_cached_block_with_several_new_positions_matches_full_pass() -> None:
+@pytest.mark.parametrize("capacity", [None, 7], ids=["growing", "preallocated"])
+def test_cached_block_with_several_new_positions_matches_full_pass(capacity: int | None) -> None:
+    cache: dict = {} if capacity is None else {"capacity": capacity}
     dec = make().eval()
     s = dec.slot_proj(slots())
     x = torch.randn(B, 7, 16)
     block = dec.blocks[0]
     full, _ = block(x, s)
-    cache: dict[str, torch.Tensor] = {}
     first, _ = block(x[:, :3], s, cache=cache)
-    rest, _ = block(x[:, 3:], s, cache=cache)
-    torch.testing.assert_close(torch.cat([first, rest], dim=1), full, atol=1e-5, rtol=1e-5)
+    middle, _ = block(x[:, 3:4], s, cache=cache)
+    rest, _ = block(x[:, 4:], s, cache=cache)
+    torch.testing.assert_close(torch.cat([first, middle, rest], dim=1), full, atol=1e-5, rtol=1e-5)
 
 
 def test_generated_tokens_decode_to_a_full_image() -> None:
