@@ -30,10 +30,12 @@ class CrossAttentionGrouper(nn.Module):
         k, v = self.kv(self.norm_in(features.tokens)).chunk(2, dim=-1)
         slots = self.queries.expand(features.tokens.shape[0], -1, -1)
         maps: list[Tensor] = []
+        history: list[Tensor] = []  # the slots after each iteration: step-wise losses use them
         for _ in range(iters or self.iters):
             update, weights = self.attn(self.norm_q(slots), k, v, need_weights=True)
             slots = slots + update
             slots = slots + self.ff(slots)
             # Report where each token went, normalised over slots like every grouper's attention maps.
             maps.append(weights / weights.sum(1, keepdim=True).clamp_min(1e-8))
-        return Slots(slots=slots, attn=tuple(maps))
+            history.append(slots)
+        return Slots(slots=slots, attn=tuple(maps), history=tuple(history))
