@@ -42,6 +42,12 @@ def size(limit: int, low: int = 1) -> list[Any]:
     return [v.instance_of(int), v.ge(low), v.le(limit)]
 
 
+def value_range(_instance: Any, attribute: Any, value: tuple[float, float]) -> None:
+    """Validator of a [low, high] pair of numbers with high > low (an image value range)."""
+    if len(value) != 2 or not value[1] > value[0]:
+        raise ValueError(f"'{attribute.name}' must be [low, high] with high > low, got {list(value)}")
+
+
 # ---- the schema ------------------------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from slotrun.errors import UserError
 from slotrun.metrics.reconstruction import PerceptualLoss
 from slotrun.protocols import DecoderInputs, GrouperInputs
 from slotrun.recipe import MAX_IMAGE_SIZE, MAX_ITERS, MAX_LAYERS, MAX_SLOTS, MAX_WIDTH, size
+from slotrun.recipe import value_range as _value_range
 from slotrun.types import ImageSpec
 
 from slotrun_slot_attention.broadcast_decoder import SpatialBroadcastDecoder
@@ -32,11 +33,6 @@ _bool = v.instance_of(bool)
 _positive = [_int, v.ge(1)]
 _optional_positive = v.optional(size(MAX_WIDTH))  # widths
 _init = v.in_(INIT_KINDS)
-
-
-def _range(_instance: object, attribute: attrs.Attribute, value: tuple[float, float]) -> None:
-    if len(value) != 2 or not value[1] > value[0]:
-        raise ValueError(f"'{attribute.name}' must be [low, high] with high > low, got {list(value)}")
 
 
 def _odd(_instance: object, attribute: attrs.Attribute, value: int) -> None:
@@ -121,7 +117,7 @@ class SpatialBroadcastConfig:
         default="none", validator=v.in_(("none", "alex", "vgg", "squeeze")))
     perceptual_pretrained: bool = field(default=True, validator=_bool)  # false: random backbone, no download
     perceptual_value_range: tuple[float, float] = field(default=(-1.0, 1.0), converter=tuple,
-                                                        validator=_range)  # the data's value range
+                                                        validator=_value_range)  # the data's value range
 
     def build(self, inputs: DecoderInputs) -> SpatialBroadcastDecoder:
         image = inputs.image

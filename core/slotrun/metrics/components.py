@@ -36,6 +36,7 @@ from slotrun.metrics.mbo import mean_best_overlap
 from slotrun.metrics.reconstruction import NETS, PerceptualLoss, per_image_mse
 from slotrun.metrics.set_ap import ap_from_records, set_ap_records
 from slotrun.protocols import MetricInputs
+from slotrun.recipe import value_range as _value_range
 from slotrun.types import Batch, ModelOutput, PropertyLayout
 
 _frozen = attrs.frozen(kw_only=True)
@@ -354,11 +355,6 @@ class LpipsMetric(RecordMetric):
 
     def compute(self) -> dict[str, float]:
         return {"lpips": _nanmean(self.state()[:, 0])}
-
-
-def _value_range(_: Any, attribute: attrs.Attribute, value: tuple[float, float]) -> None:
-    if len(value) != 2 or not value[1] > value[0]:
-        raise ValueError(f"value_range must be [low, high] with high > low, got {list(value)}")
 
 
 @_frozen

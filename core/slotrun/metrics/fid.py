@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from slotrun.errors import UserError
 from slotrun.protocols import MetricInputs
+from slotrun.recipe import value_range as _value_range
 from slotrun.types import Batch
 
 FEATURE_NETS = ("inception", "random_cnn")
@@ -407,11 +408,6 @@ class FidMetric:
 
     def compute(self) -> dict[str, float]:
         return {self.name: feature_distance(self.real, self.fake)}
-
-
-def _value_range(_: Any, attribute: attrs.Attribute, value: tuple[float, float]) -> None:
-    if len(value) != 2 or not value[1] > value[0]:
-        raise ValueError(f"value_range must be [low, high] with high > low, got {list(value)}")
 
 
 @attrs.frozen(kw_only=True)
