@@ -9,6 +9,8 @@ instead of x, k and v. Otherwise the keys and values are projected once per forw
 v). Both forms give the same numbers up to float rounding (tests/bench guard it). In both, the eps that keeps
 every slot's input weights non-zero is folded into the normaliser, (attn + eps) / sum(attn + eps) applied to the
 values as (attn v + eps sum_n v_n) / (sum_n attn + N eps): the same value, without a second [B, K, N] tensor.
+In training the query-side form forms the inputs' gradient once per forward instead of twice per update
+(`deferred_grad`; measured 1.6x faster forward+backward at CLEVR size on one CPU thread).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import Tensor, nn
 
 from slotrun.blocks import TokenMLP, mlp
 
+from slotrun_slot_attention.deferred_grad import DeferredInputGrad, attend_pool, collect_input_grad
 from slotrun_slot_attention.iterative import IterativeGrouper
 from slotrun_slot_attention.slot_init import SlotInit
 
@@ -37,10 +40,13 @@ class _Projected:
 
 @dataclasses.dataclass(frozen=True, slots=True)  # not attrs: torch.compile traces a dataclass
 class _QuerySide:
-    """The normalised inputs and their sum over inputs: keys and values are applied on the slot side."""
+    """The normalised inputs and their sum over inputs: keys and values are applied on the slot side. With a
+    `deferred` record (training, eager), x is detached and its gradient is formed once (see deferred_grad)."""
 
     x: Tensor
     x_sum: Tensor
+    token: Tensor | None = None
+    deferred: DeferredInputGrad | None = None
 
 
 def _pool(attn: Tensor, values: Tensor, values_sum: Tensor, eps: float) -> Tensor:
@@ -77,6 +83,7 @@ class SlotAttention(IterativeGrouper):
         self.eps = eps
         self.scale = slot_dim**-0.5
         self.query_side = query_side
+        self.deferred_grad = True  # query-side training: x's gradient in one product (deferred_grad); False = plain
         self.init = SlotInit(slot_dim, num_slots, init)
         self.norm_inputs = nn.LayerNorm(in_dim, eps=layer_norm_eps)
         self.project_kv = nn.Linear(in_dim, 2 * slot_dim, bias=False)  # k and v fused: one matmul per forward
@@ -100,6 +107,11 @@ class SlotAttention(IterativeGrouper):
         if not self.use_query_side(tokens.shape[-1], num_slots, iters):
             return self.prepare(tokens)
         x = self.norm_inputs(tokens)
+        if self.deferred_grad and x.requires_grad and not torch.compiler.is_compiling():
+            deferred = DeferredInputGrad()
+            token = collect_input_grad(x, deferred)
+            x = x.detach()
+            return _QuerySide(x=x, x_sum=x.sum(dim=1, keepdim=True), token=token, deferred=deferred)
         return _QuerySide(x=x, x_sum=x.sum(dim=1, keepdim=True))
 
     def step(self, slots: Tensor, prepared: Any) -> tuple[Tensor, Tensor]:
@@ -110,8 +122,12 @@ class SlotAttention(IterativeGrouper):
             if isinstance(prepared, _QuerySide):
                 x = prepared.x.float()
                 q_in = q.float() @ self.project_kv.weight[:d].float()  # [B, K, in_dim]: (q Wk) x^T = q k^T
-                attn = torch.bmm(q_in, x.transpose(1, 2)).softmax(dim=1)  # over slots: slots compete for inputs
-                pooled = _pool(attn, x, prepared.x_sum.float(), self.eps)  # [B, K, in_dim]
+                if prepared.deferred is not None and torch.is_grad_enabled():
+                    attn, pooled = attend_pool(q_in, x, prepared.x_sum.float(), prepared.token,
+                                               prepared.deferred, self.eps)
+                else:
+                    attn = torch.bmm(q_in, x.transpose(1, 2)).softmax(dim=1)  # over slots: slots compete for inputs
+                    pooled = _pool(attn, x, prepared.x_sum.float(), self.eps)  # [B, K, in_dim]
             else:
                 attn = torch.bmm(q.float(), prepared.k.float().transpose(1, 2)).softmax(dim=1)
                 updates = _pool(attn, prepared.v.float(), prepared.v_sum.float(), self.eps)  # [B, K, D]
