@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", default=None, help="quality: the recipe to train")
     p.add_argument("--budget-min", type=float, default=30.0, help="quality: training wall-clock minutes")
     p.add_argument("--seg-steps", type=int, default=4500, help="sri: segregation-model training steps")
-    p.add_argument("--prior-steps", type=int, default=1000, help="sri: prior-only training steps per variant")
+    p.add_argument("--prior-steps", type=int, default=1000, help="sri: steps per variant (prior + SRI decoder)")
     p.add_argument("--samples", type=int, default=1000, help="sri: generated and real images per distance")
     p.add_argument("--features", default="random_cnn", help="sri: feature space (random_cnn, or inception)")
     p.add_argument("--weights", default=None, help="sri: a local FID Inception weights file")

@@ -51,9 +51,11 @@ def register_decoders(register: Register) -> None:
 
 @hookspec
 def register_priors(register: Register) -> None:
-    """Register slot priors: `config.build(PriorInputs)` returns an nn.Module called as `prior(slots)` ->
-    {term: scalar tensor} (names listed in `loss_terms`), with `sample(n, num_slots, temperature)` returning
-    slot vectors [n, K, D] for generation."""
+    """Register slot priors: `config.build(PriorInputs)` returns an nn.Module called like a decoder, as
+    `prior(slots, features, batch)` -> {term: scalar tensor} (names listed in `loss_terms`), with
+    `sample(n, num_slots, temperature)` returning slot vectors [n, K, D] for generation. A prior may build a
+    decoder of its own from `PriorInputs.decoder` and keep it as its attribute `decoder`: samples are then
+    decoded with it (`decode_slots`) instead of the model's decoder."""
 
 
 @hookspec

@@ -64,6 +64,11 @@ class SlotModel(nn.Module):
                 for key, value in balancer.scalars().items()}
 
     @property
+    def sample_decoder(self) -> nn.Module:
+        """The decoder that renders the prior's samples (see sample_decoder_of())."""
+        return sample_decoder_of(self)
+
+    @property
     def loss_terms(self) -> tuple[str, ...]:
         terms = list(getattr(self.encoder, "loss_terms", ())) + list(self.decoder.loss_terms)
         if self.prior is not None:
@@ -78,7 +83,7 @@ class SlotModel(nn.Module):
         decoded = self.decoder(slots, features, batch)
         losses: dict[str, Tensor] = {**features.losses, **decoded.losses}
         if self.prior is not None:
-            losses.update(self.prior(slots))
+            losses.update(self.prior(slots, features, batch))
         if self.training:  # regularisers shape training only; evaluation reports the task losses
             for name, regulariser in self.regularisers.items():
                 losses[name] = regulariser(slots)
@@ -110,14 +115,15 @@ def build_model(
     encoder = _build(config.encoder, image, "$.model.encoder")
     grid = tuple(encoder.grid_for(image.height, image.width))
     grouper = _build(config.grouper, GrouperInputs(dim=encoder.out_dim, grid=grid), "$.model.grouper")
-    decoder = _build(config.decoder, DecoderInputs(
+    decoder_inputs = DecoderInputs(
         slot_dim=grouper.slot_dim, image=image, feature_dim=encoder.out_dim, grid=grid,
         target_dim=getattr(encoder, "target_dim", None), properties=properties,
-    ), "$.model.decoder")
+    )
+    decoder = _build(config.decoder, decoder_inputs, "$.model.decoder")
     prior = None
-    if config.prior is not None:
-        prior = _build(config.prior, PriorInputs(slot_dim=grouper.slot_dim, num_slots=grouper.num_slots),
-                       "$.model.prior")
+    if config.prior is not None:  # the decoder's inputs too, for a prior with a decoder of its own
+        prior = _build(config.prior, PriorInputs(slot_dim=grouper.slot_dim, num_slots=grouper.num_slots,
+                                                 decoder=decoder_inputs), "$.model.prior")
     regularisers = {
         name: _build(spec, RegulariserInputs(slot_dim=grouper.slot_dim, num_slots=grouper.num_slots),
                      f"$.model.regularisers.{name}")
@@ -138,6 +144,14 @@ def build_model(
         raise RecipeError(problems)
     model.loss_weights = {name: scalar_at(value, step) for name, value in weights.items()}
     return model
+
+
+def sample_decoder_of(model: nn.Module) -> nn.Module | None:
+    """The decoder of the generative model p(x | z), which renders prior samples: the prior's own (attribute
+    `decoder`, e.g. SRI's decoder of its re-ordered samples) when it has one, else the model's decoder. Works on
+    any object with `prior` / `decoder` attributes (None when it has neither)."""
+    own = getattr(getattr(model, "prior", None), "decoder", None)
+    return own if own is not None else getattr(model, "decoder", None)
 
 
 def _build(spec: Spec, inputs: Any, path: str) -> Any:
@@ -188,8 +202,9 @@ def load_pretrained(model: SlotModel) -> None:
     this once before training a fresh run. Only the components themselves are asked, not their submodules
     (a timm model has a `load_pretrained` of its own with another meaning).
     """
-    components = [model.encoder, model.grouper, model.decoder, model.prior, *model.regularisers.values(),
-                  *model.balancers.values()]
+    components = [model.encoder, model.grouper, model.decoder, model.prior,
+                  getattr(model.prior, "decoder", None),  # a prior's own decoder is a component too
+                  *model.regularisers.values(), *model.balancers.values()]
     for component in components:
         load = getattr(component, "load_pretrained", None)
         if callable(load):

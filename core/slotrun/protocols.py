@@ -52,8 +52,12 @@ class RegulariserInputs:
 
 @_frozen
 class PriorInputs:
+    """slot_dim/num_slots: the grouper's; decoder: the DecoderInputs the model's decoder was built with (None
+    outside build_model), for a prior with a decoder of its own (SRI's decodes its re-ordered samples)."""
+
     slot_dim: int
     num_slots: int
+    decoder: DecoderInputs | None = None
 
 
 @_frozen
@@ -127,11 +131,16 @@ class Regulariser(Protocol):
 
 
 class Prior(Protocol):
-    """nn.Module over slots: named loss terms in training; `sample(n, num_slots, temperature)` -> [n, K, D]."""
+    """nn.Module called like a decoder, (Slots, Features, batch) -> named loss terms; `sample(n, num_slots,
+    temperature)` -> [n, K, D].
+
+    Optional: an attribute `decoder` (not None), the prior's own decoder of p(x | z) (SRI's); generation then
+    decodes the prior's samples with it instead of the model's decoder (SlotModel.sample_decoder).
+    """
 
     loss_terms: tuple[str, ...]
 
-    def __call__(self, slots: Slots) -> Mapping[str, Tensor]: ...
+    def __call__(self, slots: Slots, features: Features, batch: Batch) -> Mapping[str, Tensor]: ...
 
     def sample(self, n: int, num_slots: int, temperature: float = 1.0) -> Tensor: ...
 

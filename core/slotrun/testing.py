@@ -149,9 +149,12 @@ def check_grouper(config: Any) -> None:
     _expect(torch.allclose(a, b, atol=1e-4), "slots change when the input tokens are permuted")
 
 
+def _decoder_inputs() -> DecoderInputs:
+    return DecoderInputs(slot_dim=DIM, image=IMAGE, feature_dim=DIM, grid=GRID, target_dim=DIM, properties=LAYOUT)
+
+
 def check_decoder(config: Any) -> None:
-    inputs = DecoderInputs(slot_dim=DIM, image=IMAGE, feature_dim=DIM, grid=GRID, target_dim=DIM, properties=LAYOUT)
-    decoder = config.build(inputs)
+    decoder = config.build(_decoder_inputs())
     _expect(isinstance(decoder, nn.Module), "build() must return an nn.Module")
     slots = _slots()
     out = decoder(slots, _features(), _batch())
@@ -181,14 +184,18 @@ def check_regulariser(config: Any) -> None:
 
 
 def check_prior(config: Any) -> None:
-    prior = config.build(PriorInputs(slot_dim=DIM, num_slots=SLOTS))
+    prior = config.build(PriorInputs(slot_dim=DIM, num_slots=SLOTS, decoder=_decoder_inputs()))
     _expect(isinstance(prior, nn.Module), "build() must return an nn.Module")
-    losses = prior(_slots())
+    losses = prior(_slots(), _features(), _batch())
     _expect(set(losses) <= set(prior.loss_terms), f"loss terms {sorted(losses)} not in {prior.loss_terms}")
     for name, value in losses.items():
         _finite(value, f"loss '{name}'")
     samples = prior.sample(2, SLOTS + 1)
     _expect(tuple(samples.shape) == (2, SLOTS + 1, DIM), f"sample shape {tuple(samples.shape)}")
+    own = getattr(prior, "decoder", None)
+    if own is not None:  # a decoder of its own renders the prior's samples
+        _expect(callable(getattr(own, "decode_slots", None)), "the prior's own decoder needs decode_slots()")
+        _finite(own.decode_slots(samples).recon, "the prior's decoded samples")
 
 
 def check_balancer(config: Any) -> None:

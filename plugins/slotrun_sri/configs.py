@@ -56,9 +56,17 @@ class SegregateConfig:
         return GaussianSlotPosterior(self.inner.build(inputs), self.latent_dim, eval_sample=self.eval_sample)
 
 
+def _lstm_needs_decoder(instance: SRIPriorConfig, _attribute: attrs.Attribute, value: str) -> None:
+    # Without NLL_SRI nothing constrains the posterior LSTM's variances (see slotrun_sri.prior).
+    if value == "lstm" and getattr(instance, "decoder", None) is None:
+        raise ValueError('ordered_std = "lstm" needs SRI\'s own decoder (its nll_sri constrains the posterior '
+                         'LSTM\'s variances): set [model.prior.decoder], e.g. type = "mog_broadcast"')
+
+
 @_frozen
 class SRIPriorConfig:
-    """SRI prior: scene variable q(s|z), scene-conditional LSTM slot prior, learned order (terms kl_*)."""
+    """SRI prior: scene variable q(s|z), scene-conditional LSTM slot prior, learned order (terms kl_*), and
+    optionally SRI's own decoder of the re-ordered samples (terms suffixed _sri, e.g. nll_sri)."""
 
     scene_dim: int = field(default=128, validator=size(MAX_WIDTH))
     hidden: int = field(default=256, validator=size(MAX_WIDTH))  # LSTM units of the prior and posterior LSTMs
@@ -69,21 +77,33 @@ class SRIPriorConfig:
     segregation_kl: bool = field(default=True, validator=_bool)  # term kl_seg = KL(q(z|x) || N(0, I))
     matching: Literal["greedy", "hungarian"] = field(default="greedy", validator=v.in_(MATCHINGS))
     detach_means: bool = field(default=True, validator=_bool)  # the paper: SRI does not update the means
-    # q_ord's stds: "segregation" = q(z|x)'s, permuted (a proper ELBO); "lstm" = the paper's posterior LSTM, which
-    # needs the paper's second likelihood term NLL_SRI that slotrun does not compute (see slotrun_sri.prior)
-    ordered_std: Literal["segregation", "lstm"] = field(default="segregation", validator=v.in_(ORDERED_STDS))
+    # q_ord's stds: "segregation" = q(z|x)'s, permuted; "lstm" = the paper's posterior LSTM, which needs `decoder`
+    # (its NLL_SRI is what constrains those variances; see slotrun_sri.prior)
+    ordered_std: Literal["segregation", "lstm"] = field(default="segregation",
+                                                        validator=[v.in_(ORDERED_STDS), _lstm_needs_decoder])
+    # SRI's own decoder of the re-ordered samples z_ord; its loss terms come out suffixed `_sri`
+    # (mog_broadcast's nll -> nll_sri), and samples of the prior are decoded with it
+    decoder: Spec | None = component("decoders", default=None)
     init_gain: float = field(default=0.02, validator=[_num, v.gt(0.0)])
 
     @classmethod
     def conformance(cls) -> SRIPriorConfig:
-        return cls(scene_dim=16, hidden=32)
+        # the paper's configuration: posterior-LSTM variances and SRI's own decoder
+        return cls(scene_dim=16, hidden=32, ordered_std="lstm",
+                   decoder=Spec(type="mog_broadcast", config=MixtureBroadcastConfig.conformance()))
 
     def build(self, inputs: PriorInputs) -> SRIPrior:
+        decoder = None
+        if self.decoder is not None:
+            if inputs.decoder is None:
+                raise ValueError("the sri prior's decoder needs the model decoder's inputs (PriorInputs.decoder), "
+                                 "which build_model passes")
+            decoder = self.decoder.build(inputs.decoder)
         return SRIPrior(
             inputs.slot_dim, scene_dim=self.scene_dim, hidden=self.hidden, relation_layers=self.relation_layers,
             scene_variable=self.scene_variable, order_alignment=self.order_alignment, kl_rollout=self.kl_rollout,
             segregation_kl=self.segregation_kl, matching=self.matching, detach_means=self.detach_means,
-            ordered_std=self.ordered_std, init_gain=self.init_gain,
+            ordered_std=self.ordered_std, init_gain=self.init_gain, decoder=decoder,
         )
 
 

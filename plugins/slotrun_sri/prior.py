@@ -8,22 +8,29 @@ x ~ p(x | z) (the decoder). Inference (training) from the segregation posterior 
    segregation means (greedy, or Hungarian) to get an order; permute the posterior means into that order. The
    order-aligned posterior q_ord gets its standard deviations in one of two ways (`ordered_std`):
    - "segregation" (default): the segregation posterior's own, permuted alike, so q_ord is q(z | x) in the
-     learned order and z_ord is the very sample z the decoder decoded and q(s | z) saw. The decoder's nll is
-     then E_q_ord[-log p(x | z)] and nll + kl_scene + kl_slot is a proper negative ELBO of p(s) p(z | s) p(x | z).
+     learned order and z_ord is the very sample z the segregation decoder decoded and q(s | z) saw. Its nll
+     (or SRI's own decoder's nll_sri on z_ord) + kl_scene + kl_slot is a proper negative ELBO of
+     p(s) p(z | s) p(x | z).
    - "lstm" (the paper): new, correlated standard deviations from a posterior LSTM fed
      [proj(s), mu_ord_1..mu_ord_{K-1}], and z_ord a fresh sample of q_ord. The paper constrains these variances
-     with a second likelihood term, NLL_SRI = -log p(x | z_ord) (the shared decoder decoding z_ord), which a
-     prior cannot compute here (it never sees the image or the decoder). Without it nothing penalises wide
-     variances: kl_slot and kl_rollout are driven towards 0 by inflating the posterior and prior stds together
-     (measured on towers posteriors, training the prior alone: kl_slot 26 -> below 0.01 nats in 1,250 steps
-     while the stds grew from 0.84 to 1.37; test_sri_prior.py checks the effect), the rollout's samples get
-     noisier and nll + KL is no bound. Kept for the record and for a model that adds NLL_SRI.
+     with a second likelihood term, NLL_SRI = -log p(x | z_ord) of SRI's own decoder (below). Without it nothing
+     penalises wide variances: kl_slot and kl_rollout are driven towards 0 by inflating the posterior and prior
+     stds together (measured on towers posteriors, training the prior alone: kl_slot 26 -> below 0.01 nats in
+     1,250 steps while the stds grew from 0.84 to 1.37; test_sri_prior.py checks the effect). So a recipe may
+     set ordered_std = "lstm" only with [model.prior.decoder] (SRIPriorConfig); the module itself allows it.
 3. Terms: kl_scene = KL(q(s|z) || N(0, I)); kl_slot = sum_k KL(q_ord_k || p(z_k | s, z_ord_<k)) with the prior
    teacher-forced on z_ord; kl_rollout = sum_k KL(q_ord_k || p_roll_k) against the free-running rollout (the
    auxiliary cross-order term); kl_seg = sum_k KL(q(z_k|x) || N(0, I)) the segregation VAE's own
    independent-prior KL (the paper trains GENESIS-v2 with a slot-wise independent prior jointly with SRI).
-   Every term is summed over slots and dimensions and averaged over the batch. With detach_means (the paper's
-   choice) none of the SRI terms reaches the segregation model: only kl_seg (and the decoder's nll) train it.
+   Every term is summed over slots and dimensions and averaged over the batch.
+4. SRI's own decoder (`decoder`, optional; separate from the segregation model's, as in the paper): it decodes
+   z_ord and each of its loss terms comes out suffixed "_sri" (mog_broadcast's nll -> nll_sri = NLL_SRI). It is
+   the likelihood p(x | z) of the generative model, so the prior's samples are decoded with it
+   (SlotModel.sample_decoder). The paper balances the two objectives with two GECOs: (nll, kl_seg) for the
+   segregation model and (nll_sri, kl_scene + kl_slot + kl_rollout) for SRI.
+   With detach_means (the paper's choice) none of the SRI terms, nll_sri included, reaches the segregation model:
+   only kl_seg (and the segregation decoder's nll) train it; nll_sri trains SRI's decoder and, with "lstm", the
+   posterior LSTM and (through s) the scene encoder.
 
 The modules take plain arguments and are usable without slotrun.
 """
@@ -39,7 +46,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from slotrun.blocks import mlp
-from slotrun.types import Slots
+from slotrun.types import Batch, Features, Slots
 
 from slotrun_sri.gaussians import kl_normal, kl_standard_normal, positive_std
 
@@ -212,8 +219,9 @@ def _posterior(slots: Slots, owner: str) -> tuple[Tensor, Tensor]:
 class SRIPrior(nn.Module):
     """SRI's hierarchical prior p(s) p(z | s) with its inference networks q(s | z) and the order-aligned q_ord.
 
-    Called on Slots with a posterior (from the sri_segregate grouper) it returns the named loss terms; `sample`
-    generates slot vectors for the decoder.
+    Called on Slots with a posterior (from the sri_segregate grouper), the encoder's Features and the batch, it
+    returns the named loss terms; `sample` generates slot vectors for the decoder (`self.decoder` when given:
+    SRI's own decoder of the re-ordered samples, whose terms come out suffixed "_sri").
     """
 
     def __init__(
@@ -231,6 +239,7 @@ class SRIPrior(nn.Module):
         detach_means: bool = True,
         ordered_std: str = "segregation",
         init_gain: float = 0.02,
+        decoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if matching not in MATCHINGS:
@@ -256,14 +265,18 @@ class SRIPrior(nn.Module):
             terms.append("kl_rollout")
         if segregation_kl:
             terms.append("kl_seg")
-        self.loss_terms = tuple(terms)
         xavier_init(self, init_gain)
+        self.decoder = decoder  # after xavier_init: the decoder keeps its own initialisation
+        if decoder is not None:
+            terms += [f"{t}_sri" for t in decoder.loss_terms]
+        self.loss_terms = tuple(terms)
 
     def match(self, rollout_means: Tensor, segregation_means: Tensor) -> Tensor:
         cost = pairwise_l2(rollout_means.detach(), segregation_means.detach())
         return greedy_match(cost) if self.matching == "greedy" else hungarian_match(cost)
 
-    def forward(self, slots: Slots) -> dict[str, Tensor]:
+    def forward(self, slots: Slots, features: Features | None = None, batch: Batch | None = None
+                ) -> dict[str, Tensor]:
         mean_seg, std_seg = _posterior(slots, "sri")
         b, k, _ = mean_seg.shape
         losses: dict[str, Tensor] = {}
@@ -293,6 +306,11 @@ class SRIPrior(nn.Module):
             losses["kl_rollout"] = kl_normal(means, std_ord, *rollout).sum((1, 2)).mean()
         if self.segregation_kl:
             losses["kl_seg"] = kl_standard_normal(mean_seg, std_seg).sum((1, 2)).mean()
+        if self.decoder is not None:  # NLL_SRI: SRI's own likelihood of the image given the ordered sample
+            if batch is None:
+                raise ValueError("the sri prior has a decoder of its own: call it as prior(slots, features, batch)")
+            decoded = self.decoder(Slots(slots=z_ord), features, batch)
+            losses.update({f"{name}_sri": value for name, value in decoded.losses.items()})
         return losses
 
     @torch.no_grad()
@@ -316,7 +334,8 @@ class IndependentPrior(nn.Module):
         self.slot_dim = slot_dim
         self.register_buffer("_device", torch.zeros(()), persistent=False)
 
-    def forward(self, slots: Slots) -> dict[str, Tensor]:
+    def forward(self, slots: Slots, features: Features | None = None, batch: Batch | None = None
+                ) -> dict[str, Tensor]:
         mean, std = _posterior(slots, "independent")
         return {"kl_slot": kl_standard_normal(mean, std).sum((1, 2)).mean()}
 

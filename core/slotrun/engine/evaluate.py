@@ -24,7 +24,7 @@ from slotrun.engine.distributed import gather, make_accelerator
 from slotrun.engine.pictures import render, render_samples
 from slotrun.engine.run_dir import RunDir, step_name, write_atomic, json_safe
 from slotrun.errors import UserError
-from slotrun.model import SlotModel, build_model
+from slotrun.model import SlotModel, build_model, sample_decoder_of
 from slotrun.protocols import DataSource, MetricInputs
 from slotrun.recipe import EvalConfig, Recipe, load
 from slotrun.types import Batch
@@ -145,15 +145,16 @@ def save_pictures(model: nn.Module, source: DataSource, config: EvalConfig, acce
 
 
 def can_sample(model: nn.Module) -> bool:
-    """A generative model: a prior with sample() and a decoder with decode_slots()."""
+    """A generative model: a prior with sample() and a decoder with decode_slots() (the prior's own, if any)."""
     prior = getattr(model, "prior", None)
     return (prior is not None and callable(getattr(prior, "sample", None))
-            and callable(getattr(getattr(model, "decoder", None), "decode_slots", None)))
+            and callable(getattr(sample_decoder_of(model), "decode_slots", None)))
 
 
 def save_samples(model: nn.Module, config: EvalConfig, accelerator: Accelerator, seed: int, path: Path) -> Any:
-    """A grid of eval.pictures samples (prior.sample at eval.sample_temperature, then decoder.decode_slots) when
-    the model can generate; None otherwise. Draws from its own random stream, so training is unaffected."""
+    """A grid of eval.pictures samples (prior.sample at eval.sample_temperature, then decode_slots of the
+    generative model's decoder, the prior's own when it has one) when the model can generate; None otherwise.
+    Draws from its own random stream, so training is unaffected."""
     if config.pictures == 0 or not can_sample(model):
         return None
     was_training = model.training
@@ -162,7 +163,7 @@ def save_samples(model: nn.Module, config: EvalConfig, accelerator: Accelerator,
         with torch.no_grad(), rng.isolated(rng.derived_seed(seed, EVAL_SALT, 1), accelerator.device), \
                 accelerator.autocast():
             slots = model.prior.sample(config.pictures, model.grouper.num_slots, config.sample_temperature)
-            decoded = model.decoder.decode_slots(slots.to(accelerator.device))
+            decoded = sample_decoder_of(model).decode_slots(slots.to(accelerator.device))
     finally:
         model.train(was_training)
     image = render_samples(decoded, config.pictures)

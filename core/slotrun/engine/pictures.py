@@ -6,8 +6,8 @@ Columns the model cannot provide are left out: a set-prediction decoder has no r
 feature-reconstruction decoder (DINOSAUR) reconstructs features, not pixels, so its slot columns show the
 input under each mask. Attention maps appear when the grouper's tokens form the encoder's grid.
 
-Generative models (a prior with `sample(n, num_slots, temperature)` and a decoder with `decode_slots(slots)`)
-also get a grid of samples, a row per sample:
+Generative models (a prior with `sample(n, num_slots, temperature)` and a decoder with `decode_slots(slots)`,
+the prior's own when it has one) also get a grid of samples, a row per sample:
 
     sample | masks (argmax colours) | slot 1 .. slot K
 """

@@ -3,8 +3,9 @@
     from slotrun.engine.sample import sample_run
     result = sample_run("runs/sri/towers", num=64, slots=None, temperature=1.0, out=None)
 
-Draws slot vectors from model.prior.sample(num, slots, temperature), decodes them with
-model.decoder.decode_slots and writes, under `out` (default RUN_DIR/samples/):
+Draws slot vectors from model.prior.sample(num, slots, temperature), decodes them with the generative model's
+decoder (SlotModel.sample_decoder: the prior's own when it has one, as SRI's, else model.decoder) and writes,
+under `out` (default RUN_DIR/samples/):
 - samples.png   a grid: each scene as [generated image | argmax masks in slot colours]
 - samples.npy   float32 [num, H, W, C] generated images in [0, 1]
 - masks.npy     float32 [num, K, H, W] per-slot masks (sum to one over K)
@@ -120,9 +121,11 @@ def sample_run(run_dir: str | Path, num: int = 64, slots: int | None = None, tem
     prior = model.prior
     if prior is None or not callable(getattr(prior, "sample", None)):
         raise UserError(f"{run_dir}: the model has no prior to sample from (set [model.prior], e.g. type = \"sri\")")
-    decode = getattr(model.decoder, "decode_slots", None)
+    decoder = model.sample_decoder
+    decode = getattr(decoder, "decode_slots", None)
     if not callable(decode):
-        raise UserError(f"{run_dir}: decoder '{recipe.model.decoder.type}' cannot decode sampled slots "
+        where = "model.prior.decoder" if decoder is not model.decoder else "model.decoder"
+        raise UserError(f"{run_dir}: the decoder at {where} cannot decode sampled slots "
                         "(it has no decode_slots method); use e.g. mog_broadcast")
     k = int(slots or model.grouper.num_slots)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

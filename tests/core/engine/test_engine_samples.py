@@ -24,7 +24,7 @@ class FakePrior(nn.Module):
         self.dim = dim
         self.mean = nn.Parameter(torch.zeros(dim))
 
-    def forward(self, slots):
+    def forward(self, slots, features, batch):
         return {"prior_nll": (slots.slots - self.mean).pow(2).mean() * 1e-3}
 
     def sample(self, n: int, num_slots: int, temperature: float = 1.0) -> torch.Tensor:
@@ -53,10 +53,25 @@ class SamplingDecoderConfig:
         return SamplingDecoder(inputs.slot_dim, inputs.image.channels, inputs.image.height, (), 0, False)
 
 
+class PriorWithDecoder(FakePrior):
+    """A prior with a decoder of its own (like SRI's), built from the model decoder's inputs."""
+
+    def __init__(self, dim: int, decoder: nn.Module) -> None:
+        super().__init__(dim)
+        self.decoder = decoder
+
+
+@attrs.frozen(kw_only=True)
+class PriorWithDecoderConfig:
+    def build(self, inputs):
+        return PriorWithDecoder(inputs.slot_dim, SamplingDecoderConfig().build(inputs.decoder))
+
+
 class GenerativePlugin:
     @slotrun.hookimpl
     def register_priors(self, register):
         register("fake_prior", FakePriorConfig)
+        register("prior_with_decoder", PriorWithDecoderConfig)
 
     @slotrun.hookimpl
     def register_decoders(self, register):
@@ -82,6 +97,23 @@ def test_samples_grid_is_written_and_training_is_unchanged(tmp_path: Path) -> No
     b = ef.read_jsonl(tmp_path / "plain" / "metrics.jsonl")
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
     assert not list((tmp_path / "plain" / "pictures").glob("samples_*"))
+
+
+def test_samples_are_decoded_by_the_priors_own_decoder(tmp_path: Path) -> None:
+    """The model's decoder cannot render samples (no decode_slots); the prior's own decoder can, so it is used."""
+    from slotrun.model import build_model, sample_decoder_of
+
+    loaded = load_plugins(entry_points=False, extra=[("engine_fakes", ef.FakesPlugin()),
+                                                      ("generative", GenerativePlugin())])
+    recipe = ef.recipe(tmp_path, "model.prior.type=prior_with_decoder", "train.steps=2", "eval.every=2",
+                       "eval.pictures=2", loaded=loaded)
+    model = build_model(recipe.model, recipe.data.build(None).image)
+    assert model.sample_decoder is model.prior.decoder and not hasattr(model.decoder, "decode_slots")
+    assert sample_decoder_of(model) is model.prior.decoder
+    model.prior = FakePrior(4)  # no decoder of its own: the model's
+    assert model.sample_decoder is model.decoder
+    engine.train(recipe, loaded)
+    assert (tmp_path / "run" / "pictures" / "samples_step_0000002.png").is_file()
 
 
 def test_models_without_sampling_get_no_samples_grid(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from slotrun.recipe import load
 from slotrun.types import Batch
 
 from slotrun_sri.metrics import NegativeELBOBitsPerDim
+from slotrun.engine.evaluate import load_model
 from slotrun.engine.sample import sample_run, structural_accuracy
 
 from sri_recipes import ROOT, SMALL, TOWERS
@@ -34,7 +35,7 @@ def test_whole_model_trains_with_finite_terms(plugins):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(4):
         out = model(batch)
-        assert set(out.losses) == {"nll", "kl_seg", "kl_scene", "kl_slot", "kl_rollout"}
+        assert set(out.losses) == {"nll", "kl_seg", "kl_scene", "kl_slot", "kl_rollout", "nll_sri"}
         assert all(math.isfinite(v.item()) for v in out.losses.values())
         opt.zero_grad()
         out.loss.backward()
@@ -47,9 +48,18 @@ def test_train_evaluate_and_sample_from_the_run_dir(plugins, tmp_path):
     assert math.isfinite(metrics["neg_elbo_bpd"]) and math.isfinite(metrics["loss"])
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert logged[-1]["step"] == 3
+    assert {"geco.beta", "geco_sri.beta", "nll_sri"} <= set(logged[-1])  # both GECOs log their state
     result = sample_run(tmp_path / "run", num=5, slots=6, temperature=0.8, out=tmp_path / "gen", plugins=plugins)
     assert all(p.is_file() for p in result.paths)
     images, masks = np.load(result.images), np.load(result.masks)
+    # The samples are decoded by SRI's own decoder (the generative model's p(x | z)), not the segregation one.
+    _, model = load_model(tmp_path / "run", plugins=plugins)
+    with torch.no_grad():
+        torch.manual_seed(0)  # sample_run's default seed
+        z = model.prior.sample(5, 6, 0.8)
+        want = model.prior.decoder.decode_slots(z).recon.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+        other = model.decoder.decode_slots(z).recon.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    assert np.allclose(images, want, atol=1e-6) and not np.allclose(images, other, atol=1e-3)
     assert images.shape == (5, 32, 32, 3) and masks.shape == (5, 6, 32, 32)  # more slots than trained (4)
     assert np.allclose(masks.sum(1), 1, atol=1e-4)
     assert 0.0 <= result.metrics["structural_accuracy"] <= 1.0

@@ -264,9 +264,10 @@ def _fit_prior_only(ordered_std, steps=60):
 
 
 def test_posterior_lstm_without_nll_sri_inflates_variances_to_zero_kl(one_thread):
-    """Why ordered_std defaults to "segregation": without the paper's NLL_SRI nothing stops the posterior LSTM and the
-    prior from widening together until kl_slot vanishes; with the segregation's stds the KL keeps the price of
-    the unpredictable means, and the prior's samples keep the data's spread (std ~ 1 for N(0, 1) means)."""
+    """Why a recipe's ordered_std = "lstm" needs SRI's own decoder (the module alone allows it, for this record):
+    without the paper's NLL_SRI nothing stops the posterior LSTM and the prior from widening together until
+    kl_slot vanishes; with the segregation's stds the KL keeps the price of the unpredictable means, and the
+    prior's samples keep the data's spread (std ~ 1 for N(0, 1) means)."""
     kl_lstm, spread_lstm = _fit_prior_only("lstm")
     kl_seg, spread_seg = _fit_prior_only("segregation")
     assert kl_lstm < 0.1 * kl_seg
