@@ -26,7 +26,7 @@ RECIPES: list[tuple[str, str, list[str], int]] = [
     ("dinosaur_covloss (224 px, ViT-B/16 random init)", "recipes/dinosaur_covloss.toml",
      ["data.type=shapes", "data.image_size=224", "data.value_range=imagenet", "model.encoder.pretrained=false"], 1),
     ("slate/base (64 px)", "recipes/slate/base.toml", [], 8),
-    ("sri/clevr6 (64 px, segregation + SRI prior)", "recipes/sri/clevr6.toml",
+    ("sri/clevr6 (64 px, segregation + SRI prior and decoder)", "recipes/sri/clevr6.toml",
      ["data.type=shapes", "data.image_size=64"], 4),
 ]
 
