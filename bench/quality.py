@@ -1,6 +1,8 @@
-"""The issue-5 object-discovery quality benchmark: train a recipe for a wall-clock budget, then score 320 held-out
-images (test split) with the project's metric functions: FG-ARI (mean and share of images >= 0.9) and mBO, beside
-a fixed 2x2 grid of "slots" scored on the same images. Not run by `python -m bench` (30 minutes by default)."""
+"""The issue-5 quality benchmark: train a recipe for a wall-clock budget, then score 320 held-out images (test
+split) with the project's metric functions: FG-ARI (mean and share of images >= 0.9) and mBO of the decoder's masks
+and of the grouper's last attention maps, beside a fixed 2x2 grid of "slots" scored on the same images; for a
+set-prediction recipe also AP at the paper's distance thresholds. Not run by `python -m bench` (30 minutes by
+default)."""
 
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ from slotrun.engine.schedules import build_optimizer, build_scheduler
 from slotrun.engine.trainer import DataStream
 from slotrun.metrics import adjusted_rand_index, best_overlap
 from slotrun.metrics.components import masks_for_comparison
+from slotrun.metrics.set_ap import ap_from_records, set_ap_records
 from slotrun.model import build_model
 
 DEFAULT_RECIPE = "recipes/quickstart.toml"
+AP_THRESHOLDS = (math.inf, 1.0, 0.5, 0.25, 0.125)  # the Slot Attention paper's set-prediction distances
 
 
 def grid_masks(batch: int, height: int, width: int) -> torch.Tensor:
@@ -72,35 +76,53 @@ def run(*, recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None, bud
         losses.append(float(out.loss.detach()))
     train_s = time.perf_counter() - start
     model.eval()
-    fg, mb, gfg, gmb = [], [], [], []
+    fg, mb, gfg, gmb, afg, amb, records = [], [], [], [], [], [], []
+    grid = tuple(model.encoder.grid_for(source.image.height, source.image.width))
     with torch.no_grad():
         for batch in source.batches("test", 32, seed=0, epoch=0, shuffle=False, drop_last=False):
             out = model(batch)
+            if out.decoded.predictions is not None:  # set prediction: AP over the whole test split
+                records.append(set_ap_records(out.decoded.predictions, batch.properties, source.properties,
+                                              AP_THRESHOLDS))
             a, m = scores(out.decoded.masks, batch.mask)
             fg.append(a), mb.append(m)
+            if out.slots.attn:  # the grouper's last attention maps, scored like the decoder's masks
+                attn = out.slots.attn[-1]
+                a, m = scores(attn.reshape(*attn.shape[:2], *grid), batch.mask)
+                afg.append(a), amb.append(m)
             h, w = batch.mask.shape[-2:]
             a, m = scores(grid_masks(batch.size, h, w), batch.mask)
             gfg.append(a), gmb.append(m)
     model_scores = summary(torch.cat(fg), torch.cat(mb))
     grid_scores = summary(torch.cat(gfg), torch.cat(gmb))
+    attn_scores = summary(torch.cat(afg), torch.cat(amb)) if afg else None
     targets = {"fg_ari >= 0.90": model_scores["fg_ari"] >= 0.90,
                "share fg_ari >= 0.9 >= 75%": model_scores["fg_ari_share_ge_0.9"] >= 0.75,
                "mbo >= 0.75": model_scores["mbo"] >= 0.75}
+    set_ap = None
+    if records:
+        set_ap = dict(zip([f"ap_{t:g}" for t in AP_THRESHOLDS], ap_from_records(torch.cat(records)), strict=True))
+        targets = {"ap_inf >= 0.90": set_ap["ap_inf"] >= 0.90}
     command = f"python -m bench quality --recipe {recipe} --budget-min {budget_s / 60:g}" + "".join(
         f" {o}" for o in overrides)
     return {"recipe": recipe, "overrides": overrides, "budget_s": budget_s, "train_s": train_s, "steps": steps,
             "final_loss": (sum(losses[-20:]) / len(losses[-20:])) if losses else None,
-            "model": model_scores, "grid_2x2": grid_scores, "targets_met": targets, "command": command}
+            "model": model_scores, "attention": attn_scores, "set_ap": set_ap, "grid_2x2": grid_scores, "targets_met": targets, "command": command}
 
 
 def markdown(r: dict[str, Any]) -> str:
     m, g = r["model"], r["grid_2x2"]
-    lines = ["### Object-discovery quality (issue 5)", "",
+    title = "Set-prediction" if r.get("set_ap") else "Object-discovery"
+    lines = [f"### {title} quality (issue 5)", "",
              f"`{r['command']}`: {r['steps']} steps in {r['train_s'] / 60:.1f} min, scored on {m['images']} "
              "held-out test images with slotrun.metrics.", ""]
     lines.append(md_table(["", "FG-ARI", "share FG-ARI >= 0.9", "mBO"], [
         ["model", f"{m['fg_ari']:.3f}", f"{m['fg_ari_share_ge_0.9']:.0%}", f"{m['mbo']:.3f}"],
+        *([["grouper attention", f"{r['attention']['fg_ari']:.3f}", f"{r['attention']['fg_ari_share_ge_0.9']:.0%}",
+             f"{r['attention']['mbo']:.3f}"]] if r.get("attention") else []),
         ["fixed 2x2 grid", f"{g['fg_ari']:.3f}", f"{g['fg_ari_share_ge_0.9']:.0%}", f"{g['mbo']:.3f}"],
         ["target", ">= 0.90", ">= 75%", ">= 0.75"]]))
+    if r.get("set_ap"):
+        lines += ["", "Set prediction: " + ", ".join(f"{k} {v:.3f}" for k, v in r["set_ap"].items())]
     lines += ["", "Targets met: " + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in r["targets_met"].items())]
     return "\n".join(lines)

@@ -55,3 +55,16 @@ def test_quality_tiny_budget(tmp_path) -> None:
     assert r["steps"] >= 1 and r["model"]["images"] == 8
     assert 0.0 <= r["grid_2x2"]["mbo"] <= 1.0
     assert "FG-ARI" in quality.markdown(r)
+    assert r["attention"]["images"] == 8 and r["set_ap"] is None  # the grouper's own masks are scored too
+
+
+def test_quality_scores_set_prediction_ap(tmp_path) -> None:
+    r = quality.run(recipe="recipes/slot_attention/shapes_set_prediction.toml", budget_s=1.0, eval_images=8,
+                    overrides=["data.image_size=16", "data.num_train=16", "data.num_val=0", f"data.cache_dir={tmp_path}",
+                               "model.encoder.channels=8", "model.grouper.slot_dim=16", "train.batch_size=4",
+                               "train.steps=1"])
+    assert r["steps"] == 1
+    assert set(r["set_ap"]) == {"ap_inf", "ap_1", "ap_0.5", "ap_0.25", "ap_0.125"}
+    assert all(0.0 <= v <= 1.0 for v in r["set_ap"].values())
+    assert set(r["targets_met"]) == {"ap_inf >= 0.90"}
+    assert "Set prediction: ap_inf" in quality.markdown(r)
