@@ -3,7 +3,7 @@
 In the query-side form (see `grouper`) every update reads the normalised inputs x [B, N, Din] twice: logits
 q_in x^T and the weighted mean (attn + eps) x. Plain autograd therefore produces two [B, N, Din] gradients per
 update, each from a skinny [N x K] x [K x Din] product, and adds them into x's gradient one by one: on a CPU this
-accumulation alone was 31% of the grouper's backward at CLEVR size (profile in bench/results/grouper.md).
+accumulation alone was 31% of the grouper's backward at CLEVR size (torch.profiler, eager, one thread).
 
 Here each update is one autograd Function that returns no gradient for x. Its backward computes only what the
 chain through the slots needs (the gradient of q_in and of the attention) and records the two small factors of
