@@ -33,6 +33,13 @@ _bool = v.instance_of(bool)
 _positive = [_int, v.ge(1)]
 _optional_positive = v.optional(size(MAX_WIDTH))  # widths
 _init = v.in_(INIT_KINDS)
+PADDING_MODES = ("zeros", "replicate", "reflect")
+
+
+def _needs_implicit_diff(instance: object, attribute: attrs.Attribute, value: bool) -> None:
+    if value and not instance.implicit_diff:  # type: ignore[attr-defined]
+        raise ValueError(f"'{attribute.name}' needs implicit_diff = true (without implicit differentiation the "
+                         "initial slots already get the full gradient)")
 
 
 def _odd(_instance: object, attribute: attrs.Attribute, value: int) -> None:
@@ -54,12 +61,17 @@ class SlotAttentionEncoderConfig:
     mlp_hidden: int | None = field(default=None, validator=_optional_positive)  # None: = channels
     layer_norm_eps: float = field(default=1e-3, validator=[_num, v.gt(0.0)])
     channels_last: bool = field(default=True, validator=_bool)  # measured ~2x faster on CPU (mkldnn)
+    # the convs' border padding: "zeros" (paper) or "replicate" (no border cue on a uniform background)
+    padding_mode: Literal["zeros", "replicate", "reflect"] = field(default="zeros", validator=v.in_(PADDING_MODES))
+    # multiplies the position embedding's initial weights: 0 = tokens start position-free (the embedding learns)
+    position_init_scale: float = field(default=1.0, validator=[_num, v.ge(0.0)])
 
     def build(self, inputs: ImageSpec) -> SlotAttentionEncoder:
         return SlotAttentionEncoder(
             inputs.channels, (inputs.height, inputs.width), channels=self.channels,
             kernel_size=self.kernel_size, strides=self.strides, out_dim=self.out_dim,
             mlp_hidden=self.mlp_hidden, layer_norm_eps=self.layer_norm_eps, channels_last=self.channels_last,
+            padding_mode=self.padding_mode, position_init_scale=self.position_init_scale,
         )
 
 
@@ -73,6 +85,8 @@ class SlotAttentionConfig:
     mlp_hidden: int = field(default=128, validator=size(MAX_WIDTH))
     init: Literal["gaussian", "learned"] = field(default="gaussian", validator=_init)
     implicit_diff: bool = field(default=False, validator=_bool)  # backprop through the last update only
+    # with implicit_diff: the initial slots get the last update's gradient (BO-QSA's straight-through estimator)
+    straight_through: bool = field(default=False, validator=[_bool, _needs_implicit_diff])
     eps: float = field(default=1e-8, validator=[_num, v.gt(0.0)])
     layer_norm_eps: float = field(default=1e-3, validator=[_num, v.gt(0.0)])
     # LayerNorm -> MLP on the tokens before the attention, as widths (DINOSAUR: [768, 256]); [] = none.
@@ -82,8 +96,9 @@ class SlotAttentionConfig:
     def build(self, inputs: GrouperInputs) -> SlotAttention:
         return SlotAttention(
             inputs.dim, slot_dim=self.slot_dim, num_slots=self.num_slots, iters=self.iters,
-            mlp_hidden=self.mlp_hidden, init=self.init, implicit_diff=self.implicit_diff, eps=self.eps,
-            layer_norm_eps=self.layer_norm_eps, input_mlp=self.input_mlp,
+            mlp_hidden=self.mlp_hidden, init=self.init, implicit_diff=self.implicit_diff,
+            straight_through=self.straight_through, eps=self.eps, layer_norm_eps=self.layer_norm_eps,
+            input_mlp=self.input_mlp,
         )
 
 

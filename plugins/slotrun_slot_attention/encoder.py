@@ -17,6 +17,10 @@ class SlotAttentionEncoder(nn.Module):
 
     The paper's variants are settings: CLEVR object discovery channels=64, strides=(1, 1, 1, 1);
     multi-dSprites / Tetrominoes channels=32; CLEVR set prediction strides=(1, 2, 2, 1) (128 px -> 32 x 32).
+    `padding_mode` "zeros" is the paper's; "replicate" keeps a uniform background uniform up to the image border
+    (zero padding makes border tokens differ from interior ones, a position cue the attention can tile by).
+    `position_init_scale` multiplies the position embedding's initial weights (1 = PyTorch's default init, 0 = the
+    tokens start position-free and the embedding learns from there).
     """
 
     def __init__(
@@ -31,6 +35,8 @@ class SlotAttentionEncoder(nn.Module):
         mlp_hidden: int | None = None,
         layer_norm_eps: float = 1e-3,
         channels_last: bool = False,
+        padding_mode: str = "zeros",
+        position_init_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
@@ -44,10 +50,13 @@ class SlotAttentionEncoder(nn.Module):
         c = in_channels
         for s in self.strides:
             # padding k//2 gives TF 'same' output sizes, ceil(n / s), for odd kernels at any stride.
-            layers += [nn.Conv2d(c, channels, kernel_size, stride=s, padding=kernel_size // 2), nn.ReLU()]
+            layers += [nn.Conv2d(c, channels, kernel_size, stride=s, padding=kernel_size // 2,
+                                 padding_mode=padding_mode), nn.ReLU()]
             c = channels
         self.convs = nn.Sequential(*layers)
         self.pos = SoftPositionEmbed(channels, *self.grid_for(*image_size))
+        with torch.no_grad():
+            self.pos.proj.weight.mul_(position_init_scale)
         self.norm = nn.LayerNorm(channels, eps=layer_norm_eps)
         self.mlp = mlp(channels, [channels if mlp_hidden is None else mlp_hidden], self.out_dim)
         if channels_last:

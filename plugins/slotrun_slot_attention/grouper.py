@@ -71,12 +71,14 @@ class SlotAttention(IterativeGrouper):
         mlp_hidden: int = 128,
         init: str = "gaussian",
         implicit_diff: bool = False,
+        straight_through: bool = False,
         eps: float = 1e-8,
         layer_norm_eps: float = 1e-3,
         query_side: bool | None = None,
         input_mlp: tuple[int, ...] = (),
     ) -> None:
-        super().__init__(slot_dim=slot_dim, num_slots=num_slots, iters=iters, implicit_diff=implicit_diff)
+        super().__init__(slot_dim=slot_dim, num_slots=num_slots, iters=iters, implicit_diff=implicit_diff,
+                         straight_through=straight_through)
         if input_mlp:
             self.input_mlp = TokenMLP(in_dim, input_mlp, layer_norm_eps=layer_norm_eps)
             in_dim = self.input_mlp.out_dim

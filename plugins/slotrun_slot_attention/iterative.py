@@ -7,6 +7,11 @@ equal the plain `iters`-update run for the same initial slots, while gradients f
 only and memory does not grow with `iters` (`Slots.history`, the slots after each update, then holds graph-free
 tensors for all but the last). The initial slots then get no gradient (they sit before the
 detach). Chang et al.'s "T iterations, then one more on the detached slots" is `iters = T + 1` here.
+
+`straight_through` (with implicit_diff; BO-QSA, Jia et al., ICLR 2023): the last update starts from
+`slots.detach() + init - init.detach()`, the same values, but the initial slots receive the last update's
+gradient as if the earlier updates were the identity, so learned queries (or the Gaussian's mu and sigma) keep
+learning under implicit differentiation.
 """
 
 from __future__ import annotations
@@ -28,14 +33,19 @@ class IterativeGrouper(nn.Module):
 
     init: SlotInit
 
-    def __init__(self, *, slot_dim: int, num_slots: int, iters: int, implicit_diff: bool) -> None:
+    def __init__(self, *, slot_dim: int, num_slots: int, iters: int, implicit_diff: bool,
+                 straight_through: bool = False) -> None:
         super().__init__()
         if num_slots < 1 or iters < 1:
             raise ValueError(f"num_slots and iters must be >= 1, got {num_slots} and {iters}")
+        if straight_through and not implicit_diff:
+            raise ValueError("straight_through needs implicit_diff = true (without it the initial slots "
+                             "already get the full gradient)")
         self.slot_dim = slot_dim
         self.num_slots = num_slots
         self.iters = iters
         self.implicit_diff = implicit_diff
+        self.straight_through = straight_through
         self.input_mlp: nn.Module | None = None
 
     def prepare(self, tokens: Tensor) -> Any:
@@ -70,6 +80,7 @@ class IterativeGrouper(nn.Module):
             slots = self.init(tokens.shape[0], k)
         else:
             slots = slots_init
+        init = slots
         prepared = self.prepare_for(tokens, slots.shape[1], iters)
         attns: list[Tensor] = []
         history: list[Tensor] = []
@@ -80,6 +91,8 @@ class IterativeGrouper(nn.Module):
                     attns.append(attn)
                     history.append(slots)
             slots = slots.detach()
+            if self.straight_through:  # same values; init's gradient = the last update's input gradient
+                slots = slots + (init - init.detach())
             slots, attn = self.step(slots, prepared)
             attns.append(attn)
             history.append(slots)

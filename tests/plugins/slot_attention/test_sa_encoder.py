@@ -65,3 +65,35 @@ def test_even_kernel_is_rejected() -> None:
         SlotAttentionEncoderConfig(kernel_size=4)
     with pytest.raises(ValueError, match="odd"):
         SlotAttentionEncoder(3, (8, 8), kernel_size=4)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "replicate"])
+def test_padding_mode_decides_whether_a_uniform_image_gives_uniform_tokens(padding_mode: str) -> None:
+    # Position-free tokens (position_init_scale = 0) of a one-colour image: with replicate padding every token is
+    # the same; zero padding makes the border tokens differ (the position cue replicate padding removes).
+    torch.manual_seed(0)
+    config = SlotAttentionEncoderConfig(channels=8, padding_mode=padding_mode, position_init_scale=0.0)
+    encoder = config.build(ImageSpec(channels=3, height=16, width=16))
+    assert encoder.pos.proj.weight.abs().sum() == 0
+    tokens = encoder(torch.full((1, 3, 16, 16), 0.3)).tokens[0]
+    spread = (tokens - tokens[8 * 16 + 8]).abs().amax()  # vs the centre token
+    if padding_mode == "replicate":
+        assert spread < 1e-5
+    else:
+        assert spread > 1e-2
+
+
+def test_position_init_scale_scales_the_initial_embedding_and_it_still_learns() -> None:
+    torch.manual_seed(0)
+    default = SlotAttentionEncoder(3, (8, 8), channels=8)
+    torch.manual_seed(0)
+    half = SlotAttentionEncoder(3, (8, 8), channels=8, position_init_scale=0.5)
+    torch.testing.assert_close(half.pos.proj.weight, 0.5 * default.pos.proj.weight)
+    torch.testing.assert_close(half.pos.proj.bias, default.pos.proj.bias)
+    zero = SlotAttentionEncoder(3, (8, 8), channels=8, position_init_scale=0.0)
+    zero(torch.randn(2, 3, 8, 8)).tokens.square().sum().backward()
+    assert zero.pos.proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError):
+        SlotAttentionEncoderConfig(position_init_scale=-1.0)
+    with pytest.raises(ValueError):
+        SlotAttentionEncoderConfig(padding_mode="circular")

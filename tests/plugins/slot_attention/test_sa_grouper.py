@@ -193,6 +193,41 @@ def test_implicit_diff_initial_slots_get_no_gradient() -> None:
     assert grouper.gru.weight_ih.grad is not None
 
 
+def test_straight_through_same_values_and_init_gets_the_last_updates_input_gradient() -> None:
+    # BO-QSA: the last update starts from slots.detach() + init - init.detach(); forward values are unchanged
+    # and d loss / d init equals d loss / d (input of the last update).
+    feats = features()
+    plain = make("slot_attention", implicit_diff=True, init="learned")
+    bo = make("slot_attention", implicit_diff=True, straight_through=True, init="learned")
+    bo.load_state_dict(plain.state_dict())
+    out_plain, out_bo = plain(feats), bo(feats)
+    torch.testing.assert_close(out_bo.slots, out_plain.slots)
+    out_bo.slots.square().sum().backward()
+    got = bo.init.slots.grad.clone()
+
+    with torch.no_grad():
+        before_last = plain(feats, iters=plain.iters - 1).slots
+    start = before_last.clone().requires_grad_(True)
+    full = make("slot_attention", init="learned")  # one differentiable update from `start`
+    full.load_state_dict(plain.state_dict())
+    full(feats, iters=1, slots_init=start).slots.square().sum().backward()
+    want = start.grad.sum(dim=0, keepdim=True)  # the learned init is shared over the batch
+    assert got.abs().sum() > 0
+    torch.testing.assert_close(got, want)
+    # The other parameters' gradients are those of implicit differentiation alone.
+    plain.zero_grad()
+    plain(feats).slots.square().sum().backward()
+    torch.testing.assert_close(bo.gru.weight_hh.grad, plain.gru.weight_hh.grad)
+
+
+def test_straight_through_reaches_the_gaussian_init_and_needs_implicit_diff() -> None:
+    grouper = make("slot_attention", implicit_diff=True, straight_through=True)
+    grouper(features()).slots.sum().backward()
+    assert grouper.init.mu.grad.abs().sum() > 0 and grouper.init.log_sigma.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="straight_through needs implicit_diff"):
+        make("slot_attention", straight_through=True)
+
+
 def test_attention_stays_float32_under_autocast() -> None:
     grouper = make("slot_attention")
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):

@@ -59,6 +59,7 @@ def test_configs_default_and_round_trip() -> None:
         (SlotAttentionConfig, {"init": "random"}),
         (SlotAttentionConfig, {"eps": 0.0}),
         (SlotAttentionConfig, {"implicit_diff": "yes"}),
+        (SlotAttentionConfig, {"straight_through": True}),  # needs implicit_diff
         (SoftKMeansConfig, {"num_slots": -1}),
         (SlotAttentionEncoderConfig, {"strides": (1, 0)}),
         (SlotAttentionEncoderConfig, {"strides": ()}),
@@ -111,6 +112,18 @@ def test_recipe_errors_are_all_reported_with_paths(sa_plugins) -> None:
         "$.model.grouper.init", "$.model.grouper.slot_size",
     }
     assert any("did you mean 'slot_dim'" in p for p in info.value.problems)
+
+
+def test_straight_through_without_implicit_diff_is_a_recipe_error_at_its_path(sa_plugins) -> None:
+    data = {"encoder": {"type": "sa_cnn"}, "decoder": {"type": "spatial_broadcast"},
+            "grouper": {"type": "slot_attention", "straight_through": True}}
+    with pytest.raises(RecipeError) as info:
+        _structure(sa_plugins, data)
+    (problem,) = info.value.problems
+    assert problem.endswith("needs implicit_diff = true (without implicit differentiation the initial slots "
+                            "already get the full gradient) @ $.model.grouper.straight_through")
+    data["grouper"]["implicit_diff"] = True
+    assert _structure(sa_plugins, data).grouper.config.straight_through
 
 
 def test_frozen_kw_only() -> None:
