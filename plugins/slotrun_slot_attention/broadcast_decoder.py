@@ -10,6 +10,8 @@ from slotrun.blocks import SoftPositionEmbed
 from slotrun.metrics.reconstruction import PerceptualLoss
 from slotrun.types import Batch, DecoderOutput, Features, Slots
 
+from slotrun_slot_attention.keras_init import apply_weight_init
+
 
 def upsampling_steps(image_size: tuple[int, int], broadcast_size: int) -> int:
     """How many stride-2 layers take a broadcast_size grid to the image height; ValueError unless a power of 2."""
@@ -50,6 +52,7 @@ class SpatialBroadcastDecoder(nn.Module):
         full_res_layers: int = 3,
         channels_last: bool = False,
         perceptual: PerceptualLoss | None = None,
+        weight_init: str = "torch",
     ) -> None:
         super().__init__()
         # An optional LPIPS loss term "perceptual" beside the MSE "recon" (weighted by train.loss_weights).
@@ -72,6 +75,8 @@ class SpatialBroadcastDecoder(nn.Module):
             c = channels
         layers.append(nn.ConvTranspose2d(c, out_channels + 1, 3, stride=1, padding=1))
         self.net = nn.Sequential(*layers)
+        apply_weight_init(self.net, weight_init)  # "keras": the official code's initialisation (keras_init)
+        apply_weight_init(self.pos, weight_init)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 

@@ -22,6 +22,7 @@ from slotrun.types import ImageSpec
 from slotrun_slot_attention.broadcast_decoder import SpatialBroadcastDecoder
 from slotrun_slot_attention.encoder import SlotAttentionEncoder
 from slotrun_slot_attention.grouper import SlotAttention
+from slotrun_slot_attention.keras_init import WEIGHT_INITS
 from slotrun_slot_attention.set_prediction import SetPredictionDecoder
 from slotrun_slot_attention.slot_init import INIT_KINDS
 from slotrun_slot_attention.soft_kmeans import SoftKMeans
@@ -65,6 +66,8 @@ class SlotAttentionEncoderConfig:
     padding_mode: Literal["zeros", "replicate", "reflect"] = field(default="zeros", validator=v.in_(PADDING_MODES))
     # multiplies the position embedding's initial weights: 0 = tokens start position-free (the embedding learns)
     position_init_scale: float = field(default=1.0, validator=[_num, v.ge(0.0)])
+    # "torch": PyTorch's default initialisation; "keras": the official code's (glorot-uniform, zero biases)
+    weight_init: Literal["torch", "keras"] = field(default="torch", validator=v.in_(WEIGHT_INITS))
 
     def build(self, inputs: ImageSpec) -> SlotAttentionEncoder:
         return SlotAttentionEncoder(
@@ -72,6 +75,7 @@ class SlotAttentionEncoderConfig:
             kernel_size=self.kernel_size, strides=self.strides, out_dim=self.out_dim,
             mlp_hidden=self.mlp_hidden, layer_norm_eps=self.layer_norm_eps, channels_last=self.channels_last,
             padding_mode=self.padding_mode, position_init_scale=self.position_init_scale,
+            weight_init=self.weight_init,
         )
 
 
@@ -92,13 +96,15 @@ class SlotAttentionConfig:
     # LayerNorm -> MLP on the tokens before the attention, as widths (DINOSAUR: [768, 256]); [] = none.
     input_mlp: tuple[int, ...] = field(default=(), converter=tuple,
                                        validator=[v.max_len(MAX_LAYERS), v.deep_iterable(size(MAX_WIDTH))])
+    # "torch": PyTorch's default initialisation; "keras": the official code's (glorot-uniform, zero biases)
+    weight_init: Literal["torch", "keras"] = field(default="torch", validator=v.in_(WEIGHT_INITS))
 
     def build(self, inputs: GrouperInputs) -> SlotAttention:
         return SlotAttention(
             inputs.dim, slot_dim=self.slot_dim, num_slots=self.num_slots, iters=self.iters,
             mlp_hidden=self.mlp_hidden, init=self.init, implicit_diff=self.implicit_diff,
             straight_through=self.straight_through, eps=self.eps, layer_norm_eps=self.layer_norm_eps,
-            input_mlp=self.input_mlp,
+            input_mlp=self.input_mlp, weight_init=self.weight_init,
         )
 
 
@@ -133,6 +139,8 @@ class SpatialBroadcastConfig:
     perceptual_pretrained: bool = field(default=True, validator=_bool)  # false: random backbone, no download
     perceptual_value_range: tuple[float, float] = field(default=(-1.0, 1.0), converter=tuple,
                                                         validator=_value_range)  # the data's value range
+    # "torch": PyTorch's default initialisation; "keras": the official code's (glorot-uniform, zero biases)
+    weight_init: Literal["torch", "keras"] = field(default="torch", validator=v.in_(WEIGHT_INITS))
 
     def build(self, inputs: DecoderInputs) -> SpatialBroadcastDecoder:
         image = inputs.image
@@ -143,6 +151,7 @@ class SpatialBroadcastConfig:
                 inputs.slot_dim, out_channels=image.channels, image_size=(image.height, image.width),
                 broadcast_size=self.broadcast_size, channels=self.channels,
                 full_res_layers=self.full_res_layers, channels_last=self.channels_last, perceptual=perceptual,
+                weight_init=self.weight_init,
             )
         except ValueError as exc:  # a recipe mistake (size mismatch with the data), not a crash
             raise UserError(f"spatial_broadcast decoder: {exc}") from exc
@@ -156,6 +165,8 @@ class SetPredictionConfig:
     coord_scale: float = field(default=1.0, validator=[_num, v.gt(0.0)])  # weight of coordinates in the loss
     huber_delta: float = field(default=1.0, validator=[_num, v.gt(0.0)])
     stepwise: bool = field(default=False, validator=_bool)  # the loss after every grouper iteration, averaged
+    # "torch": PyTorch's default initialisation; "keras": the official code's (glorot-uniform, zero biases)
+    weight_init: Literal["torch", "keras"] = field(default="torch", validator=v.in_(WEIGHT_INITS))
 
     def build(self, inputs: DecoderInputs) -> SetPredictionDecoder:
         layout = inputs.properties
@@ -168,4 +179,5 @@ class SetPredictionConfig:
         return SetPredictionDecoder(
             inputs.slot_dim, layout.dim, hidden=self.hidden, coord_columns=tuple(layout.coords),
             coord_scale=self.coord_scale, huber_delta=self.huber_delta, stepwise=self.stepwise,
+            weight_init=self.weight_init,
         )

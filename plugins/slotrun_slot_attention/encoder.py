@@ -10,6 +10,8 @@ from torch import Tensor, nn
 from slotrun.blocks import SoftPositionEmbed, mlp
 from slotrun.types import Features
 
+from slotrun_slot_attention.keras_init import apply_weight_init
+
 
 class SlotAttentionEncoder(nn.Module):
     """Conv(kernel, stride s_i, 'same' padding) + ReLU per entry of `strides`, then position embedding at the
@@ -20,7 +22,8 @@ class SlotAttentionEncoder(nn.Module):
     `padding_mode` "zeros" is the paper's; "replicate" keeps a uniform background uniform up to the image border
     (zero padding makes border tokens differ from interior ones, a position cue the attention can tile by).
     `position_init_scale` multiplies the position embedding's initial weights (1 = PyTorch's default init, 0 = the
-    tokens start position-free and the embedding learns from there).
+    tokens start position-free and the embedding learns from there). `weight_init`: "torch" (PyTorch defaults) or
+    "keras" (the official code's, see keras_init).
     """
 
     def __init__(
@@ -37,6 +40,7 @@ class SlotAttentionEncoder(nn.Module):
         channels_last: bool = False,
         padding_mode: str = "zeros",
         position_init_scale: float = 1.0,
+        weight_init: str = "torch",
     ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
@@ -55,10 +59,11 @@ class SlotAttentionEncoder(nn.Module):
             c = channels
         self.convs = nn.Sequential(*layers)
         self.pos = SoftPositionEmbed(channels, *self.grid_for(*image_size))
-        with torch.no_grad():
-            self.pos.proj.weight.mul_(position_init_scale)
         self.norm = nn.LayerNorm(channels, eps=layer_norm_eps)
         self.mlp = mlp(channels, [channels if mlp_hidden is None else mlp_hidden], self.out_dim)
+        apply_weight_init(self, weight_init)  # "keras": the official code's initialisation (keras_init)
+        with torch.no_grad():
+            self.pos.proj.weight.mul_(position_init_scale)
         if channels_last:
             self.convs = self.convs.to(memory_format=torch.channels_last)
 

@@ -26,6 +26,7 @@ from slotrun.blocks import TokenMLP, mlp
 
 from slotrun_slot_attention.deferred_grad import DeferredInputGrad, attend_pool, collect_input_grad
 from slotrun_slot_attention.iterative import IterativeGrouper
+from slotrun_slot_attention.keras_init import apply_weight_init
 from slotrun_slot_attention.slot_init import SlotInit
 
 
@@ -76,6 +77,7 @@ class SlotAttention(IterativeGrouper):
         layer_norm_eps: float = 1e-3,
         query_side: bool | None = None,
         input_mlp: tuple[int, ...] = (),
+        weight_init: str = "torch",
     ) -> None:
         super().__init__(slot_dim=slot_dim, num_slots=num_slots, iters=iters, implicit_diff=implicit_diff,
                          straight_through=straight_through)
@@ -94,6 +96,7 @@ class SlotAttention(IterativeGrouper):
         self.gru = nn.GRUCell(slot_dim, slot_dim)
         self.norm_mlp = nn.LayerNorm(slot_dim, eps=layer_norm_eps)
         self.mlp = mlp(slot_dim, [mlp_hidden], slot_dim)
+        apply_weight_init(self, weight_init)  # "keras": the official code's initialisation (keras_init)
 
     def use_query_side(self, in_dim: int, num_slots: int, iters: int) -> bool:
         if self.query_side is not None:

@@ -9,6 +9,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from slotrun.blocks import mlp
+
+from slotrun_slot_attention.keras_init import apply_weight_init
 from slotrun.errors import UserError
 from slotrun.types import Batch, DecoderOutput, Features, Slots
 
@@ -64,9 +66,11 @@ class SetPredictionDecoder(nn.Module):
         coord_scale: float = 1.0,
         huber_delta: float = 1.0,
         stepwise: bool = False,
+        weight_init: str = "torch",
     ) -> None:
         super().__init__()
         self.head = mlp(slot_dim, [hidden], num_properties)
+        apply_weight_init(self.head, weight_init)  # "keras": the official code's initialisation (keras_init)
         self.num_properties = num_properties
         self.coord_columns = coord_columns
         self.coord_scale = coord_scale
