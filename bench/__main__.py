@@ -1,4 +1,4 @@
-"""`python -m bench [grouper|step|loader|compile|quality|smm|sri|all]` (no argument = grouper + step + loader).
+"""`python -m bench [grouper|step|loader|compile|quality|probe|smm|sri|all]` (no argument = grouper + step + loader).
 
 Writes bench/results/<name>.json and .md, and a combined bench/results/README.md (with machine details) when
 grouper, step and loader have all been run."""
@@ -19,7 +19,7 @@ from bench import common
 SUITE = ("grouper", "step", "loader")
 
 
-COMBINED = ("grouper", "step", "loader", "compile", "quality", "smm", "sri")  # the order of bench/results/README.md
+COMBINED = ("grouper", "step", "loader", "compile", "quality", "probe", "smm", "sri")  # the order of bench/results/README.md
 
 
 def combined(out_dir: Path) -> Path:
@@ -42,20 +42,22 @@ def combined(out_dir: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("what", nargs="?", default="all", choices=(*SUITE, "compile", "quality", "smm", "sri", "all"))
+    p.add_argument("what", nargs="?", default="all", choices=(*SUITE, "compile", "quality", "probe", "smm", "sri", "all"))
     p.add_argument("--tiny", action="store_true", help="tiny sizes (tests: checks the harness, not speed)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch", type=int, default=None, help="grouper: override B (default: the paper's 64)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=common.RESULTS)
-    p.add_argument("--recipe", default=None, help="quality: the recipe to train")
+    p.add_argument("--recipe", default=None, help="quality, probe: the recipe to train")
+    p.add_argument("--steps", type=int, default=800, help="probe: training steps")
+    p.add_argument("--every", type=int, default=100, help="probe: steps between measurements")
     p.add_argument("--budget-min", type=float, default=30.0, help="quality: training wall-clock minutes")
     p.add_argument("--seg-steps", type=int, default=4500, help="sri: segregation-model training steps")
     p.add_argument("--prior-steps", type=int, default=1000, help="sri: steps per variant (prior + SRI decoder)")
     p.add_argument("--samples", type=int, default=1000, help="sri: generated and real images per distance")
     p.add_argument("--features", default="random_cnn", help="sri: feature space (random_cnn, or inception)")
     p.add_argument("--weights", default=None, help="sri: a local FID Inception weights file")
-    p.add_argument("overrides", nargs="*", default=[], help="quality, sri: KEY=VALUE recipe overrides")
+    p.add_argument("overrides", nargs="*", default=[], help="quality, probe, sri: KEY=VALUE recipe overrides")
     p.add_argument("--discovery-steps", type=int, default=None, help="smm: object-discovery steps (default 200)")
     args = p.parse_intermixed_args(argv)  # KEY=VALUE overrides may follow the options
     if args.threads:
@@ -95,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             result = mod.run(seg_steps=args.seg_steps, prior_steps=args.prior_steps, samples=args.samples,
                              features_name=args.features, weights=args.weights, overrides=args.overrides,
                              tiny=args.tiny, figure=figure)
+        elif name == "probe":
+            from bench import probe as mod
+
+            result = mod.run(recipe=args.recipe or mod.DEFAULT_RECIPE, overrides=args.overrides, steps=args.steps,
+                             every=args.every)
         else:
             from bench import quality as mod
 

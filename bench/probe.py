@@ -1,0 +1,89 @@
+"""`python -m bench probe`: how a grouper's attention and slots evolve early in training (issue 5's diagnosis of
+the coloured-background collapse). Trains a recipe through the same loop as `bench quality` and, every `every`
+steps, runs the model on one fixed probe batch and records:
+
+- loss on the probe batch;
+- attention entropy: of the last iteration's attention over slots, per token, divided by log K (1 = uniform: every
+  slot gets the same share of every token, so every slot gets the same update);
+- slot spread: mean pairwise distance between an image's slots after the last iteration, over their mean norm
+  (0 = the slots have collapsed onto one point);
+- slots used: how many slots win at least one pixel of the decoder's argmax masks, mean over the probe images.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from bench.common import md_table
+from slotrun.api import load_recipe
+from slotrun.engine.schedules import build_optimizer, build_scheduler
+from slotrun.engine.trainer import DataStream
+from slotrun.model import build_model
+from slotrun.types import ModelOutput
+
+DEFAULT_RECIPE = "recipes/quickstart.toml"
+
+
+def probe_stats(out: ModelOutput) -> dict[str, float]:
+    """The module docstring's measures for one model output (needs attention maps and decoder masks)."""
+    attn = out.slots.attn[-1].float()  # [B, K, N], sums to one over K
+    k = attn.shape[1]
+    entropy = -(attn.clamp_min(1e-12).log() * attn).sum(dim=1) / math.log(k)  # [B, N]
+    slots = out.slots.slots.float()
+    dist = torch.cdist(slots, slots)  # [B, K, K]; the diagonal is zero
+    pairwise = dist.sum(dim=(1, 2)) / (k * (k - 1))
+    spread = pairwise / slots.norm(dim=-1).mean(dim=1).clamp_min(1e-12)
+    winners = out.decoded.masks.argmax(dim=1).flatten(1)  # [B, H*W]
+    used = torch.stack([torch.unique(w).numel() * torch.ones(()) for w in winners])
+    return {"loss": float(out.loss), "attn_entropy": float(entropy.mean()), "slot_spread": float(spread.mean()),
+            "slots_used": float(used.mean())}
+
+
+def run(*, recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None, steps: int = 800, every: int = 100,
+        seed: int = 0) -> dict[str, Any]:
+    overrides = list(overrides or [])
+    rec = load_recipe(recipe, overrides)
+    cfg = rec.train
+    source = rec.data.build(None)
+    source.prepare()
+    torch.manual_seed(seed)
+    model = build_model(rec.model, source.image, properties=source.properties, loss_weights=cfg.loss_weights)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    data = DataStream(source, cfg.batch_size, seed=cfg.seed, rank=0, world_size=1)
+    clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+    norm = math.inf if cfg.grad_clip_norm == "inf" else 2.0
+    probe = next(iter(source.batches("test", cfg.batch_size, seed=0, epoch=0, shuffle=False, drop_last=False)))
+
+    def measure(step: int) -> dict[str, float]:
+        torch.manual_seed(seed + 1)  # the same initial-slot noise at every probe
+        with torch.no_grad():
+            return {"step": step, **probe_stats(model(probe))}
+
+    rows = [measure(0)]
+    model.train()
+    for step in range(1, steps + 1):
+        out = model(data.next())
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.float().backward()
+        torch.nn.utils.clip_grad_norm_(params, clip, norm_type=norm)
+        optimizer.step()
+        scheduler.step()
+        if step % every == 0 or step == steps:
+            rows.append(measure(step))
+    command = f"python -m bench probe --recipe {recipe} --steps {steps}" + "".join(f" {o}" for o in overrides)
+    return {"recipe": recipe, "overrides": overrides, "steps": steps, "rows": rows, "command": command}
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lines = ["### Attention and slots early in training (issue 5's probe)", "",
+             f"`{r['command']}`: one fixed test batch, measured every few steps.", ""]
+    rows = [[str(x["step"]), f"{x['loss']:.4f}", f"{x['attn_entropy']:.3f}", f"{x['slot_spread']:.3f}",
+             f"{x['slots_used']:.2f}"] for x in r["rows"]]
+    lines.append(md_table(["step", "loss (probe batch)", "attention entropy / log K", "slot spread", "slots used"],
+                          rows))
+    return "\n".join(lines)
