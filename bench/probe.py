@@ -18,10 +18,7 @@ from typing import Any
 import torch
 
 from bench.common import md_table
-from slotrun.api import load_recipe
-from slotrun.engine.schedules import build_optimizer, build_scheduler
-from slotrun.engine.trainer import DataStream
-from slotrun.model import build_model
+from bench.quality import Trainer
 from slotrun.types import ModelOutput
 
 DEFAULT_RECIPE = "recipes/quickstart.toml"
@@ -37,27 +34,18 @@ def probe_stats(out: ModelOutput) -> dict[str, float]:
     pairwise = dist.sum(dim=(1, 2)) / (k * (k - 1))
     spread = pairwise / slots.norm(dim=-1).mean(dim=1).clamp_min(1e-12)
     winners = out.decoded.masks.argmax(dim=1).flatten(1)  # [B, H*W]
-    used = torch.stack([torch.unique(w).numel() * torch.ones(()) for w in winners])
+    used = [torch.unique(w).numel() for w in winners]
     return {"loss": float(out.loss), "attn_entropy": float(entropy.mean()), "slot_spread": float(spread.mean()),
-            "slots_used": float(used.mean())}
+            "slots_used": sum(used) / len(used)}
 
 
 def run(*, recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None, steps: int = 800, every: int = 100,
         seed: int = 0) -> dict[str, Any]:
     overrides = list(overrides or [])
-    rec = load_recipe(recipe, overrides)
-    cfg = rec.train
-    source = rec.data.build(None)
-    source.prepare()
-    torch.manual_seed(seed)
-    model = build_model(rec.model, source.image, properties=source.properties, loss_weights=cfg.loss_weights)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    data = DataStream(source, cfg.batch_size, seed=cfg.seed, rank=0, world_size=1)
-    clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf
-    norm = math.inf if cfg.grad_clip_norm == "inf" else 2.0
-    probe = next(iter(source.batches("test", cfg.batch_size, seed=0, epoch=0, shuffle=False, drop_last=False)))
+    trainer = Trainer(recipe, overrides, seed)
+    model = trainer.model
+    probe = next(iter(trainer.source.batches("test", trainer.rec.train.batch_size, seed=0, epoch=0, shuffle=False,
+                                             drop_last=False)))
 
     def measure(step: int) -> dict[str, float]:
         torch.manual_seed(seed + 1)  # the same initial-slot noise at every probe
@@ -65,14 +53,8 @@ def run(*, recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None, ste
             return {"step": step, **probe_stats(model(probe))}
 
     rows = [measure(0)]
-    model.train()
     for step in range(1, steps + 1):
-        out = model(data.next())
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.float().backward()
-        torch.nn.utils.clip_grad_norm_(params, clip, norm_type=norm)
-        optimizer.step()
-        scheduler.step()
+        trainer.step()
         if step % every == 0 or step == steps:
             rows.append(measure(step))
     command = f"python -m bench probe --recipe {recipe} --steps {steps}" + "".join(f" {o}" for o in overrides)

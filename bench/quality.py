@@ -47,33 +47,45 @@ def summary(fg_ari: torch.Tensor, mbo: torch.Tensor) -> dict[str, float]:
             "mbo": float(mbo[~torch.isnan(mbo)].mean()), "images": int(ok.sum())}
 
 
+class Trainer:
+    """A recipe's model, data and optimiser as the engine builds them, stepped by hand (bench quality, probe)."""
+
+    def __init__(self, recipe: str, overrides: list[str], seed: int) -> None:
+        self.rec = load_recipe(recipe, overrides)
+        cfg = self.rec.train
+        self.source = self.rec.data.build(None)
+        self.source.prepare()
+        torch.manual_seed(seed)
+        self.model = build_model(self.rec.model, self.source.image, properties=self.source.properties,
+                                 loss_weights=cfg.loss_weights)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.data = DataStream(self.source, cfg.batch_size, seed=cfg.seed, rank=0, world_size=1)
+        self.clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+        self.norm = math.inf if cfg.grad_clip_norm == "inf" else 2.0
+
+    def step(self) -> float:
+        """One training step on the next batch; returns its loss."""
+        self.model.train()
+        out = self.model(self.data.next())
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.float().backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.clip, norm_type=self.norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(out.loss.detach())
+
+
 def run(*, recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None, budget_s: float = 1800.0,
         eval_images: int = 320, seed: int = 0) -> dict[str, Any]:
     overrides = list(overrides or [])
-    rec = load_recipe(recipe, [f"data.num_test={eval_images}", *overrides])
-    cfg = rec.train
-    source = rec.data.build(None)
-    source.prepare()
-    torch.manual_seed(seed)
-    model = build_model(rec.model, source.image, properties=source.properties, loss_weights=cfg.loss_weights)
-    optimizer, scheduler = build_optimizer(model, cfg), None
-    scheduler = build_scheduler(optimizer, cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    data = DataStream(source, cfg.batch_size, seed=cfg.seed, rank=0, world_size=1)
-    clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf
-    norm = math.inf if cfg.grad_clip_norm == "inf" else 2.0
+    trainer = Trainer(recipe, [f"data.num_test={eval_images}", *overrides], seed)
+    model, source, cfg = trainer.model, trainer.source, trainer.rec.train
     start, steps, losses = time.perf_counter(), 0, []
-    model.train()
     while time.perf_counter() - start < budget_s and steps < cfg.steps:
-        batch = data.next()
-        out = model(batch)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.float().backward()
-        torch.nn.utils.clip_grad_norm_(params, clip, norm_type=norm)
-        optimizer.step()
-        scheduler.step()
+        losses.append(trainer.step())
         steps += 1
-        losses.append(float(out.loss.detach()))
     train_s = time.perf_counter() - start
     model.eval()
     fg, mb, gfg, gmb, afg, amb, records = [], [], [], [], [], [], []

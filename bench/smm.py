@@ -280,8 +280,13 @@ def run_clustering(budget: Budget, scratch: Path, plugins: Any) -> dict[str, Any
     return {"steps": budget.clustering_steps, "seed": 0, "methods": methods}
 
 
-def plot(discovery: dict[str, Any], path: Path) -> str | None:
-    """FG-ARI, mBO and MSE over steps, one line per grouper; returns None or why no plot was made."""
+PANELS = (("fg_ari", "FG-ARI (higher is better)"), ("mbo", "mBO (higher is better)"),
+          ("mse", "MSE, images in [-1, 1] (lower is better)"))
+
+
+def plot_curves(series: dict[str, list[dict[str, Any]]], batch: int, title: str, path: Path) -> str | None:
+    """One panel per PANELS key, one line per name over rows {"step", key: {"mean", "std"}} (a std band where std
+    is not None); returns None or why no plot was made."""
     try:
         import matplotlib
 
@@ -289,58 +294,43 @@ def plot(discovery: dict[str, Any], path: Path) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed (pip install -e '.[bench]')"
-    panels = (("fg_ari", "FG-ARI (higher is better)"), ("mbo", "mBO (higher is better)"),
-              ("mse", "MSE, images in [-1, 1] (lower is better)"))
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for ax, (key, title) in zip(axes, panels):
-        for name, style in zip(discovery["methods"], ("o-", "s--")):
-            curve = discovery["methods"][name]["curve"]
-            ax.plot([c["step"] for c in curve], [c[key] for c in curve], style, label=name)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("training step (batch %d)" % discovery.get("batch", 0))
+    for ax, (key, panel_title) in zip(axes, PANELS):
+        for (name, rows), style in zip(series.items(), ("o-", "s--")):
+            x = [r["step"] for r in rows]
+            mean = [r[key]["mean"] for r in rows]
+            line, = ax.plot(x, mean, style, label=name)
+            if any(r[key]["std"] is not None for r in rows):
+                std = [r[key]["std"] or 0.0 for r in rows]
+                ax.fill_between(x, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                                color=line.get_color(), alpha=0.2)
+        ax.set_title(panel_title, fontsize=10)
+        ax.set_xlabel("training step (batch %d)" % batch)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle(f"Object discovery on the built-in 64 px sprites, SMM vs Slot Attention: {discovery['steps']} steps, "
-                 "seed 0, 320 test images (early training: mind the small y ranges)", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return None
+
+
+def plot(discovery: dict[str, Any], path: Path) -> str | None:
+    """FG-ARI, mBO and MSE over steps, one line per grouper (one seed)."""
+    series = {name: [{"step": c["step"], **{k: {"mean": c[k], "std": None} for k, _ in PANELS}} for c in m["curve"]]
+              for name, m in discovery["methods"].items()}
+    return plot_curves(series, discovery.get("batch", 0), f"Object discovery on the built-in 64 px sprites, SMM vs "
+                       f"Slot Attention: {discovery['steps']} steps, seed 0, 320 test images (early training: mind "
+                       "the small y ranges)", path)
 
 
 def plot_quickstart(section: dict[str, Any], path: Path) -> str | None:
-    """Mean FG-ARI, mBO and MSE over steps with a +-1 std band over seeds; None or why no plot was made."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed (pip install -e '.[bench]')"
-    panels = (("fg_ari", "FG-ARI (higher is better)"), ("mbo", "mBO (higher is better)"),
-              ("mse", "MSE, images in [-1, 1] (lower is better)"))
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for ax, (key, title) in zip(axes, panels):
-        for name, style in zip(section["methods"], ("o-", "s--")):
-            rows = section["methods"][name]["summary"]
-            x = [r["step"] for r in rows]
-            mean = [r[key]["mean"] for r in rows]
-            std = [r[key]["std"] or 0.0 for r in rows]
-            line, = ax.plot(x, mean, style, label=name)
-            ax.fill_between(x, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
-                            color=line.get_color(), alpha=0.2)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("training step (batch %d)" % section.get("batch", 0))
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.suptitle(f"Object discovery on the quickstart's 32 px sprites, SMM vs Slot Attention: mean and ±1 std over "
-                 f"seeds {', '.join(map(str, section['seeds']))}, 320 test images", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return None
+    """Mean FG-ARI, mBO and MSE over steps with a +-1 std band over seeds."""
+    series = {name: m["summary"] for name, m in section["methods"].items()}
+    return plot_curves(series, section.get("batch", 0), "Object discovery on the quickstart's 32 px sprites, SMM vs "
+                       f"Slot Attention: mean and ±1 std over seeds {', '.join(map(str, section['seeds']))}, 320 "
+                       "test images", path)
 
 
 SECTIONS = {"set_prediction": run_set_prediction, "discovery": run_discovery, "slate": run_slate,

@@ -35,6 +35,8 @@ _positive = [_int, v.ge(1)]
 _optional_positive = v.optional(size(MAX_WIDTH))  # widths
 _init = v.in_(INIT_KINDS)
 PADDING_MODES = ("zeros", "replicate", "reflect")
+# weight_init: "torch" = PyTorch's default initialisation; "keras" = the official code's (see keras_init)
+_weight_init = v.in_(WEIGHT_INITS)
 
 
 def _needs_implicit_diff(instance: object, attribute: attrs.Attribute, value: bool) -> None:
@@ -66,8 +68,7 @@ class SlotAttentionEncoderConfig:
     padding_mode: Literal["zeros", "replicate", "reflect"] = field(default="zeros", validator=v.in_(PADDING_MODES))
     # multiplies the position embedding's initial weights: 0 = tokens start position-free (the embedding learns)
     position_init_scale: float = field(default=1.0, validator=[_num, v.ge(0.0)])
-    # "torch": PyTorch's default initialisation; "keras": the official code's (glorot-uniform, zero biases)
-    weight_init: Literal["torch", "keras"] = field(default="torch", validator=v.in_(WEIGHT_INITS))
+    weight_init: Literal["torch", "keras"] = field(default="torch", validator=_weight_init)
 
     def build(self, inputs: ImageSpec) -> SlotAttentionEncoder:
         return SlotAttentionEncoder(
@@ -96,8 +97,7 @@ class SlotAttentionConfig:
     # LayerNorm -> MLP on the tokens before the attention, as widths (DINOSAUR: [768, 256]); [] = none.
     input_mlp: tuple[int, ...] = field(default=(), converter=tuple,
                                        validator=[v.max_len(MAX_LAYERS), v.deep_iterable(size(MAX_WIDTH))])
-    # "torch": PyTorch's default initialisation; "keras": the official code's (glorot-uniform, zero biases)
-    weight_init: Literal["torch", "keras"] = field(default="torch", validator=v.in_(WEIGHT_INITS))
+    weight_init: Literal["torch", "keras"] = field(default="torch", validator=_weight_init)
 
     def build(self, inputs: GrouperInputs) -> SlotAttention:
         return SlotAttention(
@@ -139,8 +139,7 @@ class SpatialBroadcastConfig:
     perceptual_pretrained: bool = field(default=True, validator=_bool)  # false: random backbone, no download
     perceptual_value_range: tuple[float, float] = field(default=(-1.0, 1.0), converter=tuple,
                                                         validator=_value_range)  # the data's value range
-    # "torch": PyTorch's default initialisation; "keras": the official code's (glorot-uniform, zero biases)
-    weight_init: Literal["torch", "keras"] = field(default="torch", validator=v.in_(WEIGHT_INITS))
+    weight_init: Literal["torch", "keras"] = field(default="torch", validator=_weight_init)
 
     def build(self, inputs: DecoderInputs) -> SpatialBroadcastDecoder:
         image = inputs.image
@@ -165,8 +164,7 @@ class SetPredictionConfig:
     coord_scale: float = field(default=1.0, validator=[_num, v.gt(0.0)])  # weight of coordinates in the loss
     huber_delta: float = field(default=1.0, validator=[_num, v.gt(0.0)])
     stepwise: bool = field(default=False, validator=_bool)  # the loss after every grouper iteration, averaged
-    # "torch": PyTorch's default initialisation; "keras": the official code's (glorot-uniform, zero biases)
-    weight_init: Literal["torch", "keras"] = field(default="torch", validator=v.in_(WEIGHT_INITS))
+    weight_init: Literal["torch", "keras"] = field(default="torch", validator=_weight_init)
 
     def build(self, inputs: DecoderInputs) -> SetPredictionDecoder:
         layout = inputs.properties
