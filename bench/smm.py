@@ -5,9 +5,9 @@ sprites, trained and evaluated through slotrun's own engine (`slotrun.engine.tra
 1. set prediction: AP at every distance threshold, SMM vs Slot Attention, several seeds, mean +- std;
 2. object discovery: FG-ARI / mBO / MSE over training steps, SMM vs Slot Attention (a curve, plotted);
 3. SLATE: the transformer decoder's token cross-entropy (and the MSE of its greedily generated images) with SMM
-   vs with Slot Attention;
+   vs with Slot Attention, several seeds, and their ratio paired by seed;
 4. vanilla GMM vs k-means groupers: FG-ARI / mBO of the grouper's own partition untrained (random encoder) and
-   after the same short training, beside the decoder's masks.
+   after the same short training, beside the decoder's masks, several seeds.
 5. discovery_quickstart: the object-discovery curves again on the quickstart's 32 px scenes (recipes/smm/
    quickstart.toml vs recipes/quickstart.toml), long enough for Slot Attention to leave the background-only
    plateau, for every seed (mean +- std, plotted).
@@ -16,7 +16,7 @@ Each pair runs the shipped recipes, which differ only in their [model.grouper] t
 groupers with the detach trick (first-order implicit differentiation) and the SMM recipes count 4 slot updates, the
 last from detached slots, so the Slot Attention side gets `model.grouper.iters=4 model.grouper.implicit_diff=true`
 (SA_MATCHED; recipes/slate/shapes_sa.toml has them already): same updates, same gradient path. The budgets
-(BUDGET) fit about 45 minutes on one CPU thread, so every number is an early-training number at batch 16, far from
+(BUDGET) fit about 100 minutes on one CPU thread, so every number is an early-training number at batch 16, far from
 the paper's 100k-300k steps at batch 64-512; the warmup is shortened to a tenth of the run and SLATE's gumbel
 temperature anneals over the run. `python -m bench smm SECTION ...` reruns only those sections (set_prediction,
 discovery, slate, clustering, discovery_quickstart) and keeps the others from bench/results/smm.json.
@@ -62,7 +62,7 @@ QUICKSTART = {"SMM": ("recipes/smm/quickstart.toml", ()), "Slot Attention": ("re
 @dataclass(frozen=True)
 class Budget:
     batch: int = 16
-    seeds: tuple[int, ...] = (0, 1, 2)  # set prediction
+    seeds: tuple[int, ...] = (0, 1, 2)  # every section but the 64 px discovery curve
     set_steps: int = 200
     discovery_steps: int = 200
     discovery_every: int = 40  # evaluation checkpoints of the curve (and step 0, untrained)
@@ -213,26 +213,41 @@ def run_discovery_quickstart(budget: Budget, scratch: Path, plugins: Any) -> dic
     return {"steps": budget.quickstart_steps, "seeds": list(budget.seeds), "methods": methods}
 
 
+SLATE_KEYS = ("token_ce", "dvae_recon", "mse_generated", "fg_ari", "mbo")
+
+
 def run_slate(budget: Budget, scratch: Path, plugins: Any) -> dict[str, Any]:
     from slotrun.engine import evaluate_run
 
     methods = {}
     steps = budget.slate_steps
     for name, (recipe, extra) in SLATE.items():
-        run_dir = scratch / f"slate_{name}".replace(" ", "_")
-        # Training's final evaluation gives the cross-entropy on every test image (no generation: cheap) ...
-        overrides = _overrides(budget, run_dir, steps, 0, (f"model.encoder.tau_steps={steps}",
-                                                           "model.decoder.eval_recon=none",
-                                                           'eval.metrics=["fg_ari", "mbo"]', *extra))
-        final, _, seconds = train_run(recipe, overrides, plugins)
-        # ... then `slotrun eval RUN_DIR` scores the greedily generated images on fewer of them.
-        generated = evaluate_run(run_dir, [f"eval.max_samples={budget.slate_generated_images}",
-                                           "model.decoder.eval_recon=generate", 'eval.metrics=["mse"]'], plugins)
-        methods[name] = {"recipe": recipe, "overrides": list(extra), "train_s": seconds,
-                         "token_ce": final["loss_token_ce"], "dvae_recon": final["loss_dvae_recon"],
-                         "fg_ari": final["fg_ari"], "mbo": final["mbo"], "mse_generated": float(generated["mse"]),
-                         "generated_images": budget.slate_generated_images}
-    return {"steps": steps, "seed": 0, "methods": methods}
+        runs = []
+        for seed in budget.seeds:
+            run_dir = scratch / f"slate_{name}_{seed}".replace(" ", "_")
+            # Training's final evaluation gives the cross-entropy on every test image (no generation: cheap) ...
+            overrides = _overrides(budget, run_dir, steps, seed, (f"model.encoder.tau_steps={steps}",
+                                                                  "model.decoder.eval_recon=none",
+                                                                  'eval.metrics=["fg_ari", "mbo"]', *extra))
+            final, _, seconds = train_run(recipe, overrides, plugins)
+            # ... then `slotrun eval RUN_DIR` scores the greedily generated images on fewer of them.
+            generated = evaluate_run(run_dir, [f"eval.max_samples={budget.slate_generated_images}",
+                                               "model.decoder.eval_recon=generate", 'eval.metrics=["mse"]'], plugins)
+            runs.append({"seed": seed, "train_s": seconds, "token_ce": final["loss_token_ce"],
+                         "dvae_recon": final["loss_dvae_recon"], "fg_ari": final["fg_ari"], "mbo": final["mbo"],
+                         "mse_generated": float(generated["mse"])})
+        methods[name] = {"recipe": recipe, "overrides": list(extra), "runs": runs,
+                         "summary": summarise(runs, SLATE_KEYS), "generated_images": budget.slate_generated_images}
+    return {"steps": steps, "seeds": list(budget.seeds), "methods": methods,
+            "ce_ratio": paired_ratio(*(m["runs"] for m in methods.values()), "token_ce")}
+
+
+def paired_ratio(first: Sequence[dict[str, float]], second: Sequence[dict[str, float]], key: str
+                 ) -> dict[str, float | None]:
+    """Mean +- std over seeds of first[key] / second[key], runs paired by seed (same data order and init seed)."""
+    by_seed = {r["seed"]: r[key] for r in second}
+    m, s = mean_std([r[key] / by_seed[r["seed"]] for r in first])
+    return {"mean": m, "std": s}
 
 
 @torch.no_grad()
@@ -258,6 +273,10 @@ def assignment_scores(model: torch.nn.Module, source: Any, seed: int = 0) -> dic
     return {"fg_ari": float(a[~a.isnan()].mean()), "mbo": float(m[~m.isnan()].mean()), "images": len(a)}
 
 
+CLUSTERING_KEYS = ("grouper_fg_ari_untrained", "grouper_mbo_untrained", "grouper_fg_ari", "grouper_mbo", "fg_ari",
+                   "mse")
+
+
 def run_clustering(budget: Budget, scratch: Path, plugins: Any) -> dict[str, Any]:
     from slotrun.engine import load_model
     from slotrun.model import build_model
@@ -265,19 +284,23 @@ def run_clustering(budget: Budget, scratch: Path, plugins: Any) -> dict[str, Any
 
     methods = {}
     for name, (recipe, extra) in CLUSTERING.items():
-        run_dir = scratch / f"clustering_{name}".replace(" ", "_").replace("-", "")
-        overrides = _overrides(budget, run_dir, budget.clustering_steps, 0, extra)
-        untrained = evaluate_untrained(recipe, overrides, plugins)
-        rec = load(ROOT / recipe, overrides, plugins=plugins)
-        source = rec.data.build(None)
-        source.prepare()
-        torch.manual_seed(rec.train.seed)
-        fresh = build_model(rec.model, source.image, properties=source.properties)
-        untrained["grouper"] = assignment_scores(fresh, source)
-        trained, _, seconds = train_run(recipe, overrides, plugins)
-        trained["grouper"] = assignment_scores(load_model(run_dir, plugins=plugins)[1], source)
-        methods[name] = {"recipe": recipe, "untrained": untrained, "trained": trained, "train_s": seconds}
-    return {"steps": budget.clustering_steps, "seed": 0, "methods": methods}
+        runs = []
+        for seed in budget.seeds:
+            run_dir = scratch / f"clustering_{name}_{seed}".replace(" ", "_").replace("-", "")
+            overrides = _overrides(budget, run_dir, budget.clustering_steps, seed, extra)
+            rec = load(ROOT / recipe, overrides, plugins=plugins)
+            source = rec.data.build(None)
+            source.prepare()
+            torch.manual_seed(rec.train.seed)
+            untrained = assignment_scores(build_model(rec.model, source.image, properties=source.properties),
+                                          source, seed)
+            trained, _, seconds = train_run(recipe, overrides, plugins)
+            grouper = assignment_scores(load_model(run_dir, plugins=plugins)[1], source, seed)
+            runs.append({"seed": seed, "train_s": seconds, "grouper_fg_ari_untrained": untrained["fg_ari"],
+                         "grouper_mbo_untrained": untrained["mbo"], "grouper_fg_ari": grouper["fg_ari"],
+                         "grouper_mbo": grouper["mbo"], "fg_ari": trained["fg_ari"], "mse": trained["mse"]})
+        methods[name] = {"recipe": recipe, "runs": runs, "summary": summarise(runs, CLUSTERING_KEYS)}
+    return {"steps": budget.clustering_steps, "seeds": list(budget.seeds), "methods": methods}
 
 
 PANELS = (("fg_ari", "FG-ARI (higher is better)"), ("mbo", "mBO (higher is better)"),
@@ -444,24 +467,31 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [f"![object discovery curves, SMM vs Slot Attention]({r.get('plot_link') or r['plot']})", ""]
 
     names = list(sl["methods"])
-    lines += [f"**SLATE**, {sl['steps']} steps, seed 0 (paper: about 10% lower cross-entropy with SMM):", ""]
-    rows = [[n, f"{m['token_ce']:.1f}", f"{m['dvae_recon']:.1f}", f"{m['mse_generated']:.4f}", f"{m['fg_ari']:.3f}",
-             f"{m['mbo']:.3f}"] for n, m in sl["methods"].items()]
-    ce = [sl["methods"][n]["token_ce"] for n in names]
-    rows.append(["SMM / SA", f"{ce[0] / ce[1]:.3f}", "", "", "", ""])
+    lines += [f"**SLATE**, {sl['steps']} steps, seeds {', '.join(map(str, sl['seeds']))} (mean ± std over seeds; "
+              "paper: about 10% lower cross-entropy with SMM):", ""]
+    rows = []
+    for n, m in sl["methods"].items():
+        s = m["summary"]
+        rows.append([n, _cell(s["token_ce"], 1), _cell(s["dvae_recon"], 1), _cell(s["mse_generated"], 4),
+                     _cell(s["fg_ari"]), _cell(s["mbo"])])
+    first, second = (sl["methods"][n]["summary"] for n in names)
+    rows.append(["SMM / SA (paired by seed)", _cell(sl["ce_ratio"]), "", "", "", ""])
+    rows.append(["verdict", verdict(_ms(first["token_ce"]), _ms(second["token_ce"]), (names[0], names[1]),
+                                    higher_is_better=False), "", "", "", ""])
     lines += [md_table(["grouper", "token cross-entropy (sum over tokens)", "dVAE loss (SSE)",
                         f"MSE of generated images ([0, 1], {sl['methods'][names[0]]['generated_images']} images)",
                         "FG-ARI", "mBO"], rows), ""]
 
-    lines += ["**Vanilla clustering** (no learned layers in the grouper), seed 0 (paper: GMM better than k-means). "
-              "\"grouper\": the grouper's own partition (last EM / Lloyd step, argmax over slots); \"decoder\": "
-              "the spatial broadcast decoder's masks, the recipe's metric:", ""]
-    rows = []
-    for n, m in cl["methods"].items():
-        u, t = m["untrained"], m["trained"]
-        rows.append([n, f"{u['grouper']['fg_ari']:.3f}", f"{u['grouper']['mbo']:.3f}", f"{t['grouper']['fg_ari']:.3f}",
-                     f"{t['grouper']['mbo']:.3f}", f"{t['fg_ari']:.3f}", f"{t['mse']:.4f}"])
+    names = list(cl["methods"])
+    lines += [f"**Vanilla clustering** (no learned layers in the grouper), seeds {', '.join(map(str, cl['seeds']))} "
+              "(paper: GMM better than k-means). \"grouper\": the grouper's own partition (last EM / Lloyd step, "
+              "argmax over slots); \"decoder\": the spatial broadcast decoder's masks, the recipe's metric:", ""]
     k = cl["steps"]
+    rows = [[n, *(_cell(m["summary"][key], 4 if key == "mse" else 3) for key in CLUSTERING_KEYS)]
+            for n, m in cl["methods"].items()]
+    first, second = (cl["methods"][n]["summary"] for n in names)
+    rows.append(["verdict", *(verdict(_ms(first[key]), _ms(second[key]), (names[0], names[1]),
+                                      higher_is_better=key != "mse") for key in CLUSTERING_KEYS)])
     lines += [md_table(["grouper", "FG-ARI grouper, untrained (random encoder)", "mBO grouper, untrained",
                         f"FG-ARI grouper, {k} steps", f"mBO grouper, {k} steps", f"FG-ARI decoder, {k} steps",
                         f"MSE, {k} steps"], rows)]

@@ -64,16 +64,15 @@ def test_quickstart_markdown_table() -> None:
 def fake_result() -> dict:
     ap = {k: {"mean": 0.1, "std": 0.01} for k in (*smm.AP_KEYS, "loss_set")}
     curve = [{"step": s, "fg_ari": 0.1 * s, "mbo": 0.2, "mse": 0.01} for s in (0, 2)]
-    slate = {"token_ce": 700.0, "dvae_recon": 50.0, "mse_generated": 0.05, "fg_ari": 0.1, "mbo": 0.2,
-             "generated_images": 64}
-    grouper = {"fg_ari": 0.5, "mbo": 0.3}
-    cluster = {"untrained": {"fg_ari": 0.0, "grouper": grouper},
-               "trained": {"fg_ari": 0.4, "mbo": 0.2, "mse": 0.02, "grouper": grouper}}
+    slate = {"summary": {k: {"mean": 0.5, "std": 0.1} for k in smm.SLATE_KEYS}, "generated_images": 64}
+    cluster = {"summary": {k: {"mean": 0.4, "std": None} for k in smm.CLUSTERING_KEYS}}
+    kmeans = {"summary": {**cluster["summary"], "grouper_mbo": {"mean": 0.2, "std": None}}}
     return {"budget": smm.asdict(smm.BUDGET), "threads": 1, "sa_matched": list(smm.SA_MATCHED), "seconds": 60.0,
             "set_prediction": {"steps": 2, "seeds": [0, 1], "methods": {n: {"summary": ap} for n in ("SMM", "SA")}},
             "discovery": {"steps": 2, "methods": {n: {"curve": curve} for n in ("SMM", "SA")}},
-            "slate": {"steps": 2, "methods": {"SMM": slate, "SA": {**slate, "token_ce": 800.0}}},
-            "clustering": {"steps": 2, "methods": {"GMM": cluster, "k-means": cluster}},
+            "slate": {"steps": 2, "seeds": [0, 1], "methods": {"SMM": slate, "SA": slate},
+                      "ce_ratio": {"mean": 0.875, "std": 0.02}},
+            "clustering": {"steps": 2, "seeds": [0, 1], "methods": {"GMM": cluster, "k-means": kmeans}},
             "plot": "docs/smm_vs_sa_discovery.png"}
 
 
@@ -82,10 +81,19 @@ def test_markdown_tables() -> None:
     assert text.startswith("###")
     assert "| SMM | 0.100 ± 0.010 |" in text
     assert "| verdict | tie |" in text
-    assert "| SMM / SA | 0.875 |" in text  # the cross-entropy ratio
+    assert "| SMM / SA (paired by seed) | 0.875 ± 0.020 |" in text  # the cross-entropy ratio
+    assert "| GMM | 0.400 | 0.400 | 0.400 | 0.400 | 0.400 | 0.4000 |" in text
+    assert "| verdict | tie | tie | tie | GMM better | tie | tie |" in text  # MSE: lower is better, equal here
     assert "![object discovery curves" in text
     tables = [line for line in text.splitlines() if line.startswith("| ---")]
     assert len(tables) == 4
+
+
+def test_paired_ratio_pairs_runs_by_seed() -> None:
+    first = [{"seed": 1, "ce": 90.0}, {"seed": 0, "ce": 40.0}]
+    second = [{"seed": 0, "ce": 50.0}, {"seed": 1, "ce": 100.0}]
+    ratio = smm.paired_ratio(first, second, "ce")
+    assert ratio["mean"] == pytest.approx(0.85) and ratio["std"] == pytest.approx(0.0707107, rel=1e-5)
 
 
 @pytest.mark.slow
@@ -100,9 +108,13 @@ def test_smm_bench_runs_tiny(tmp_path) -> None:
     assert steps == [0, 2, 4]
     quick = r["discovery_quickstart"]["methods"]["Slot Attention"]
     assert len(quick["curves"]) == len(smm.TINY.seeds) and [row["step"] for row in quick["summary"]] == [0, 1, 2]
-    assert r["slate"]["methods"]["SMM"]["mse_generated"] > 0
+    slate = r["slate"]["methods"]["SMM"]
+    assert len(slate["runs"]) == len(smm.TINY.seeds) and all(run["mse_generated"] > 0 for run in slate["runs"])
+    assert r["slate"]["ce_ratio"]["mean"] > 0
     gmm = r["clustering"]["methods"]["GMM"]
-    assert -1.0 <= gmm["untrained"]["grouper"]["fg_ari"] <= 1.0 and 0.0 <= gmm["trained"]["grouper"]["mbo"] <= 1.0
+    assert [run["seed"] for run in gmm["runs"]] == list(smm.TINY.seeds)
+    assert all(-1.0 <= run["grouper_fg_ari_untrained"] <= 1.0 and 0.0 <= run["grouper_mbo"] <= 1.0
+               for run in gmm["runs"])
     assert r["clustering"]["command"] == data["command"]
     # One section again: it replaces that section and keeps the others (with the command that made each).
     before = json.loads((tmp_path / "smm.json").read_text())["result"]
