@@ -34,6 +34,7 @@ _bool = v.instance_of(bool)
 _positive = [_int, v.ge(1)]
 _optional_positive = v.optional(size(MAX_WIDTH))  # widths
 _init = v.in_(INIT_KINDS)
+_init_soft_kmeans = v.in_(("gaussian", "learned"))  # its slots live in token space: no fps projection
 PADDING_MODES = ("zeros", "replicate", "reflect")
 # weight_init: "torch" = PyTorch's default initialisation; "keras" = the official code's (see keras_init)
 _weight_init = v.in_(WEIGHT_INITS)
@@ -82,13 +83,14 @@ class SlotAttentionEncoderConfig:
 
 @_frozen
 class SlotAttentionConfig:
-    """Slot Attention grouper: Gaussian (or learned) init, attention over slots, GRU + residual MLP."""
+    """Slot Attention grouper: Gaussian, learned or farthest-point-sampled init, attention over slots, GRU +
+    residual MLP."""
 
     num_slots: int = field(default=7, validator=size(MAX_SLOTS))
     iters: int = field(default=3, validator=size(MAX_ITERS))  # slot updates; implicit_diff keeps this count
     slot_dim: int = field(default=64, validator=size(MAX_WIDTH))
     mlp_hidden: int = field(default=128, validator=size(MAX_WIDTH))
-    init: Literal["gaussian", "learned"] = field(default="gaussian", validator=_init)
+    init: Literal["gaussian", "learned", "fps"] = field(default="gaussian", validator=_init)
     implicit_diff: bool = field(default=False, validator=_bool)  # backprop through the last update only
     # with implicit_diff: the initial slots get the last update's gradient (BO-QSA's straight-through estimator)
     straight_through: bool = field(default=False, validator=[_bool, _needs_implicit_diff])
@@ -114,7 +116,7 @@ class SoftKMeansConfig:
 
     num_slots: int = field(default=7, validator=size(MAX_SLOTS))
     iters: int = field(default=3, validator=size(MAX_ITERS))
-    init: Literal["gaussian", "learned"] = field(default="gaussian", validator=_init)
+    init: Literal["gaussian", "learned"] = field(default="gaussian", validator=_init_soft_kmeans)
     implicit_diff: bool = field(default=False, validator=_bool)
     eps: float = field(default=1e-8, validator=[_num, v.gt(0.0)])
 

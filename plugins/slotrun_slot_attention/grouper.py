@@ -88,7 +88,7 @@ class SlotAttention(IterativeGrouper):
         self.scale = slot_dim**-0.5
         self.query_side = query_side
         self.deferred_grad = True  # query-side training: x's gradient in one product (deferred_grad); False = plain
-        self.init = SlotInit(slot_dim, num_slots, init)
+        self.init = SlotInit(slot_dim, num_slots, init, in_dim=in_dim)
         self.norm_inputs = nn.LayerNorm(in_dim, eps=layer_norm_eps)
         self.project_kv = nn.Linear(in_dim, 2 * slot_dim, bias=False)  # k and v fused: one matmul per forward
         self.norm_slots = nn.LayerNorm(slot_dim, eps=layer_norm_eps)

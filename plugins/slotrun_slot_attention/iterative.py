@@ -77,7 +77,7 @@ class IterativeGrouper(nn.Module):
             k = self.num_slots if num_slots is None else num_slots
             if k < 1:
                 raise ValueError(f"num_slots must be >= 1, got {k}")
-            slots = self.init(tokens.shape[0], k)
+            slots = self.init(tokens.shape[0], k, tokens=tokens)
         else:
             slots = slots_init
         init = slots

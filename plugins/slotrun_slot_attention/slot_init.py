@@ -1,13 +1,16 @@
-"""Initial slots: the paper's shared Gaussian, or the per-slot learned ablation."""
+"""Initial slots: the paper's shared Gaussian, the per-slot learned ablation, or farthest-point sampling of the
+image's own tokens (a data-dependent start, k-means++ style: slots begin on mutually distant tokens, so they differ
+before any update instead of all drawing the same average)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-INIT_KINDS = ("gaussian", "learned")
+INIT_KINDS = ("gaussian", "learned", "fps")
 
 
 def _glorot_uniform_(param: Tensor) -> None:
@@ -19,9 +22,13 @@ def _glorot_uniform_(param: Tensor) -> None:
 class SlotInit(nn.Module):
     """`kind="gaussian"`: slots = mu + exp(log_sigma) * N(0, I), fresh noise each call, through the
     reparameterisation trick so mu and log_sigma learn; any number of slots.
-    `kind="learned"`: one learned vector per slot; fixes slot identity, so the slot count cannot change."""
+    `kind="learned"`: one learned vector per slot; fixes slot identity, so the slot count cannot change.
+    `kind="fps"`: per image, farthest-point sampling of the tokens (first the token farthest from their mean, then
+    each next the token farthest from those picked, distances on layer-normalised tokens, no gradient), and slots =
+    Linear(LayerNorm(picked tokens)), learned; any number of slots, no noise, invariant to the tokens' order (up
+    to exact ties). Needs `in_dim`, the token size, and the tokens at each call."""
 
-    def __init__(self, dim: int, num_slots: int, kind: str = "gaussian") -> None:
+    def __init__(self, dim: int, num_slots: int, kind: str = "gaussian", in_dim: int | None = None) -> None:
         super().__init__()
         if kind not in INIT_KINDS:
             raise ValueError(f"unknown slot init '{kind}' (known: {', '.join(INIT_KINDS)})")
@@ -33,13 +40,23 @@ class SlotInit(nn.Module):
             self.log_sigma = nn.Parameter(torch.empty(1, 1, dim))
             _glorot_uniform_(self.mu)
             _glorot_uniform_(self.log_sigma)
-        else:
+        elif kind == "learned":
             self.slots = nn.Parameter(torch.empty(1, num_slots, dim))
             _glorot_uniform_(self.slots)
+        else:
+            if in_dim is None:
+                raise ValueError("init = \"fps\" needs the token size (in_dim)")
+            self.project = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, dim))
 
-    def forward(self, batch_size: int, num_slots: int | None = None) -> Tensor:
-        """[batch_size, num_slots, dim] initial slots."""
+    def forward(self, batch_size: int, num_slots: int | None = None, tokens: Tensor | None = None) -> Tensor:
+        """[batch_size, num_slots, dim] initial slots (`tokens` [B, N, in_dim]: needed by "fps" only)."""
         k = self.num_slots if num_slots is None else num_slots
+        if self.kind == "fps":
+            if tokens is None:
+                raise ValueError("init = \"fps\" samples the slots from the tokens: pass them")
+            picked = farthest_point_indices(tokens, k)
+            chosen = tokens.gather(1, picked[..., None].expand(-1, -1, tokens.shape[-1]))
+            return self.project(chosen)
         if self.kind == "learned":
             if k != self.num_slots:
                 raise ValueError(
@@ -50,3 +67,20 @@ class SlotInit(nn.Module):
             return self.slots.expand(batch_size, -1, -1)
         noise = torch.randn(batch_size, k, self.dim, device=self.mu.device, dtype=self.mu.dtype)
         return self.mu + self.log_sigma.exp() * noise
+
+
+@torch.no_grad()
+def farthest_point_indices(tokens: Tensor, k: int) -> Tensor:
+    """[B, k] indices into tokens [B, N, C]: the token farthest from the mean, then greedily the token farthest
+    from every one picked so far (squared Euclidean distance on layer-normalised tokens). Once every token is
+    picked (k > N) the remaining picks repeat tokens."""
+    x = F.layer_norm(tokens.float(), tokens.shape[-1:])
+    far = (x - x.mean(dim=1, keepdim=True)).square().sum(-1)  # [B, N]
+    picks = []
+    nearest = torch.full_like(far, float("inf"))
+    for _ in range(k):
+        idx = far.argmax(dim=1) if not picks else nearest.argmax(dim=1)
+        picks.append(idx)
+        chosen = x.gather(1, idx[:, None, None].expand(-1, 1, x.shape[-1]))
+        nearest = torch.minimum(nearest, (x - chosen).square().sum(-1))
+    return torch.stack(picks, dim=1)
