@@ -39,16 +39,16 @@ def probe_stats(out: ModelOutput) -> dict[str, float]:
             "slots_used": sum(used) / len(used)}
 
 
-def run(*, recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None, steps: int = 800, every: int = 100,
-        seed: int = 0) -> dict[str, Any]:
+def run(*, recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None, steps: int = 800, every: int = 100
+        ) -> dict[str, Any]:
     overrides = list(overrides or [])
-    trainer = Trainer(recipe, overrides, seed)
+    trainer = Trainer(recipe, overrides)
     model = trainer.model
     probe = next(iter(trainer.source.batches("test", trainer.rec.train.batch_size, seed=0, epoch=0, shuffle=False,
                                              drop_last=False)))
 
     def measure(step: int) -> dict[str, float]:
-        torch.manual_seed(seed + 1)  # the same initial-slot noise at every probe
+        torch.manual_seed(trainer.rec.train.seed + 1)  # the same initial-slot noise at every probe
         with torch.no_grad():
             return {"step": step, **probe_stats(model(probe))}
 

@@ -48,14 +48,15 @@ def summary(fg_ari: torch.Tensor, mbo: torch.Tensor) -> dict[str, float]:
 
 
 class Trainer:
-    """A recipe's model, data and optimiser as the engine builds them, stepped by hand (bench quality, probe)."""
+    """A recipe's model, data and optimiser as the engine builds them, stepped by hand (bench quality, probe).
+    `train.seed` seeds both the model's initialisation and the data order, as in `slotrun train`."""
 
-    def __init__(self, recipe: str, overrides: list[str], seed: int) -> None:
+    def __init__(self, recipe: str, overrides: list[str]) -> None:
         self.rec = load_recipe(recipe, overrides)
         cfg = self.rec.train
         self.source = self.rec.data.build(None)
         self.source.prepare()
-        torch.manual_seed(seed)
+        torch.manual_seed(cfg.seed)
         self.model = build_model(self.rec.model, self.source.image, properties=self.source.properties,
                                  loss_weights=cfg.loss_weights)
         self.optimizer = build_optimizer(self.model, cfg)
@@ -78,9 +79,9 @@ class Trainer:
 
 
 def run(*, recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None, budget_s: float = 1800.0,
-        eval_images: int = 320, seed: int = 0) -> dict[str, Any]:
+        eval_images: int = 320) -> dict[str, Any]:
     overrides = list(overrides or [])
-    trainer = Trainer(recipe, [f"data.num_test={eval_images}", *overrides], seed)
+    trainer = Trainer(recipe, [f"data.num_test={eval_images}", *overrides])
     model, source, cfg = trainer.model, trainer.source, trainer.rec.train
     start, steps, losses = time.perf_counter(), 0, []
     while time.perf_counter() - start < budget_s and steps < cfg.steps:
