@@ -75,12 +75,12 @@ def farthest_point_indices(tokens: Tensor, k: int) -> Tensor:
     from every one picked so far (squared Euclidean distance on layer-normalised tokens). Once every token is
     picked (k > N) the remaining picks repeat tokens."""
     x = F.layer_norm(tokens.float(), tokens.shape[-1:])
-    far = (x - x.mean(dim=1, keepdim=True)).square().sum(-1)  # [B, N]
-    picks = []
-    nearest = torch.full_like(far, float("inf"))
-    for _ in range(k):
-        idx = far.argmax(dim=1) if not picks else nearest.argmax(dim=1)
+    rows = torch.arange(x.shape[0], device=x.device)
+    idx = (x - x.mean(dim=1, keepdim=True)).square().sum(-1).argmax(dim=1)  # farthest from the mean
+    picks = [idx]
+    nearest = (x - x[rows, idx, None]).square().sum(-1)  # [B, N] distance to the closest pick so far
+    for _ in range(k - 1):
+        idx = nearest.argmax(dim=1)
         picks.append(idx)
-        chosen = x.gather(1, idx[:, None, None].expand(-1, 1, x.shape[-1]))
-        nearest = torch.minimum(nearest, (x - chosen).square().sum(-1))
+        nearest = torch.minimum(nearest, (x - x[rows, idx, None]).square().sum(-1))
     return torch.stack(picks, dim=1)
