@@ -43,8 +43,25 @@ def test_grid_baseline_masks_cover_quadrants() -> None:
     ids = torch.zeros(1, 4, 4, dtype=torch.long)
     ids[0, :2, :2] = 1
     ids[0, 2:, 2:] = 2
-    fg, mbo = quality.scores(quality.grid_masks(1, 4, 4), ids)
+    fg, mbo, mbo_objects, bg_share = quality.scores(quality.grid_masks(1, 4, 4), ids)
     assert fg.item() == pytest.approx(1.0) and mbo.item() == pytest.approx(1.0)
+    assert mbo_objects.item() == pytest.approx(1.0) and bg_share.item() == pytest.approx(0.5)
+
+
+def test_background_diagnostics_tell_tiling_from_a_background_slot() -> None:
+    # 4x4 image, one object in the top-left 2x2 quadrant; background = the other 12 pixels.
+    ids = torch.zeros(1, 4, 4, dtype=torch.long)
+    ids[0, :2, :2] = 1
+    one_hot = lambda pred: torch.nn.functional.one_hot(pred, 4).permute(0, 3, 1, 2).float()  # noqa: E731
+    # A background slot: the object alone in slot 0, the whole background in slot 1.
+    _, mbo, mbo_objects, bg_share = quality.scores(one_hot((ids == 0).long()), ids)
+    assert mbo.item() == pytest.approx(1.0) and bg_share.item() == pytest.approx(1.0)
+    # Tiling: the object's slot also holds its row band's background (4 px), the rest split over 2 slots.
+    tiled = torch.tensor([[[0, 0, 0, 0], [0, 0, 0, 0], [2, 2, 3, 3], [2, 2, 3, 3]]])
+    _, mbo, mbo_objects, bg_share = quality.scores(one_hot(tiled), ids)
+    assert mbo.item() == pytest.approx(4 / 8)  # IoU of the object with its 8-pixel segment
+    assert mbo_objects.item() == pytest.approx(1.0)  # the objects themselves are perfectly separated
+    assert bg_share.item() == pytest.approx(4 / 12)
 
 
 def test_quality_tiny_budget(tmp_path) -> None:
