@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=800, help="probe: training steps")
     p.add_argument("--every", type=int, default=100, help="probe: steps between measurements")
     p.add_argument("--budget-min", type=float, default=30.0, help="quality: training wall-clock minutes")
+    p.add_argument("--run", default=None, help="quality: score a finished run directory instead of training")
     p.add_argument("--seg-steps", type=int, default=4500, help="sri: segregation-model training steps")
     p.add_argument("--prior-steps", type=int, default=1000, help="sri: steps per variant (prior + SRI decoder)")
     p.add_argument("--samples", type=int, default=1000, help="sri: generated and real images per distance")
@@ -107,8 +108,13 @@ def main(argv: list[str] | None = None) -> int:
 
             from bench.quality import DEFAULT_RECIPE
 
-            result = mod.run(recipe=args.recipe or DEFAULT_RECIPE, overrides=args.overrides,
-                             budget_s=args.budget_min * 60)
+            if args.run and (args.recipe or args.overrides):
+                p.error("quality --run scores the run's own recipe: no --recipe or KEY=VALUE overrides")
+            if args.run:
+                result = mod.score_run(args.run)
+            else:
+                result = mod.run(recipe=args.recipe or DEFAULT_RECIPE, overrides=args.overrides,
+                                 budget_s=args.budget_min * 60)
         data = {"benchmark": name, "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
                 "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": time.perf_counter() - started,
                 "machine": common.machine(), "tiny": args.tiny, "result": result}

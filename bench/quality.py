@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench.common import md_table
-from slotrun.api import load_recipe
+from slotrun.api import load_recipe, load_run
+from slotrun.engine import checkpoint
 from slotrun.engine.schedules import build_optimizer, build_scheduler, loss_weights_at
 from slotrun.engine.trainer import DataStream
 from slotrun.metrics import adjusted_rand_index, best_overlap
@@ -102,30 +104,47 @@ class Trainer:
         return float(out.loss.detach())
 
 
-def run(*, recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None, budget_s: float = 1800.0,
-        eval_images: int = 320) -> dict[str, Any]:
-    overrides = list(overrides or [])
-    trainer = Trainer(recipe, [f"data.num_test={eval_images}", *overrides])
-    model, source, cfg = trainer.model, trainer.source, trainer.rec.train
-    start, steps, losses = time.perf_counter(), 0, []
-    while time.perf_counter() - start < budget_s and steps < cfg.steps:
-        losses.append(trainer.step())
-        steps += 1
-    train_s = time.perf_counter() - start
+def one_background_slot(masks: torch.Tensor, true_ids: torch.Tensor) -> torch.Tensor:
+    """The counterfactual "one slot paints the whole background": on the GT background pixels the soft masks
+    [B, K, H, W] become one-hot on the slot whose argmax segment already holds most of the image's background;
+    object pixels keep theirs. A diagnostic that reads the GT to measure what the background's division costs,
+    never a prediction."""
+    background = true_ids.to(masks.device) == 0
+    k = masks.shape[1]
+    held = torch.nn.functional.one_hot(masks.argmax(dim=1), k).permute(0, 3, 1, 2).bool() & background[:, None]
+    winner = torch.nn.functional.one_hot(held.flatten(2).sum(-1).argmax(dim=1), k).to(masks.dtype)
+    return torch.where(background[:, None], winner[:, :, None, None].expand_as(masks), masks)
+
+
+def evaluate(model: torch.nn.Module, source: Any) -> dict[str, Any]:
+    """Score a model on its source's test split: decoder masks, the grouper's last attention maps, the 2x2 grid,
+    set-prediction AP when the decoder predicts properties, and for a decoder that paints per-slot images the
+    one-background-slot counterfactual (reconstruction MSE and mBO as trained and with the background given to
+    one slot)."""
     model.eval()
-    # per-image score lists of the decoder's masks, the grouper's attention and the 2x2 grid
+    # per-image score lists of the decoder's masks, the grouper's attention, the 2x2 grid and the counterfactual
     dec: list[tuple[torch.Tensor, ...]] = []
     att: list[tuple[torch.Tensor, ...]] = []
     grd: list[tuple[torch.Tensor, ...]] = []
-    records = []
+    one: list[tuple[torch.Tensor, ...]] = []
+    records, sq_err, sq_err_one, pixels = [], 0.0, 0.0, 0
     grid = tuple(model.encoder.grid_for(source.image.height, source.image.width))
     with torch.no_grad():
         for batch in source.batches("test", 32, seed=0, epoch=0, shuffle=False, drop_last=False):
             out = model(batch)
-            if out.decoded.predictions is not None:  # set prediction: AP over the whole test split
-                records.append(set_ap_records(out.decoded.predictions, batch.properties, source.properties,
-                                              AP_THRESHOLDS))
-            dec.append(scores(out.decoded.masks, batch.mask))
+            d = out.decoded
+            if d.predictions is not None:  # set prediction: AP over the whole test split
+                records.append(set_ap_records(d.predictions, batch.properties, source.properties, AP_THRESHOLDS))
+            dec.append(scores(d.masks, batch.mask))
+            if d.per_slot is not None and d.recon is not None and tuple(d.masks.shape[-2:]) == tuple(batch.mask.shape[-2:]):
+                masks = d.masks.float()
+                colour = d.per_slot.float() / masks[:, :, None].clamp_min(1e-12)  # per_slot = mask * colour
+                moved = one_background_slot(masks, batch.mask)
+                image = batch.image.float()
+                sq_err += float((d.recon.float() - image).square().sum())
+                sq_err_one += float(((moved[:, :, None] * colour).sum(dim=1) - image).square().sum())
+                pixels += image.numel()
+                one.append(scores(moved, batch.mask))
             if out.slots.attn:  # the grouper's last attention maps, scored like the decoder's masks
                 attn = out.slots.attn[-1]
                 att.append(scores(attn.reshape(*attn.shape[:2], *grid), batch.mask))
@@ -137,6 +156,11 @@ def run(*, recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None, bud
 
     model_scores, grid_scores = gather(dec), gather(grd)
     attn_scores = gather(att) if att else None
+    counterfactual = None
+    if one:
+        moved = gather(one)
+        counterfactual = {"mse": sq_err / pixels, "mse_one_background_slot": sq_err_one / pixels,
+                          "mbo_one_background_slot": moved["mbo"], "fg_ari_one_background_slot": moved["fg_ari"]}
     targets = {"fg_ari >= 0.90": model_scores["fg_ari"] >= 0.90,
                "share fg_ari >= 0.9 >= 75%": model_scores["fg_ari_share_ge_0.9"] >= 0.75,
                "mbo >= 0.75": model_scores["mbo"] >= 0.75}
@@ -144,19 +168,46 @@ def run(*, recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None, bud
     if records:
         set_ap = dict(zip([f"ap_{t:g}" for t in AP_THRESHOLDS], ap_from_records(torch.cat(records)), strict=True))
         targets = {"ap_inf >= 0.90": set_ap["ap_inf"] >= 0.90}
+    return {"model": model_scores, "attention": attn_scores, "set_ap": set_ap, "grid_2x2": grid_scores,
+            "one_background_slot": counterfactual, "targets_met": targets}
+
+
+def run(*, recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None, budget_s: float = 1800.0,
+        eval_images: int = 320) -> dict[str, Any]:
+    """Train `recipe` for `budget_s` seconds of wall clock (or train.steps, whichever ends first), then evaluate."""
+    overrides = list(overrides or [])
+    trainer = Trainer(recipe, [f"data.num_test={eval_images}", *overrides])
+    start, steps, losses = time.perf_counter(), 0, []
+    while time.perf_counter() - start < budget_s and steps < trainer.rec.train.steps:
+        losses.append(trainer.step())
+        steps += 1
+    train_s = time.perf_counter() - start
     command = f"python -m bench quality --recipe {recipe} --budget-min {budget_s / 60:g}" + "".join(
         f" {o}" for o in overrides)
     return {"recipe": recipe, "overrides": overrides, "budget_s": budget_s, "train_s": train_s, "steps": steps,
             "final_loss": (sum(losses[-20:]) / len(losses[-20:])) if losses else None,
-            "model": model_scores, "attention": attn_scores, "set_ap": set_ap, "grid_2x2": grid_scores, "targets_met": targets, "command": command}
+            **evaluate(trainer.model, trainer.source), "command": command}
+
+
+def score_run(run_dir: str) -> dict[str, Any]:
+    """Evaluate a finished run directory (its recipe and newest checkpoint) without training."""
+    rec, model = load_run(run_dir)
+    source = rec.data.build(None)
+    source.prepare()
+    newest = checkpoint.latest(Path(run_dir) / "checkpoints")  # the one load_run loaded
+    step = checkpoint.step_of(newest) if newest is not None else None
+    return {"recipe": f"{run_dir}/recipe.toml", "overrides": [], "budget_s": None, "train_s": None, "steps": step,
+            "final_loss": None, **evaluate(model, source), "command": f"python -m bench quality --run {run_dir}"}
 
 
 def markdown(r: dict[str, Any]) -> str:
     m, g = r["model"], r["grid_2x2"]
     title = "Set-prediction" if r.get("set_ap") else "Object-discovery"
+    trained = (f"{r['steps']} steps in {r['train_s'] / 60:.1f} min" if r.get("train_s") is not None
+               else f"the run's checkpoint at step {r['steps']}")
     lines = [f"### {title} quality (issue 5)", "",
-             f"`{r['command']}`: {r['steps']} steps in {r['train_s'] / 60:.1f} min, scored on {m['images']} "
-             "held-out test images with slotrun.metrics.", ""]
+             f"`{r['command']}`: {trained}, scored on {m['images']} held-out test images with slotrun.metrics.", ""]
+
     def row(name: str, s: dict[str, float]) -> list[str]:
         extra = [f"{s[k]:.3f}" if k in s else "" for k in ("mbo_objects_only", "background_share")]
         return [name, f"{s['fg_ari']:.3f}", f"{s['fg_ari_share_ge_0.9']:.0%}", f"{s['mbo']:.3f}", *extra]
@@ -165,6 +216,11 @@ def markdown(r: dict[str, Any]) -> str:
                            "background share of its largest segment"], [
         row("model", m), *([row("grouper attention", r["attention"])] if r.get("attention") else []),
         row("fixed 2x2 grid", g), ["target", ">= 0.90", ">= 75%", ">= 0.75", "", ""]]))
+    one = r.get("one_background_slot")
+    if one:
+        lines += ["", f"If the slot that holds most of an image's background painted all of it (a diagnostic that "
+                  f"reads the GT background): mBO {m['mbo']:.3f} -> {one['mbo_one_background_slot']:.3f}, "
+                  f"reconstruction MSE {one['mse']:.4f} -> {one['mse_one_background_slot']:.4f}."]
     if r.get("set_ap"):
         lines += ["", "Set prediction: " + ", ".join(f"{k} {v:.3f}" for k, v in r["set_ap"].items())]
     lines += ["", "Targets met: " + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in r["targets_met"].items())]

@@ -85,3 +85,37 @@ def test_quality_scores_set_prediction_ap(tmp_path) -> None:
     assert all(0.0 <= v <= 1.0 for v in r["set_ap"].values())
     assert set(r["targets_met"]) == {"ap_inf >= 0.90"}
     assert "Set prediction: ap_inf" in quality.markdown(r)
+
+
+def test_one_background_slot_moves_only_background_pixels() -> None:
+    ids = torch.tensor([[[1, 0], [0, 0]]])  # one object pixel, three background pixels
+    masks = torch.tensor([[[[0.9, 0.6], [0.1, 0.1]],   # slot 0: the object and one background pixel
+                           [[0.1, 0.4], [0.9, 0.2]],   # slot 1: one background pixel
+                           [[0.0, 0.0], [0.0, 0.7]]]])  # slot 2: one background pixel
+    moved = quality.one_background_slot(masks, ids)
+    assert torch.equal(moved[0, :, 0, 0], masks[0, :, 0, 0])  # the object pixel keeps its soft masks
+    # Each slot's argmax segment holds one background pixel; the first of the tie (slot 0) takes them all.
+    assert torch.equal(moved[0, :, ids[0] == 0], torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+
+
+def test_quality_scores_a_finished_run(tmp_path) -> None:
+    from slotrun.engine import train
+    from slotrun.plugins import load_plugins
+    from slotrun.recipe import load
+
+    plugins = load_plugins()
+    recipe = load("recipes/quickstart.toml", [
+        f"run.dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'data'}", "data.image_size=16",
+        "data.num_train=8", "data.num_val=4", "data.num_test=4", "train.steps=2", "train.batch_size=4",
+        "eval.max_samples=4", "model.encoder.channels=8", "model.decoder.channels=8", "model.grouper.slot_dim=16",
+        "model.decoder.broadcast_size=4"], plugins=plugins)
+    train(recipe, plugins)
+    assert cli.main(["quality", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 0
+    r = json.loads((tmp_path / "out" / "quality.json").read_text())["result"]
+    assert r["steps"] == 2 and r["model"]["images"] == 4 and r["train_s"] is None
+    one = r["one_background_slot"]
+    assert 0.0 <= one["mbo_one_background_slot"] <= 1.0 and one["mse"] > 0.0
+    # the counterfactual only moves background pixels, so FG-ARI (foreground only) cannot change
+    assert one["fg_ari_one_background_slot"] == pytest.approx(r["model"]["fg_ari"])
+    with pytest.raises(SystemExit):
+        cli.main(["quality", "--run", str(tmp_path / "run"), "model.grouper.iters=2"])
