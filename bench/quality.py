@@ -116,6 +116,33 @@ def one_background_slot(masks: torch.Tensor, true_ids: torch.Tensor) -> torch.Te
     return torch.where(background[:, None], winner[:, :, None, None].expand_as(masks), masks)
 
 
+def matched_attributes(predictions: torch.Tensor, targets: torch.Tensor, layout: Any) -> dict[str, torch.Tensor]:
+    """Where set prediction stands short of AP: match each image's real objects one-to-one to slots (Hungarian,
+    on the squared error over every property column, as the training loss matches them) and return, per matched
+    real object, whether each categorical attribute's argmax is right ("accuracy_<name>", bool [M]), whether all
+    are ("accuracy_all") and the position error in the layout's distance units ("distance", float64 [M])."""
+    from scipy.optimize import linear_sum_assignment
+
+    out: dict[str, list[torch.Tensor]] = {}
+    c0, c1 = layout.coords
+    for pred, target in zip(predictions.double(), targets.double(), strict=True):
+        real = target[:, layout.presence] > 0.5
+        target = target[real]
+        if not len(target):
+            continue
+        cost = (target[:, None, :] - pred[None, :, :]).square().mean(dim=-1)
+        rows, cols = linear_sum_assignment(cost.numpy())
+        t, p = target[rows], pred[cols]
+        right = []
+        for name, start, stop in layout.categorical:
+            ok = t[:, start:stop].argmax(-1) == p[:, start:stop].argmax(-1)
+            out.setdefault(f"accuracy_{name}", []).append(ok)
+            right.append(ok)
+        out.setdefault("accuracy_all", []).append(torch.stack(right).all(dim=0))
+        out.setdefault("distance", []).append(torch.linalg.vector_norm((t[:, c0:c1] - p[:, c0:c1]) * layout.coord_scale, dim=-1))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
 def evaluate(model: torch.nn.Module, source: Any) -> dict[str, Any]:
     """Score a model on its source's test split: decoder masks, the grouper's last attention maps, the 2x2 grid,
     set-prediction AP when the decoder predicts properties, and for a decoder that paints per-slot images the
@@ -127,7 +154,7 @@ def evaluate(model: torch.nn.Module, source: Any) -> dict[str, Any]:
     att: list[tuple[torch.Tensor, ...]] = []
     grd: list[tuple[torch.Tensor, ...]] = []
     one: list[tuple[torch.Tensor, ...]] = []
-    records, sq_err, sq_err_one, pixels = [], 0.0, 0.0, 0
+    records, matched, sq_err, sq_err_one, pixels = [], [], 0.0, 0.0, 0
     grid = tuple(model.encoder.grid_for(source.image.height, source.image.width))
     with torch.no_grad():
         for batch in source.batches("test", 32, seed=0, epoch=0, shuffle=False, drop_last=False):
@@ -135,6 +162,7 @@ def evaluate(model: torch.nn.Module, source: Any) -> dict[str, Any]:
             d = out.decoded
             if d.predictions is not None:  # set prediction: AP over the whole test split
                 records.append(set_ap_records(d.predictions, batch.properties, source.properties, AP_THRESHOLDS))
+                matched.append(matched_attributes(d.predictions.float(), batch.properties.float(), source.properties))
             dec.append(scores(d.masks, batch.mask))
             if d.per_slot is not None and d.recon is not None and tuple(d.masks.shape[-2:]) == tuple(batch.mask.shape[-2:]):
                 masks = d.masks.float()
@@ -164,11 +192,15 @@ def evaluate(model: torch.nn.Module, source: Any) -> dict[str, Any]:
     targets = {"fg_ari >= 0.90": model_scores["fg_ari"] >= 0.90,
                "share fg_ari >= 0.9 >= 75%": model_scores["fg_ari_share_ge_0.9"] >= 0.75,
                "mbo >= 0.75": model_scores["mbo"] >= 0.75}
-    set_ap = None
+    set_ap = set_matched = None
     if records:
         set_ap = dict(zip([f"ap_{t:g}" for t in AP_THRESHOLDS], ap_from_records(torch.cat(records)), strict=True))
         targets = {"ap_inf >= 0.90": set_ap["ap_inf"] >= 0.90}
-    return {"model": model_scores, "attention": attn_scores, "set_ap": set_ap, "grid_2x2": grid_scores,
+        columns = {k: torch.cat([m[k] for m in matched]) for k in matched[0]}
+        set_matched = {k: float(v.double().median() if k == "distance" else v.double().mean())
+                                     for k, v in columns.items()}
+    return {"model": model_scores, "attention": attn_scores, "set_ap": set_ap, "set_matched": set_matched,
+            "grid_2x2": grid_scores,
             "one_background_slot": counterfactual, "targets_met": targets}
 
 
@@ -223,5 +255,10 @@ def markdown(r: dict[str, Any]) -> str:
                   f"reconstruction MSE {one['mse']:.4f} -> {one['mse_one_background_slot']:.4f}."]
     if r.get("set_ap"):
         lines += ["", "Set prediction: " + ", ".join(f"{k} {v:.3f}" for k, v in r["set_ap"].items())]
+        if r.get("set_matched"):
+            mo = r["set_matched"]
+            lines += ["", "Real objects matched one-to-one to slots: " + ", ".join(
+                f"{k.replace('accuracy_', '')} right {v:.0%}" for k, v in mo.items() if k.startswith("accuracy_"))
+                + f", median position error {mo['distance']:.2f} (AP distance units)"]
     lines += ["", "Targets met: " + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in r["targets_met"].items())]
     return "\n".join(lines)

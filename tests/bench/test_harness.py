@@ -84,6 +84,7 @@ def test_quality_scores_set_prediction_ap(tmp_path) -> None:
     assert set(r["set_ap"]) == {"ap_inf", "ap_1", "ap_0.5", "ap_0.25", "ap_0.125"}
     assert all(0.0 <= v <= 1.0 for v in r["set_ap"].values())
     assert set(r["targets_met"]) == {"ap_inf >= 0.90"}
+    assert set(r["set_matched"]) == {"accuracy_shape", "accuracy_colour", "accuracy_all", "distance"}
     assert "Set prediction: ap_inf" in quality.markdown(r)
 
 
@@ -119,3 +120,23 @@ def test_quality_scores_a_finished_run(tmp_path) -> None:
     assert one["fg_ari_one_background_slot"] == pytest.approx(r["model"]["fg_ari"])
     with pytest.raises(SystemExit):
         cli.main(["quality", "--run", str(tmp_path / "run"), "model.grouper.iters=2"])
+
+
+def test_matched_attributes_on_a_hand_worked_set() -> None:
+    from slotrun.data.shapes import PROPERTY_LAYOUT as layout
+
+    def row(x: float, y: float, shape: int, colour: int, present: float = 1.0) -> torch.Tensor:
+        r = torch.zeros(layout.dim)
+        r[0], r[1], r[layout.presence] = x, y, present
+        r[layout.categorical[0][1] + shape] = 1.0
+        r[layout.categorical[1][1] + colour] = 1.0
+        return r
+
+    targets = torch.stack([row(0.2, 0.2, 0, 1), row(0.8, 0.8, 1, 2), torch.zeros(layout.dim)])[None]
+    # slot 0 predicts the second object exactly; slot 2 the first with the wrong colour, 0.1 off in x
+    preds = torch.stack([row(0.8, 0.8, 1, 2), row(0.5, 0.5, 2, 3, present=0.0), row(0.3, 0.2, 0, 4)])[None]
+    m = quality.matched_attributes(preds, targets, layout)
+    assert m["accuracy_shape"].tolist() == [True, True]
+    assert m["accuracy_colour"].tolist() == [False, True]
+    assert m["accuracy_all"].tolist() == [False, True]
+    assert m["distance"].tolist() == pytest.approx([0.1 * layout.coord_scale, 0.0])
