@@ -1,4 +1,9 @@
-"""The spatial broadcast decoder: each slot decoded alone to RGB + alpha; alphas compete (softmax) per pixel."""
+"""The spatial broadcast decoder: each slot decoded alone to RGB + alpha; alphas compete (softmax) per pixel.
+
+`frame = "slot"` decodes every slot in its own reference frame (the decoder half of Invariant Slot Attention,
+Biza et al. 2023): the position ramps are measured from the slot's centre in units of its spread, both read off the
+grouper's last attention map, instead of from the image corner. A slot that spreads over background has a wide frame
+in which its object is drawn small and blurred, so reconstruction itself pulls the background out of object slots."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from torch import nn
 
 from slotrun.blocks import SoftPositionEmbed
 from slotrun.metrics.reconstruction import PerceptualLoss
+from slotrun.errors import UserError
 from slotrun.types import Batch, DecoderOutput, Features, Slots
 
 from slotrun_slot_attention.keras_init import apply_weight_init
@@ -27,6 +33,26 @@ def upsampling_steps(image_size: tuple[int, int], broadcast_size: int) -> int:
         raise ValueError(f"image width {width} is not divisible by the upsampling factor {ratio} "
                          f"(= height {height} / broadcast_size {broadcast_size})")
     return ratio.bit_length() - 1
+
+
+def unit_grid(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+    """[H * W, 2] (y, x) cell positions in [0, 1], row-major, as the position ramps place them."""
+    ys = torch.linspace(0.0, 1.0, height, device=device)
+    xs = torch.linspace(0.0, 1.0, width, device=device)
+    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(height * width, 2)
+
+
+def slot_frames(attn: torch.Tensor, grid: tuple[int, int], eps: float = 1e-8, min_var: float = 1e-4
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each slot's centre and spread, [B, K, 2] each in (y, x), from attention [B, K, N] over an (h, w) token grid
+    (h * w = N): the attention (+ eps) normalised over the inputs weights the token positions; spread is the
+    weighted standard deviation per axis, its variance floored at `min_var`. Differentiable."""
+    weights = attn.float() + eps
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    pos = unit_grid(*grid, device=attn.device)
+    centre = weights @ pos
+    spread = (weights @ pos.square() - centre.square()).clamp_min(min_var).sqrt()
+    return centre, spread
 
 
 class SpatialBroadcastDecoder(nn.Module):
@@ -53,8 +79,14 @@ class SpatialBroadcastDecoder(nn.Module):
         channels_last: bool = False,
         perceptual: PerceptualLoss | None = None,
         weight_init: str = "torch",
+        frame: str = "image",
+        frame_scale: float = 5.0,
     ) -> None:
         super().__init__()
+        if frame not in ("image", "slot"):
+            raise ValueError(f"frame must be 'image' or 'slot', got {frame!r}")
+        self.frame = frame
+        self.frame_scale = frame_scale
         # An optional LPIPS loss term "perceptual" beside the MSE "recon" (weighted by train.loss_weights).
         self.perceptual = perceptual
         if perceptual is not None:
@@ -92,15 +124,47 @@ class SpatialBroadcastDecoder(nn.Module):
         out = out.reshape(b, k, *out.shape[1:])
         return out[:, :, : self.out_channels], out[:, :, self.out_channels :]
 
-    def decode_slots(self, slots: torch.Tensor) -> DecoderOutput:
-        """Slots alone [B, K, D] -> image, masks and per-slot parts, no loss (samples of a prior)."""
-        rgb, alpha = self.decode(slots)
+    def decode_framed(self, slots: torch.Tensor, centre: torch.Tensor, spread: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`decode` with each slot's ramps in its own frame: (p - centre) / (spread * frame_scale), with p, centre
+        [B, K, 2] and spread [B, K, 2] in the image's [0, 1] (y, x) coordinates."""
+        b, k, d = slots.shape
+        h, w = self.grid
+        rel = (unit_grid(h, w, slots.device)[None, None] - centre[:, :, None]) / (spread[:, :, None] * self.frame_scale)
+        ramps = torch.cat([rel, 1.0 - rel], dim=-1).reshape(b * k, h, w, 4)  # the paper's (y, x, 1-y, 1-x) form
+        x = slots.reshape(b * k, 1, 1, d) + self.pos.proj(ramps.to(slots.dtype))
+        out = self.net(x.permute(0, 3, 1, 2).contiguous())
+        out = out.reshape(b, k, *out.shape[1:])
+        return out[:, :, : self.out_channels], out[:, :, self.out_channels :]
+
+    def default_frames(self, batch: int, num_slots: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frame of a slot that attends to the whole image evenly (prior samples carry no attention)."""
+        h, w = self.grid
+        uniform = torch.full((batch, num_slots, h * w), 1.0 / (h * w), device=device)
+        return slot_frames(uniform, (h, w))
+
+    def decode_slots(self, slots: torch.Tensor, frames: tuple[torch.Tensor, torch.Tensor] | None = None
+                     ) -> DecoderOutput:
+        """Slots alone [B, K, D] -> image, masks and per-slot parts, no loss (samples of a prior). With
+        frame = "slot", `frames` = (centre, spread) [B, K, 2] each; None = every slot's frame is the whole image."""
+        if self.frame == "slot":
+            if frames is None:
+                frames = self.default_frames(slots.shape[0], slots.shape[1], slots.device)
+            rgb, alpha = self.decode_framed(slots, *frames)
+        else:
+            rgb, alpha = self.decode(slots)
         masks = alpha.float().softmax(dim=1)  # [B, K, 1, H, W]: slots compete for each pixel
         per_slot = masks * rgb.float()
         return DecoderOutput(losses={}, recon=per_slot.sum(dim=1), masks=masks.squeeze(2), per_slot=per_slot)
 
     def forward(self, slots: Slots, features: Features, batch: Batch) -> DecoderOutput:
-        out = self.decode_slots(slots.slots)
+        frames = None
+        if self.frame == "slot":
+            if not slots.attn:
+                raise UserError('model.decoder.frame = "slot" reads each slot\'s centre and spread from the '
+                                "grouper's attention maps; this grouper reports none")
+            frames = slot_frames(slots.attn[-1], features.grid)
+        out = self.decode_slots(slots.slots, frames)
         losses = {"recon": F.mse_loss(out.recon, batch.image.float())}
         if self.perceptual is not None:
             losses["perceptual"] = self.perceptual(out.recon, batch.image.float())

@@ -142,6 +142,9 @@ class SpatialBroadcastConfig:
     perceptual_value_range: tuple[float, float] = field(default=(-1.0, 1.0), converter=tuple,
                                                         validator=_value_range)  # the data's value range
     weight_init: Literal["torch", "keras"] = field(default="torch", validator=_weight_init)
+    # "slot": each slot decoded in its own frame, centred on its attention, scaled by its spread (ISA's decoder)
+    frame: Literal["image", "slot"] = field(default="image", validator=v.in_(("image", "slot")))
+    frame_scale: float = field(default=5.0, validator=[_num, v.gt(0.0)])  # relative positions / (spread * this)
 
     def build(self, inputs: DecoderInputs) -> SpatialBroadcastDecoder:
         image = inputs.image
@@ -152,7 +155,7 @@ class SpatialBroadcastConfig:
                 inputs.slot_dim, out_channels=image.channels, image_size=(image.height, image.width),
                 broadcast_size=self.broadcast_size, channels=self.channels,
                 full_res_layers=self.full_res_layers, channels_last=self.channels_last, perceptual=perceptual,
-                weight_init=self.weight_init,
+                weight_init=self.weight_init, frame=self.frame, frame_scale=float(self.frame_scale),
             )
         except ValueError as exc:  # a recipe mistake (size mismatch with the data), not a crash
             raise UserError(f"spatial_broadcast decoder: {exc}") from exc
