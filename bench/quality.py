@@ -139,7 +139,8 @@ def matched_attributes(predictions: torch.Tensor, targets: torch.Tensor, layout:
             out.setdefault(f"accuracy_{name}", []).append(ok)
             right.append(ok)
         out.setdefault("accuracy_all", []).append(torch.stack(right).all(dim=0))
-        out.setdefault("distance", []).append(torch.linalg.vector_norm((t[:, c0:c1] - p[:, c0:c1]) * layout.coord_scale, dim=-1))
+        offset = (t[:, c0:c1] - p[:, c0:c1]) * layout.coord_scale
+        out.setdefault("distance", []).append(torch.linalg.vector_norm(offset, dim=-1))
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -164,7 +165,8 @@ def evaluate(model: torch.nn.Module, source: Any) -> dict[str, Any]:
                 records.append(set_ap_records(d.predictions, batch.properties, source.properties, AP_THRESHOLDS))
                 matched.append(matched_attributes(d.predictions.float(), batch.properties.float(), source.properties))
             dec.append(scores(d.masks, batch.mask))
-            if d.per_slot is not None and d.recon is not None and tuple(d.masks.shape[-2:]) == tuple(batch.mask.shape[-2:]):
+            same_size = tuple(d.masks.shape[-2:]) == tuple(batch.mask.shape[-2:])
+            if d.per_slot is not None and d.recon is not None and same_size:
                 masks = d.masks.float()
                 colour = d.per_slot.float() / masks[:, :, None].clamp_min(1e-12)  # per_slot = mask * colour
                 moved = one_background_slot(masks, batch.mask)
