@@ -59,15 +59,17 @@ def background_share(true_ids: torch.Tensor, pred_ids: torch.Tensor) -> torch.Te
     return torch.where(total > 0, counts.max(dim=1).values / total.clamp_min(1), torch.full_like(total, float("nan")))
 
 
-def summary(fg_ari: torch.Tensor, mbo: torch.Tensor, mbo_objects: torch.Tensor | None = None,
-            bg_share: torch.Tensor | None = None) -> dict[str, float]:
+def summary(fg_ari: torch.Tensor, mbo: torch.Tensor, mbo_objects: torch.Tensor, bg_share: torch.Tensor
+            ) -> dict[str, float]:
+    """Means over the images of `scores`' four per-image columns (NaNs skipped)."""
     ok = ~torch.isnan(fg_ari)
-    out = {"fg_ari": float(fg_ari[ok].mean()), "fg_ari_share_ge_0.9": float((fg_ari[ok] >= 0.9).double().mean()),
-           "mbo": float(mbo[~torch.isnan(mbo)].mean()), "images": int(ok.sum())}
-    if mbo_objects is not None and bg_share is not None:
-        out["mbo_objects_only"] = float(mbo_objects[~torch.isnan(mbo_objects)].mean())
-        out["background_share"] = float(bg_share[~torch.isnan(bg_share)].mean())
-    return out
+
+    def mean(x: torch.Tensor) -> float:
+        return float(x[~torch.isnan(x)].mean())
+
+    return {"fg_ari": float(fg_ari[ok].mean()), "fg_ari_share_ge_0.9": float((fg_ari[ok] >= 0.9).double().mean()),
+            "mbo": mean(mbo), "images": int(ok.sum()), "mbo_objects_only": mean(mbo_objects),
+            "background_share": mean(bg_share)}
 
 
 class Trainer:
@@ -88,7 +90,7 @@ class Trainer:
         self.data = DataStream(self.source, cfg.batch_size, seed=cfg.seed, rank=0, world_size=1)
         self.clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf
         self.norm = math.inf if cfg.grad_clip_norm == "inf" else 2.0
-        self.steps = 0
+        self.steps = 0  # optimiser steps taken
 
     def step(self) -> float:
         """One training step on the next batch; returns its loss."""
@@ -118,10 +120,11 @@ def one_background_slot(masks: torch.Tensor, true_ids: torch.Tensor) -> torch.Te
 
 def matched_attributes(predictions: torch.Tensor, targets: torch.Tensor, layout: Any) -> dict[str, torch.Tensor]:
     """Where set prediction stands short of AP: match each image's real objects one-to-one to slots (Hungarian,
-    on the squared error over every property column, as the training loss matches them) and return, per matched
+    on the training loss's pairwise Huber cost over every property column) and return, per matched
     real object, whether each categorical attribute's argmax is right ("accuracy_<name>", bool [M]), whether all
     are ("accuracy_all") and the position error in the layout's distance units ("distance", float64 [M])."""
     from scipy.optimize import linear_sum_assignment
+    from slotrun_slot_attention.set_prediction import pairwise_huber
 
     out: dict[str, list[torch.Tensor]] = {}
     c0, c1 = layout.coords
@@ -130,7 +133,7 @@ def matched_attributes(predictions: torch.Tensor, targets: torch.Tensor, layout:
         target = target[real]
         if not len(target):
             continue
-        cost = (target[:, None, :] - pred[None, :, :]).square().mean(dim=-1)
+        cost = pairwise_huber(target[None], pred[None])[0]
         rows, cols = linear_sum_assignment(cost.numpy())
         t, p = target[rows], pred[cols]
         right = []
@@ -200,10 +203,9 @@ def evaluate(model: torch.nn.Module, source: Any) -> dict[str, Any]:
         targets = {"ap_inf >= 0.90": set_ap["ap_inf"] >= 0.90}
         columns = {k: torch.cat([m[k] for m in matched]) for k in matched[0]}
         set_matched = {k: float(v.double().median() if k == "distance" else v.double().mean())
-                                     for k, v in columns.items()}
+                       for k, v in columns.items()}
     return {"model": model_scores, "attention": attn_scores, "set_ap": set_ap, "set_matched": set_matched,
-            "grid_2x2": grid_scores,
-            "one_background_slot": counterfactual, "targets_met": targets}
+            "grid_2x2": grid_scores, "one_background_slot": counterfactual, "targets_met": targets}
 
 
 def run(*, recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None, budget_s: float = 1800.0,
@@ -211,14 +213,13 @@ def run(*, recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None, bud
     """Train `recipe` for `budget_s` seconds of wall clock (or train.steps, whichever ends first), then evaluate."""
     overrides = list(overrides or [])
     trainer = Trainer(recipe, [f"data.num_test={eval_images}", *overrides])
-    start, steps, losses = time.perf_counter(), 0, []
-    while time.perf_counter() - start < budget_s and steps < trainer.rec.train.steps:
+    start, losses = time.perf_counter(), []
+    while time.perf_counter() - start < budget_s and trainer.steps < trainer.rec.train.steps:
         losses.append(trainer.step())
-        steps += 1
     train_s = time.perf_counter() - start
     command = f"python -m bench quality --recipe {recipe} --budget-min {budget_s / 60:g}" + "".join(
         f" {o}" for o in overrides)
-    return {"recipe": recipe, "overrides": overrides, "budget_s": budget_s, "train_s": train_s, "steps": steps,
+    return {"recipe": recipe, "overrides": overrides, "budget_s": budget_s, "train_s": train_s, "steps": trainer.steps,
             "final_loss": (sum(losses[-20:]) / len(losses[-20:])) if losses else None,
             **evaluate(trainer.model, trainer.source), "command": command}
 

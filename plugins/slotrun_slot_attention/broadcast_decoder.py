@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slotrun.blocks import SoftPositionEmbed
-from slotrun.metrics.reconstruction import PerceptualLoss
+from slotrun.blocks import SoftPositionEmbed, coordinate_grid
 from slotrun.errors import UserError
+from slotrun.metrics.reconstruction import PerceptualLoss
 from slotrun.types import Batch, DecoderOutput, Features, Slots
 
 from slotrun_slot_attention.keras_init import apply_weight_init
@@ -36,10 +36,8 @@ def upsampling_steps(image_size: tuple[int, int], broadcast_size: int) -> int:
 
 
 def unit_grid(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
-    """[H * W, 2] (y, x) cell positions in [0, 1], row-major, as the position ramps place them."""
-    ys = torch.linspace(0.0, 1.0, height, device=device)
-    xs = torch.linspace(0.0, 1.0, width, device=device)
-    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(height * width, 2)
+    """[H * W, 2] (y, x) cell positions in [0, 1], row-major: the first two of the position ramps."""
+    return coordinate_grid(height, width, device=device)[..., :2].reshape(height * width, 2)
 
 
 def slot_frames(attn: torch.Tensor, grid: tuple[int, int], eps: float = 1e-8, min_var: float = 1e-4
@@ -120,6 +118,10 @@ class SpatialBroadcastDecoder(nn.Module):
         x = self.pos(x).permute(0, 3, 1, 2)  # NCHW view of channels-last memory
         if not self.channels_last:
             x = x.contiguous()
+        return self.render(x, b, k)
+
+    def render(self, x: torch.Tensor, b: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Broadcast slots with their ramps [B * K, D, h, w] -> (rgb [B, K, C, H, W], alpha logits [B, K, 1, H, W])."""
         out = self.net(x)
         out = out.reshape(b, k, *out.shape[1:])
         return out[:, :, : self.out_channels], out[:, :, self.out_channels :]
@@ -133,9 +135,7 @@ class SpatialBroadcastDecoder(nn.Module):
         rel = (unit_grid(h, w, slots.device)[None, None] - centre[:, :, None]) / (spread[:, :, None] * self.frame_scale)
         ramps = torch.cat([rel, 1.0 - rel], dim=-1).reshape(b * k, h, w, 4)  # the paper's (y, x, 1-y, 1-x) form
         x = slots.reshape(b * k, 1, 1, d) + self.pos.proj(ramps.to(slots.dtype))
-        out = self.net(x.permute(0, 3, 1, 2).contiguous())
-        out = out.reshape(b, k, *out.shape[1:])
-        return out[:, :, : self.out_channels], out[:, :, self.out_channels :]
+        return self.render(x.permute(0, 3, 1, 2).contiguous(), b, k)
 
     def default_frames(self, batch: int, num_slots: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The frame of a slot that attends to the whole image evenly (prior samples carry no attention)."""
