@@ -275,23 +275,25 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return out
 
 
-def structure(data: Mapping[str, Any], plugins: Any, source: str | None = None) -> Recipe:
-    """Structure plain data into a Recipe using the plugins' registry; RecipeError lists every problem."""
+def structure(data: Mapping[str, Any], plugins: Any, source: str | None = None, *, stored: bool = False) -> Recipe:
+    """Structure plain data into a Recipe using the plugins' registry; RecipeError lists every problem.
+    `stored`: the data is a run directory's resolved recipe (settings added since take their earlier default)."""
 
     def lookup(kind: str, name: str) -> type:
         return plugins.entry(kind, name).config_cls
 
-    structurer = Structurer(lookup, plugins.registry.names)
+    structurer = Structurer(lookup, plugins.registry.names, stored=stored)
     recipe = structurer.attrs_class(data, Recipe, "$")
     if structurer.errors:
         raise RecipeError(structurer.errors, source)
     return recipe
 
 
-def load(path: str | Path, overrides: Sequence[str] = (), *, plugins: Any) -> Recipe:
-    """Read, extend, override and validate a recipe. Touches no data and builds nothing."""
+def load(path: str | Path, overrides: Sequence[str] = (), *, plugins: Any, stored: bool = False) -> Recipe:
+    """Read, extend, override and validate a recipe. Touches no data and builds nothing. `stored`: `path` is
+    a run directory's recipe.toml (see structure)."""
     data = apply_overrides(load_data(path), overrides)
-    return structure(data, plugins, source=str(path))
+    return structure(data, plugins, source=str(path), stored=stored)
 
 
 def to_data(recipe: Recipe) -> dict[str, Any]:

@@ -23,6 +23,16 @@ from slotrun.registry import SINGULAR
 # Field metadata keys understood here: a field holding a component table (or a list / dict of them).
 KIND = "slotrun_kind"
 SHAPE = "slotrun_shape"  # "one" (default), "list" (a list of tables; a bare string means {type = ...}), "dict"
+# A field whose default changed: the value it had before. A stored run's recipe.toml is fully resolved, so a key
+# it lacks was added after the run was made, and the run was computed with this earlier value.
+EARLIER = "slotrun_earlier_default"
+
+
+def earlier_default(value: Any) -> dict[str, Any]:
+    """Field metadata for a setting whose default changed, e.g. `field(default="tf_same", metadata=
+    earlier_default("symmetric"))`: run directories made before the setting existed keep computing what they
+    computed (`slotrun eval`, pictures, samples), while new recipes get the new default."""
+    return {EARLIER: value}
 
 
 @attrs.frozen(kw_only=True)
@@ -89,9 +99,11 @@ def _format_exception(exc: BaseException, _type: Any) -> str:
 class Structurer:
     """Structures recipe data; `lookup(kind, name)` returns a config class or raises with a helpful message."""
 
-    def __init__(self, lookup: Callable[[str, str], type], known: Callable[[str], list[str]]) -> None:
+    def __init__(self, lookup: Callable[[str, str], type], known: Callable[[str], list[str]], *,
+                 stored: bool = False) -> None:
         self.lookup = lookup
         self.known = known
+        self.stored = stored  # data from a run directory's recipe.toml: missing keys take their earlier default
         self.conv = make_converter()
         self.errors: list[str] = []
 
@@ -195,7 +207,9 @@ class Structurer:
             key = field.alias or field.name
             sub = f"{path}.{key}"
             if key not in data:
-                if field.default is attrs.NOTHING:
+                if self.stored and EARLIER in field.metadata:
+                    values[key] = field.metadata[EARLIER]
+                elif field.default is attrs.NOTHING:
                     self.error("required key missing", sub)
                 continue
             if KIND in field.metadata:
@@ -266,4 +280,4 @@ def fields_with_defaults(cls: type) -> dict[str, Any]:
     return unstructure(cls())
 
 
-__all__ = ["Spec", "Structurer", "component", "unstructure"]
+__all__ = ["EARLIER", "Spec", "Structurer", "component", "earlier_default", "unstructure"]

@@ -186,7 +186,7 @@ def _run_recipe(run_dir: Path, overrides: Sequence[str], plugins: Any) -> Recipe
     path = run_dir / "recipe.toml"
     if not path.is_file():
         raise UserError(f"{run_dir} is not a slotrun run directory (no recipe.toml)")
-    return load(path, overrides, plugins=plugins)
+    return load(path, overrides, plugins=plugins, stored=True)
 
 
 def _newest(run_dir: Path) -> Path:
