@@ -11,6 +11,7 @@ import slotrun
 from slotrun import recipe as R
 from slotrun.errors import RecipeError, UserError
 from slotrun.plugins import load_plugins
+from slotrun.structure import earlier_default
 
 
 @attrs.frozen(kw_only=True)
@@ -253,3 +254,47 @@ def test_arrays_of_tables_are_validated_item_by_item(tmp_path, fake):
     path.write_text(BASE + '[[train.param_groups]]\nprefix = "encoder."\nlr = 3e-4\n')
     recipe = R.load(path, plugins=fake)
     assert recipe.train.param_groups[0].prefix == "encoder." and recipe.train.param_groups[0].lr == 3e-4
+
+
+@attrs.frozen(kw_only=True)
+class ChangedDefaultCfg:
+    """A grouper whose `padding` default changed from "symmetric" to "tf_same"."""
+
+    num_slots: int = field(default=7, validator=v.ge(1))
+    padding: str = field(default="tf_same", validator=v.in_(("tf_same", "symmetric")),
+                         metadata=earlier_default("symmetric"))
+
+    def build(self, inputs):
+        return None
+
+
+class ChangedDefault:
+    @staticmethod
+    @slotrun.hookimpl
+    def register_groupers(register):
+        register("changed", ChangedDefaultCfg)
+
+
+@pytest.mark.parametrize("stored, given, expected", [
+    (False, None, "tf_same"),  # a new recipe gets the new default
+    (True, None, "symmetric"),  # a run directory written before the setting existed keeps its computation
+    (True, "tf_same", "tf_same"),  # a stored value always wins
+    (False, "symmetric", "symmetric"),
+])
+def test_stored_recipe_missing_a_changed_setting_takes_its_earlier_default(stored, given, expected):
+    plugins = load_plugins(entry_points=False, extra=[("fake", Fake), ("changed", ChangedDefault)])
+    data = tomllib.loads(BASE.replace('type = "slot_attention"', 'type = "changed"'))
+    if given is not None:
+        data["model"]["grouper"]["padding"] = given
+    loaded = R.structure(data, plugins, stored=stored)
+    assert loaded.model.grouper.config.padding == expected
+    assert loaded.model.grouper.config.num_slots == 5  # other keys are read as written
+
+
+def test_evaluating_a_run_directory_reads_its_recipe_as_stored(tmp_path):
+    from slotrun.engine import evaluate
+
+    plugins = load_plugins(entry_points=False, extra=[("fake", Fake), ("changed", ChangedDefault)])
+    (tmp_path / "recipe.toml").write_text(BASE.replace('type = "slot_attention"', 'type = "changed"'))
+    assert evaluate._run_recipe(tmp_path, (), plugins).model.grouper.config.padding == "symmetric"
+    assert R.load(tmp_path / "recipe.toml", plugins=plugins).model.grouper.config.padding == "tf_same"
