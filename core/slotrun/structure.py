@@ -275,9 +275,34 @@ def unstructure(value: Any) -> Any:
     return value
 
 
+def with_earlier_defaults(stored: Any, current: Any) -> Any:
+    """A stored run's plain recipe data with every setting it predates filled in with its earlier default, read
+    off the config classes of `current` (a structured recipe of the same shape), so that comparing it with
+    `current` names the settings whose value differs rather than keys that are merely absent."""
+    if isinstance(current, Spec):
+        if not isinstance(stored, Mapping) or stored.get("type") != current.type:
+            return stored
+        return {"type": current.type, **with_earlier_defaults(
+            {k: v for k, v in stored.items() if k != "type"}, current.config)}
+    if attrs.has(type(current)) and isinstance(stored, Mapping):
+        out = dict(stored)
+        for field in attrs.fields(type(current)):
+            key = field.alias or field.name
+            if key in out:
+                out[key] = with_earlier_defaults(out[key], getattr(current, field.name))
+            elif EARLIER in field.metadata:
+                out[key] = unstructure(field.metadata[EARLIER])
+        return out
+    if isinstance(current, Mapping) and isinstance(stored, Mapping):
+        return {k: with_earlier_defaults(v, current[k]) if k in current else v for k, v in stored.items()}
+    if isinstance(current, (list, tuple)) and isinstance(stored, list) and len(stored) == len(current):
+        return [with_earlier_defaults(s, c) for s, c in zip(stored, current, strict=True)]
+    return stored
+
+
 def fields_with_defaults(cls: type) -> dict[str, Any]:
     """The defaults of a config class, as plain data (for docs and `slotrun plugins --json`)."""
     return unstructure(cls())
 
 
-__all__ = ["EARLIER", "Spec", "Structurer", "component", "earlier_default", "unstructure"]
+__all__ = ["EARLIER", "Spec", "Structurer", "component", "earlier_default", "unstructure", "with_earlier_defaults"]

@@ -298,3 +298,18 @@ def test_evaluating_a_run_directory_reads_its_recipe_as_stored(tmp_path):
     (tmp_path / "recipe.toml").write_text(BASE.replace('type = "slot_attention"', 'type = "changed"'))
     assert evaluate._run_recipe(tmp_path, (), plugins).model.grouper.config.padding == "symmetric"
     assert R.load(tmp_path / "recipe.toml", plugins=plugins).model.grouper.config.padding == "tf_same"
+
+
+def test_resuming_a_run_that_predates_a_setting_names_the_setting_and_its_two_values():
+    from slotrun.engine.run_dir import diff_data
+    from slotrun.structure import with_earlier_defaults
+
+    plugins = load_plugins(entry_points=False, extra=[("fake", Fake), ("changed", ChangedDefault)])
+    new = R.structure(tomllib.loads(BASE.replace('type = "slot_attention"', 'type = "changed"')), plugins)
+    stored = R.to_data(new)  # fully resolved, as a run directory keeps it, but written before `padding` existed
+    del stored["model"]["grouper"]["padding"]
+    assert diff_data(stored, R.to_data(new)) == ["$.model.grouper.padding: (absent) -> 'tf_same'"]
+    assert diff_data(with_earlier_defaults(stored, new), R.to_data(new)) == [
+        "$.model.grouper.padding: 'symmetric' -> 'tf_same'"]
+    pinned = R.structure(R.apply_overrides(stored, ['model.grouper.padding="symmetric"']), plugins)
+    assert diff_data(with_earlier_defaults(stored, pinned), R.to_data(pinned)) == []  # resumable with the old value

@@ -27,6 +27,7 @@ from typing import Any
 
 from slotrun.errors import UserError
 from slotrun.recipe import Recipe, to_toml
+from slotrun.structure import with_earlier_defaults
 
 KNOWN_ENTRIES = {
     "recipe.toml", "plugins.json", "metrics.jsonl", "eval.jsonl", "eval.json", "tb", "checkpoints", "pictures",
@@ -234,7 +235,7 @@ class RunDir:
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise UserError(f"cannot read {self.recipe}: {exc}; choose a new run.dir") from None
         new = tomllib.loads(to_toml(recipe))  # the same TOML round trip the stored one went through
-        diffs = diff_data(old, new)
+        diffs = diff_data(with_earlier_defaults(old, recipe), new)
         if diffs:
             shown = "; ".join(diffs[:5]) + (f"; and {len(diffs) - 5} more" if len(diffs) > 5 else "")
             raise UserError(
