@@ -5,6 +5,10 @@ registers something invalid): it is left out *whole*, a one-line failure naming 
 distribution is recorded (the command line prints each on stderr), and everything else keeps working. A recipe
 that names a component of a broken plugin fails with the unknown-name error plus the plugin's failure.
 There is no module-global plugin manager: each call builds its own, so tests can build theirs.
+
+Names: the built-in plugins (distribution "slotrun") load first, and their plugin names and component names are
+reserved: a third-party plugin that takes one is disabled, and the built-in stays intact. Between third-party
+plugins, the one whose entry-point name sorts later is disabled, with a line naming both distributions.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import pluggy
 
 from slotrun import hookspecs
 from slotrun.errors import PluginError, UserError
-from slotrun.registry import KINDS, Entry, Registry, unknown_message
+from slotrun.registry import KINDS, SINGULAR, Entry, Registry, unknown_message
 
 ENTRY_POINT_GROUP = "slotrun"
+BUILTIN_DISTRIBUTION = "slotrun"
 
 
 @attrs.frozen(kw_only=True)
@@ -28,6 +33,10 @@ class PluginInfo:
     name: str
     distribution: str
     version: str
+
+    @property
+    def builtin(self) -> bool:
+        return self.distribution == BUILTIN_DISTRIBUTION
 
 
 @attrs.frozen(kw_only=True)
@@ -69,12 +78,19 @@ class Plugins:
         return self
 
 
+def _distribution(ep: md.EntryPoint) -> tuple[str, str]:
+    return (ep.dist.name, ep.dist.version) if ep.dist is not None else ("unknown distribution", "0")
+
+
 def _entry_points() -> list[md.EntryPoint]:
-    eps = md.entry_points(group=ENTRY_POINT_GROUP)
-    seen: dict[str, md.EntryPoint] = {}
-    for ep in eps:  # the same distribution installed twice on sys.path lists its entry points twice
-        seen.setdefault(ep.name, ep)
-    return sorted(seen.values(), key=lambda ep: ep.name)
+    """The group's entry points, built-ins first, each group sorted by name. The same distribution installed
+    twice on sys.path lists its entry points twice: one is kept. Two distributions using one name both stay
+    (the second is refused when loaded, naming the first)."""
+    seen: dict[tuple[str, str], md.EntryPoint] = {}
+    for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+        seen.setdefault((ep.name, _distribution(ep)[0]), ep)
+    return sorted(seen.values(), key=lambda ep: (_distribution(ep)[0] != BUILTIN_DISTRIBUTION, ep.name,
+                                                 _distribution(ep)[0]))
 
 
 def _describe(exc: BaseException) -> str:
@@ -94,8 +110,7 @@ def load_plugins(
     candidates: list[tuple[PluginInfo, object | None, md.EntryPoint | None]] = []
     if entry_points:
         for ep in _entry_points():
-            dist = ep.dist.name if ep.dist is not None else "unknown distribution"
-            version = ep.dist.version if ep.dist is not None else "0"
+            dist, version = _distribution(ep)
             candidates.append((PluginInfo(name=ep.name, distribution=dist, version=version), None, ep))
     for name, obj in extra:
         module = getattr(obj, "__name__", type(obj).__name__)
@@ -103,6 +118,7 @@ def load_plugins(
 
     for info, obj, ep in candidates:
         try:
+            _check_name(plugins, info)
             if ep is not None:
                 obj = ep.load()
             _register_plugin(plugins, info, obj)
@@ -115,10 +131,19 @@ def load_plugins(
     return plugins
 
 
+def _check_name(plugins: Plugins, info: PluginInfo) -> None:
+    """Before anything of the plugin is imported: its name must be free."""
+    have = plugins.infos.get(info.name)
+    if have is None:
+        return
+    if have.builtin:
+        raise PluginError(f"the plugin name '{info.name}' belongs to slotrun's built-in plugin; a third-party "
+                          "plugin cannot replace it (rename your entry point)")
+    raise PluginError(f"the plugin name '{info.name}' is already taken by {have.distribution} {have.version}")
+
+
 def _register_plugin(plugins: Plugins, info: PluginInfo, obj: object) -> None:
     pm = plugins.manager
-    if info.name in plugins.infos:
-        raise PluginError(f"a plugin named '{info.name}' is already loaded")
     pm.register(obj, name=info.name)  # raises if a hookimpl's signature does not match its spec
     unknown = [
         impl.function.__name__
@@ -149,6 +174,12 @@ def _register_plugin(plugins: Plugins, info: PluginInfo, obj: object) -> None:
     for entry in plugins.registry:
         trial.add(entry)
     for entry in staged:
+        if (entry.kind, entry.name) in trial:
+            have = trial.get(entry.kind, entry.name)
+            if have.distribution == BUILTIN_DISTRIBUTION and not info.builtin:
+                raise PluginError(
+                    f"{SINGULAR[entry.kind]} '{entry.name}' is a built-in component ({have.provider}); a "
+                    "third-party plugin cannot replace it (register yours under another name)")
         trial.add(entry)
     plugins.registry = trial
     plugins.infos[info.name] = info
