@@ -187,8 +187,8 @@ class RunDir:
         self.lock = RunLock(self.path / ".lock")
 
     def open(self, recipe: Recipe, versions: Mapping[str, str]) -> None:
-        """Create or re-open the directory for training `recipe`: lock it, check that an existing run was
-        made by the same recipe, and write the resolved recipe and plugin versions."""
+        """Create or re-open the directory for training `recipe`: lock it and check that an existing run was
+        made by the same recipe. The directory is bound to the recipe by `bind`, once training can start."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"run.dir {self.path} exists and is not a directory")
         try:
@@ -200,13 +200,18 @@ class RunDir:
             self._check_recipe(recipe)
             self._remove_leftovers()
             self._check_plugins(versions)
-            write_atomic(self.recipe, to_toml(recipe))
-            write_atomic(self.plugins, json.dumps(dict(versions), indent=2, sort_keys=True) + "\n")
-            for folder in (self.checkpoints, self.pictures, self.tb):
-                folder.mkdir(exist_ok=True)
         except BaseException:
             self.lock.release()
             raise
+
+    def bind(self, recipe: Recipe, versions: Mapping[str, str]) -> None:
+        """Write the resolved recipe and plugin versions: from here on the directory holds a run of `recipe`.
+        Called once data, model and pretrained weights are ready, so that a launch that fails before training
+        (missing data, offline weights) leaves the directory free for the corrected command."""
+        write_atomic(self.recipe, to_toml(recipe))
+        write_atomic(self.plugins, json.dumps(dict(versions), indent=2, sort_keys=True) + "\n")
+        for folder in (self.checkpoints, self.pictures, self.tb):
+            folder.mkdir(exist_ok=True)
 
     def close(self) -> None:
         self.lock.release()

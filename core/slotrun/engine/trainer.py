@@ -136,7 +136,7 @@ def train(recipe: Recipe, plugins: Any, *, on_log: LogHook | None = None) -> dic
             error = f"cannot use run.dir {run.path}: {exc.strerror or exc}"
     raise_together(accelerator, error)
     try:
-        return _Trainer(recipe, accelerator, run, on_log).run()
+        return _Trainer(recipe, accelerator, run, on_log, plugins.versions()).run()
     finally:
         if accelerator.is_main_process:
             run.close()
@@ -147,8 +147,10 @@ def _compile_probe(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Trainer:
-    def __init__(self, recipe: Recipe, accelerator: Accelerator, run: RunDir, on_log: LogHook | None) -> None:
+    def __init__(self, recipe: Recipe, accelerator: Accelerator, run: RunDir, on_log: LogHook | None,
+                 versions: dict[str, str]) -> None:
         self.recipe, self.accelerator, self.rundir, self.on_log = recipe, accelerator, run, on_log
+        self.versions = versions
         self.config = recipe.train
         self.main = accelerator.is_main_process
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
@@ -189,6 +191,9 @@ class _Trainer:
             for metric in self.metrics:
                 if callable(getattr(metric, "load_pretrained", None)):
                     metric.load_pretrained()
+        if self.main:
+            self.rundir.bind(self.recipe, self.versions)
+        acc.wait_for_everyone()
         model, optimizer = acc.prepare(model, optimizer)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.raw = acc.unwrap_model(model)

@@ -139,6 +139,7 @@ def test_temporary_files_of_a_killed_write_are_removed_on_reopening(tmp_path: Pa
     recipe = ef.recipe(tmp_path, loaded=plugins)
     run = RunDir(tmp_path / "run")
     run.open(recipe, plugins.versions())
+    run.bind(recipe, plugins.versions())
     run.close()
     dead = 2**22 + 12345  # above Linux's largest pid
     stale = [run.path / f".metrics.jsonl.tmp-{dead}", run.path / f".recipe.toml.tmp-{dead}",

@@ -10,6 +10,7 @@ import pytest
 
 import engine_fakes as ef
 from slotrun import engine
+from slotrun import recipe as R
 from slotrun.engine.run_dir import RunDir, diff_data
 from slotrun.errors import UserError
 
@@ -42,12 +43,14 @@ def test_resuming_needs_the_same_recipe(tmp_path: Path) -> None:
     plugins = ef.plugins()
     first = RunDir(tmp_path / "run")
     first.open(ef.recipe(tmp_path, loaded=plugins), plugins.versions())
+    first.bind(ef.recipe(tmp_path, loaded=plugins), plugins.versions())
     first.close()
     with pytest.raises(UserError, match=r"different recipe \(\$\.train\.lr: 0\.003 -> 0\.01\).*new run.dir"):
         RunDir(tmp_path / "run").open(ef.recipe(tmp_path, "train.lr=0.01", loaded=plugins), plugins.versions())
     allowed = ef.recipe(tmp_path, "train.steps=20", "eval.every=5", "train.log_every=3", loaded=plugins)
     again = RunDir(tmp_path / "run")
     again.open(allowed, plugins.versions())
+    again.bind(allowed, plugins.versions())
     again.close()
     assert "steps = 20" in (tmp_path / "run" / "recipe.toml").read_text()
 
@@ -77,3 +80,45 @@ def test_logs_after_the_checkpoint_are_forgotten(tmp_path: Path) -> None:
     assert [r["step"] for r in ef.read_jsonl(run.metrics)] == [1, 2]
     assert ef.read_jsonl(run.metrics)[0]["loss"] is None  # NaN is written as null
     assert ef.read_jsonl(run.evals) == [{"step": 3, "mse": 1.0, "overrides": []}]
+
+
+TINY_SHAPES = """
+[data]
+type = "shapes"
+image_size = 16
+num_train = 8
+num_val = 4
+num_test = 4
+[model.encoder]
+type = "sa_cnn"
+channels = 8
+[model.grouper]
+type = "slot_attention"
+num_slots = 2
+iters = 1
+slot_dim = 8
+mlp_hidden = 8
+[model.decoder]
+type = "spatial_broadcast"
+broadcast_size = 8
+channels = 8
+[train]
+batch_size = 2
+[eval]
+batch_size = 4
+metrics = ["mse"]
+"""
+
+
+def test_a_launch_that_fails_before_training_leaves_the_directory_free(tmp_path: Path, plugins) -> None:
+    (tmp_path / "tiny.toml").write_text(TINY_SHAPES)
+    missing = R.load(tmp_path / "tiny.toml", [f'run.dir="{tmp_path / "run"}"', 'data.type="shards"',
+                                              f'data.path="{tmp_path / "no_such_data"}"', "data.image_size=16"],
+                     plugins=plugins)
+    with pytest.raises(UserError, match="no_such_data"):
+        engine.train(missing, plugins)
+    assert not (tmp_path / "run" / "recipe.toml").exists()
+    fixed = R.load(tmp_path / "tiny.toml", [f'run.dir="{tmp_path / "run"}"', f'data.cache_dir="{tmp_path / "c"}"',
+                                            "train.steps=1", "eval.every=1"], plugins=plugins)
+    engine.train(fixed, plugins)  # the corrected command is a new run, not "a different recipe"
+    assert R.load(tmp_path / "run" / "recipe.toml", plugins=plugins, stored=True) == fixed
