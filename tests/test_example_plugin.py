@@ -56,3 +56,17 @@ def test_not_installed_means_unknown(tmp_path):
     out = slotrun(dict(os.environ), "check", str(EXAMPLE / "recipe.toml"))
     assert out.returncode == 2
     assert "unknown grouper 'cross_attention'" in out.stdout
+
+
+@pytest.mark.slow
+def test_installed_plugin_passes_the_conformance_suite(installed):
+    """What CONTRIBUTING tells plugin authors to run, on the shipped example."""
+    script = ("from slotrun.testing import check_entry, entries\n"
+              "found = entries(plugin='example')\n"
+              "assert {e.name for e in found} == {'cross_attention', 'attention_entropy'}, found\n"
+              "for e in found:\n"
+              "    check_entry(e)\n"
+              "print('ok', len(found))\n")
+    out = subprocess.run([sys.executable, "-c", script], env=installed, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok 2"

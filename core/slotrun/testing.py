@@ -87,9 +87,16 @@ def _features(tokens: int = GRID[0] * GRID[1]) -> Features:
     )
 
 
+def _slots_and_logits(requires_grad: bool = True) -> tuple[Slots, torch.Tensor]:
+    """Slots and one attention map; with `requires_grad`, both are part of the graph, as in a model (the
+    attention through the returned logits, a leaf the checks read gradients from)."""
+    logits = torch.randn(BATCH, SLOTS, GRID[0] * GRID[1], requires_grad=requires_grad)
+    slots = torch.randn(BATCH, SLOTS, DIM, requires_grad=requires_grad)
+    return Slots(slots=slots, attn=(torch.softmax(logits, 1),)), logits
+
+
 def _slots(requires_grad: bool = True) -> Slots:
-    return Slots(slots=torch.randn(BATCH, SLOTS, DIM, requires_grad=requires_grad),
-                 attn=(torch.softmax(torch.randn(BATCH, SLOTS, GRID[0] * GRID[1]), dim=1),))
+    return _slots_and_logits(requires_grad)[0]
 
 
 def _batch() -> Batch:
@@ -175,12 +182,14 @@ def check_decoder(config: Any) -> None:
 def check_regulariser(config: Any) -> None:
     reg = config.build(RegulariserInputs(slot_dim=DIM, num_slots=SLOTS))
     _expect(isinstance(reg, nn.Module), "build() must return an nn.Module")
-    slots = _slots()
+    slots, logits = _slots_and_logits()
     value = reg(slots)
     _expect(isinstance(value, torch.Tensor) and value.dim() == 0, "a regulariser must return one scalar tensor")
     _finite(value, "regulariser value")
+    _expect(value.requires_grad, "the value does not depend on the slots or their attention (no gradient)")
     value.backward()
-    _expect(slots.slots.grad is not None, "no gradient reaches the slots")
+    # a hinge (cosine margin) may be flat at random slots: the gradient must exist, not be non-zero
+    _expect(slots.slots.grad is not None or logits.grad is not None, "no gradient reaches the slots or their attention")
 
 
 def check_prior(config: Any) -> None:
