@@ -36,8 +36,9 @@ class Entry:
 
     @property
     def summary(self) -> str:
-        doc = (self.config_cls.__doc__ or "").strip()
-        return doc.splitlines()[0] if doc else ""
+        """The config docstring's first paragraph on one line (docstrings wrap mid-sentence)."""
+        paragraph = (self.config_cls.__doc__ or "").strip().split("\n\n")[0]
+        return " ".join(paragraph.split())
 
 
 def did_you_mean(name: str, known: list[str]) -> str:

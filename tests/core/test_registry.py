@@ -130,3 +130,21 @@ def test_entry_points_load_the_builtins(plugins):
     entry_ = plugins.entry("groupers", "slot_attention")
     assert entry_.plugin == "slot_attention" and entry_.distribution == "slotrun"
     assert entry_.version == slotrun.__version__
+
+
+def test_summary_is_the_whole_first_paragraph_of_the_docstring(plugins):
+    @attrs.frozen(kw_only=True)
+    class Wrapped:
+        """Slot Attention with a docstring that wraps
+        onto a second line.
+
+        Details that `slotrun plugins` leaves out.
+        """
+
+        def build(self, inputs):
+            return None
+
+    entry = Entry(kind="groupers", name="wrapped", config_cls=Wrapped, plugin="p", distribution="d", version="0")
+    assert entry.summary == "Slot Attention with a docstring that wraps onto a second line."
+    for shipped in plugins.registry:  # no built-in summary ends mid-sentence
+        assert shipped.summary.endswith((".", ")")), (shipped.name, shipped.summary)
