@@ -9,7 +9,7 @@ __init__ but not attrs' generated one: components create these inside the compil
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import dataclasses
 
@@ -68,12 +68,17 @@ class Batch:
     categories: Tensor | None = None
     ignore: Tensor | None = None
 
-    def to(self, device: torch.device | str) -> Batch:
-        def move(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.to(device, non_blocking=True)
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> Batch:
+        """Every field through `fn` (None stays None): a field added to Batch is carried by every caller."""
+        return Batch(**{f.name: None if (t := getattr(self, f.name)) is None else fn(t)
+                        for f in dataclasses.fields(self)})
 
-        return Batch(image=move(self.image), mask=move(self.mask), properties=move(self.properties),
-                     categories=move(self.categories), ignore=move(self.ignore))
+    def to(self, device: torch.device | str) -> Batch:
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    def head(self, n: int) -> Batch:
+        """The first `n` images, with every per-image field cut alike."""
+        return self._map(lambda t: t[:n])
 
     @property
     def size(self) -> int:

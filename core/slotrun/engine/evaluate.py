@@ -37,21 +37,16 @@ def build_metrics(recipe: Recipe, source: DataSource) -> list[Any]:
     return [spec.build(inputs) for spec in recipe.eval.metrics]
 
 
-def _limited(batches: Iterator[Batch], limit: int | None) -> Iterator[Batch]:
-    """At most `limit` images, cutting the last batch short."""
+def limited(batches: Iterator[Batch], limit: int | None) -> Iterator[Batch]:
+    """At most `limit` images (None: all), cutting the last batch short with every field (Batch.head)."""
     seen = 0
     for batch in batches:
-        if limit is not None and seen + batch.size > limit:
-            keep = limit - seen
-            if keep <= 0:
-                return
-            batch = Batch(image=batch.image[:keep],
-                          mask=None if batch.mask is None else batch.mask[:keep],
-                          properties=None if batch.properties is None else batch.properties[:keep])
-        seen += batch.size
-        yield batch
         if limit is not None and seen >= limit:
             return
+        if limit is not None and seen + batch.size > limit:
+            batch = batch.head(limit - seen)
+        seen += batch.size
+        yield batch
 
 
 def _rank_share(total: int | None, rank: int, world_size: int) -> int | None:
@@ -80,7 +75,7 @@ def evaluate(model: nn.Module, source: DataSource, metrics: Sequence[Any], confi
     try:
         with torch.no_grad(), rng.isolated(rng.derived_seed(seed, EVAL_SALT, rank), accelerator.device), \
                 accelerator.autocast():
-            for batch in _limited(batches, _rank_share(config.max_samples, rank, world)):
+            for batch in limited(batches, _rank_share(config.max_samples, rank, world)):
                 batch = batch.to(accelerator.device)
                 output = model(batch)
                 n = batch.size

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,9 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from slotrun.engine import rng
+from slotrun.engine.evaluate import limited
 from slotrun.errors import UserError
-from slotrun.types import Batch, PropertyLayout
+from slotrun.types import PropertyLayout
 
 PROBE_SALT = 0x9B0BE  # the probe's random stream, apart from training's and evaluation's
 
@@ -220,19 +220,6 @@ def _pad_objects(props: list[Tensor]) -> Tensor:
     return torch.cat([nn.functional.pad(p, (0, 0, 0, most - p.shape[1])) for p in props])
 
 
-def _limited(batches: Iterator[Batch], limit: int | None) -> Iterator[Batch]:
-    seen = 0
-    for batch in batches:
-        if limit is not None and seen >= limit:
-            return
-        if limit is not None and seen + batch.size > limit:
-            keep = limit - seen
-            batch = Batch(image=batch.image[:keep],
-                          properties=None if batch.properties is None else batch.properties[:keep])
-        seen += batch.size
-        yield batch
-
-
 def compute_slots(model: nn.Module, source: Any, split: str, *, batch_size: int = 64,
                   max_samples: int | None = None, seed: int = 0, device: str | torch.device = "cpu"
                   ) -> tuple[Tensor, Tensor]:
@@ -245,7 +232,7 @@ def compute_slots(model: nn.Module, source: Any, split: str, *, batch_size: int 
     model.eval()
     try:
         with torch.no_grad(), rng.isolated(rng.derived_seed(seed, PROBE_SALT), device):
-            for batch in _limited(batches, max_samples):
+            for batch in limited(batches, max_samples):
                 if batch.properties is None:
                     raise UserError(f"split '{split}' yielded a batch without object properties")
                 features = model.encoder(batch.image.to(device))
