@@ -132,11 +132,16 @@ def save_pictures(model: nn.Module, source: DataSource, config: EvalConfig, acce
     finally:
         model.train(was_training)
     image = render(batch, output, config.pictures)
+    write_png(image, path)
+    return image
+
+
+def write_png(image: Any, path: Path) -> None:
+    """Save a PIL image as PNG through a temporary file: a reader (TensorBoard, a person) never sees half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     image.save(tmp, format="PNG")
     tmp.replace(path)
-    return image
 
 
 def can_sample(model: nn.Module) -> bool:
@@ -162,10 +167,7 @@ def save_samples(model: nn.Module, config: EvalConfig, accelerator: Accelerator,
     finally:
         model.train(was_training)
     image = render_samples(decoded, config.pictures)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
+    write_png(image, path)
     return image
 
 

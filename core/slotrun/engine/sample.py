@@ -101,8 +101,9 @@ def save_grid(images: np.ndarray, labels: np.ndarray, path: Path, *, columns: in
         x, y = pad + c * (2 * size + pad), pad + r * (size + pad)
         canvas.paste(_tile((images[i].clip(0, 1) * 255).round().astype(np.uint8), size), (x, y))
         canvas.paste(_tile(PALETTE[labels[i] % len(PALETTE)], size), (x + size, y))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path, format="PNG")
+    from slotrun.engine.evaluate import write_png
+
+    write_png(canvas, path)
 
 
 def sample_run(run_dir: str | Path, num: int = 64, slots: int | None = None, temperature: float = 1.0,
