@@ -46,9 +46,11 @@ class Spec:
         return self.config.build(inputs)
 
 
-def component(kind: str, *, shape: str = "one", default: Any = attrs.NOTHING, **kwargs: Any) -> Any:
-    """An attrs field that holds component tables of `kind` ("encoders", "groupers", ...)."""
-    metadata = {KIND: kind, SHAPE: shape}
+def component(kind: str, *, shape: str = "one", default: Any = attrs.NOTHING, metadata: Mapping[str, Any] | None = None,
+              **kwargs: Any) -> Any:
+    """An attrs field that holds component tables of `kind` ("encoders", "groupers", ...); `metadata` adds
+    to slotrun's own (e.g. earlier_default)."""
+    metadata = {**(metadata or {}), KIND: kind, SHAPE: shape}
     if default is attrs.NOTHING and shape == "list":
         return attrs.field(factory=tuple, metadata=metadata, **kwargs)
     if default is attrs.NOTHING and shape == "dict":
@@ -290,7 +292,7 @@ def with_earlier_defaults(stored: Any, current: Any) -> Any:
             key = field.alias or field.name
             if key in out:
                 out[key] = with_earlier_defaults(out[key], getattr(current, field.name))
-            elif EARLIER in field.metadata:
+            elif EARLIER in field.metadata and field.metadata[EARLIER] is not None:  # TOML has no null
                 out[key] = unstructure(field.metadata[EARLIER])
         return out
     if isinstance(current, Mapping) and isinstance(stored, Mapping):

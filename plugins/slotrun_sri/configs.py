@@ -11,12 +11,12 @@ from attrs import validators as v
 from slotrun.errors import UserError
 from slotrun.protocols import DecoderInputs, GrouperInputs, MetricInputs, PriorInputs
 from slotrun.recipe import MAX_IMAGE_SIZE, MAX_LAYERS, MAX_WIDTH, size
-from slotrun.structure import Spec, component
+from slotrun.structure import KIND, SHAPE, Spec, component, earlier_default
 
 from slotrun_sri.decoder import LIKELIHOODS, MixtureBroadcastDecoder
 from slotrun_sri.metrics import NegativeELBOBitsPerDim
-from slotrun_sri.posterior import GaussianSlotPosterior
-from slotrun_sri.prior import MATCHINGS, ORDERED_STDS, IndependentPrior, SRIPrior
+from slotrun_sri.posterior import HEADS, GaussianSlotPosterior
+from slotrun_sri.prior import LSTM_INITS, MATCHINGS, ORDERED_STDS, SEGREGATION_KLS, IndependentPrior, SRIPrior
 
 _frozen = attrs.frozen(kw_only=True)
 _int = v.instance_of(int)
@@ -39,11 +39,15 @@ def _not_self(_instance: object, _attribute: attrs.Attribute, value: Spec) -> No
 
 @_frozen
 class SegregateConfig:
-    """Gaussian slot posterior q(z_k|x) over any grouper (`inner`): linear head to mean/std, samples z decoded."""
+    """Gaussian slot posterior q(z_k|x) over any grouper (`inner`): a head to mean/std, samples z decoded."""
 
     inner: Spec = component("groupers", default=attrs.Factory(_default_inner), validator=_not_self)
     latent_dim: int | None = field(default=None, validator=v.optional(size(MAX_WIDTH)))  # None: the inner slot_dim
     eval_sample: bool = field(default=False, validator=_bool)  # at eval decode a sample (ELBO) instead of the mean
+    # "genesis_v2" = GENESIS-v2's z_head (LayerNorm-MLP, std softplus(x + 0.5) + 1e-8), the official SRI code's;
+    # "linear" = one Linear, std sqrt(softplus(x) + 1e-5)
+    head: Literal["genesis_v2", "linear"] = field(default="genesis_v2", metadata=earlier_default("linear"),
+                                                  validator=v.in_(HEADS))
 
     @classmethod
     def conformance(cls) -> SegregateConfig:
@@ -53,7 +57,13 @@ class SegregateConfig:
         return cls(inner=Spec(type="slot_attention", config=inner), latent_dim=8)
 
     def build(self, inputs: GrouperInputs) -> GaussianSlotPosterior:
-        return GaussianSlotPosterior(self.inner.build(inputs), self.latent_dim, eval_sample=self.eval_sample)
+        return GaussianSlotPosterior(self.inner.build(inputs), self.latent_dim, eval_sample=self.eval_sample,
+                                     head=self.head)
+
+
+def _default_sri_decoder() -> Spec:
+    # the official SRI always decodes z_ord with a broadcast decoder of its own (SRI.decoder)
+    return Spec(type="mog_broadcast", config=MixtureBroadcastConfig())
 
 
 def _lstm_needs_decoder(instance: SRIPriorConfig, _attribute: attrs.Attribute, value: str) -> None:
@@ -69,7 +79,8 @@ class SRIPriorConfig:
     optionally SRI's own decoder of the re-ordered samples (terms suffixed _sri, e.g. nll_sri)."""
 
     scene_dim: int = field(default=128, validator=size(MAX_WIDTH))
-    hidden: int = field(default=256, validator=size(MAX_WIDTH))  # LSTM units of the prior and posterior LSTMs
+    # LSTM units of the prior and posterior LSTMs; None: 4 * the slot size, as the official nn.LSTM(D, 4 D)
+    hidden: int | None = field(default=None, metadata=earlier_default(256), validator=v.optional(size(MAX_WIDTH)))
     relation_layers: int = field(default=3, validator=size(MAX_LAYERS, low=0))
     scene_variable: bool = field(default=True, validator=_bool)  # ablation: false = no s (no kl_scene)
     order_alignment: bool = field(default=True, validator=_bool)  # ablation: false = the segregation order
@@ -77,14 +88,26 @@ class SRIPriorConfig:
     segregation_kl: bool = field(default=True, validator=_bool)  # term kl_seg = KL(q(z|x) || N(0, I))
     matching: Literal["greedy", "hungarian"] = field(default="greedy", validator=v.in_(MATCHINGS))
     detach_means: bool = field(default=True, validator=_bool)  # the paper: SRI does not update the means
-    # q_ord's stds: "segregation" = q(z|x)'s, permuted; "lstm" = the paper's posterior LSTM, which needs `decoder`
-    # (its NLL_SRI is what constrains those variances; see slotrun_sri.prior)
-    ordered_std: Literal["segregation", "lstm"] = field(default="segregation",
+    # q_ord's stds: "lstm" = the official posterior LSTM, which needs `decoder` (its NLL_SRI is what constrains
+    # those variances; see slotrun_sri.prior); "segregation" = q(z|x)'s, permuted
+    ordered_std: Literal["segregation", "lstm"] = field(default="lstm", metadata=earlier_default("segregation"),
                                                         validator=[v.in_(ORDERED_STDS), _lstm_needs_decoder])
+    # kl_seg: "sample" = GENESIS-v2's one-sample estimate log q(z|x) - log N(z; 0, I) at the decoded z (official);
+    # "analytic" = the closed form (same expectation, lower-variance gradients)
+    segregation_kl_estimate: Literal["sample", "analytic"] = field(
+        default="sample", metadata=earlier_default("analytic"), validator=v.in_(SEGREGATION_KLS))
+    # a bias on the relation blocks' query and key maps (the official q and k have none)
+    relation_qk_bias: bool = field(default=False, metadata=earlier_default(True), validator=_bool)
     # SRI's own decoder of the re-ordered samples z_ord; its loss terms come out suffixed `_sri`
-    # (mog_broadcast's nll -> nll_sri), and samples of the prior are decoded with it
-    decoder: Spec | None = component("decoders", default=None)
-    init_gain: float = field(default=0.02, validator=[_num, v.gt(0.0)])
+    # (mog_broadcast's nll -> nll_sri), and samples of the prior are decoded with it. A run directory's
+    # recipe.toml without it predates the default (TOML cannot spell "none"): it had no decoder.
+    decoder: Spec | None = field(default=attrs.Factory(_default_sri_decoder),
+                                 metadata={KIND: "decoders", SHAPE: "one", **earlier_default(None)})
+    init_gain: float = field(default=0.02, validator=[_num, v.gt(0.0)])  # xavier-normal gain of every Linear
+    # the LSTMs' init: "pytorch" = PyTorch's uniform(+-1/sqrt(hidden)) (official: its init_weights skips LSTMs);
+    # "xavier" = xavier-normal(init_gain) weights and zero biases
+    lstm_init: Literal["pytorch", "xavier"] = field(default="pytorch", metadata=earlier_default("xavier"),
+                                                    validator=v.in_(LSTM_INITS))
 
     @classmethod
     def conformance(cls) -> SRIPriorConfig:
@@ -100,10 +123,13 @@ class SRIPriorConfig:
                                  "which build_model passes")
             decoder = self.decoder.build(inputs.decoder)
         return SRIPrior(
-            inputs.slot_dim, scene_dim=self.scene_dim, hidden=self.hidden, relation_layers=self.relation_layers,
+            inputs.slot_dim, scene_dim=self.scene_dim, hidden=self.hidden or 4 * inputs.slot_dim,
+            relation_layers=self.relation_layers,
             scene_variable=self.scene_variable, order_alignment=self.order_alignment, kl_rollout=self.kl_rollout,
             segregation_kl=self.segregation_kl, matching=self.matching, detach_means=self.detach_means,
-            ordered_std=self.ordered_std, init_gain=self.init_gain, decoder=decoder,
+            ordered_std=self.ordered_std, segregation_kl_estimate=self.segregation_kl_estimate,
+            relation_qk_bias=self.relation_qk_bias, init_gain=self.init_gain, lstm_init=self.lstm_init,
+            decoder=decoder,
         )
 
 
@@ -111,8 +137,12 @@ class SRIPriorConfig:
 class IndependentPriorConfig:
     """Independent slot prior N(0, I) (the baseline): term kl_slot = sum_k KL(q(z_k|x) || N(0, I))."""
 
+    # "sample" = GENESIS-v2's one-sample estimate at the decoded z (official); "analytic" = the closed form
+    kl_estimate: Literal["sample", "analytic"] = field(default="sample", metadata=earlier_default("analytic"),
+                                                       validator=v.in_(SEGREGATION_KLS))
+
     def build(self, inputs: PriorInputs) -> IndependentPrior:
-        return IndependentPrior(inputs.slot_dim)
+        return IndependentPrior(inputs.slot_dim, kl_estimate=self.kl_estimate)
 
 
 def _divides_channels(instance: MixtureBroadcastConfig, _attribute: attrs.Attribute, value: int) -> None:

@@ -32,3 +32,9 @@ def kl_standard_normal(mean: Tensor, std: Tensor) -> Tensor:
     """Elementwise KL(N(mean, std^2) || N(0, 1))."""
     var = std.pow(2)
     return 0.5 * (var + mean.pow(2) - 1.0 - torch.log(var))
+
+
+def kl_standard_normal_at(z: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Elementwise one-sample estimate log N(z; mean, std^2) - log N(z; 0, 1) of KL(N(mean, std^2) || N(0, 1)) at a
+    sample z of the first (GENESIS-v2's mask_latent_loss, with which SRI trains its segregation model)."""
+    return 0.5 * (z.pow(2) - ((z - mean) / std).pow(2)) - torch.log(std)

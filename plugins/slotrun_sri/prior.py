@@ -7,11 +7,11 @@ x ~ p(x | z) (the decoder). Inference (training) from the segregation posterior 
 2. Imagine: roll the prior out K steps conditioned on s ~ q(s | z); match the rollout means to the detached
    segregation means (greedy, or Hungarian) to get an order; permute the posterior means into that order. The
    order-aligned posterior q_ord gets its standard deviations in one of two ways (`ordered_std`):
-   - "segregation" (default): the segregation posterior's own, permuted alike, so q_ord is q(z | x) in the
+   - "segregation": the segregation posterior's own, permuted alike, so q_ord is q(z | x) in the
      learned order and z_ord is the very sample z the segregation decoder decoded and q(s | z) saw. Its nll
      (or SRI's own decoder's nll_sri on z_ord) + kl_scene + kl_slot is a proper negative ELBO of
      p(s) p(z | s) p(x | z).
-   - "lstm" (the paper): new, correlated standard deviations from a posterior LSTM fed
+   - "lstm" (default; the paper and its code): new, correlated standard deviations from a posterior LSTM fed
      [proj(s), mu_ord_1..mu_ord_{K-1}], and z_ord a fresh sample of q_ord. The paper constrains these variances
      with a second likelihood term, NLL_SRI = -log p(x | z_ord) of SRI's own decoder (below). Without it nothing
      penalises wide variances: kl_slot and kl_rollout are driven towards 0 by inflating the posterior and prior
@@ -21,7 +21,8 @@ x ~ p(x | z) (the decoder). Inference (training) from the segregation posterior 
 3. Terms: kl_scene = KL(q(s|z) || N(0, I)); kl_slot = sum_k KL(q_ord_k || p(z_k | s, z_ord_<k)) with the prior
    teacher-forced on z_ord; kl_rollout = sum_k KL(q_ord_k || p_roll_k) against the free-running rollout (the
    auxiliary cross-order term); kl_seg = sum_k KL(q(z_k|x) || N(0, I)) the segregation VAE's own
-   independent-prior KL (the paper trains GENESIS-v2 with a slot-wise independent prior jointly with SRI).
+   independent-prior KL (the paper trains GENESIS-v2 with a slot-wise independent prior jointly with SRI; its
+   code estimates this KL from the decoded sample, `segregation_kl_estimate = "sample"`).
    Every term is summed over slots and dimensions and averaged over the batch.
 4. SRI's own decoder (`decoder`, optional; separate from the segregation model's, as in the paper): it decodes
    z_ord and each of its loss terms comes out suffixed "_sri" (mog_broadcast's nll -> nll_sri = NLL_SRI). It is
@@ -48,20 +49,27 @@ from torch import Tensor, nn
 from slotrun.blocks import mlp
 from slotrun.types import Batch, Features, Slots
 
-from slotrun_sri.gaussians import kl_normal, kl_standard_normal, positive_std
+from slotrun_sri.gaussians import kl_normal, kl_standard_normal, kl_standard_normal_at, positive_std
 
 MATCHINGS = ("greedy", "hungarian")
 ORDERED_STDS = ("segregation", "lstm")
+LSTM_INITS = ("pytorch", "xavier")
+SEGREGATION_KLS = ("sample", "analytic")
 
 
-def xavier_init(module: nn.Module, gain: float = 0.02) -> None:
-    """Xavier-normal weights (the given gain) and zero biases for every Linear and LSTM inside `module`."""
+def xavier_init(module: nn.Module, gain: float = 0.02, *, lstm: str = "pytorch") -> None:
+    """Xavier-normal weights (the given gain) and zero biases for every Linear inside `module`, as the official
+    `init_weights(m, 'xavier')` does. That helper only matches classes named Conv*/Linear*, so the official LSTMs
+    keep PyTorch's own uniform(+-1/sqrt(hidden)) init: `lstm = "pytorch"`; "xavier" also gives the LSTM weights
+    xavier-normal(gain) and zero biases."""
+    if lstm not in LSTM_INITS:
+        raise ValueError(f"lstm must be one of {LSTM_INITS}, got {lstm!r}")
     for m in module.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_normal_(m.weight, gain=gain)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LSTM):
+        elif isinstance(m, nn.LSTM) and lstm == "xavier":
             for name, p in m.named_parameters():
                 if name.startswith("weight"):
                     nn.init.xavier_normal_(p, gain=gain)
@@ -95,8 +103,9 @@ def hungarian_match(cost: Tensor) -> Tensor:
 
 
 def pairwise_l2(a: Tensor, b: Tensor) -> Tensor:
-    """[B, K, D] x [B, K, D] -> [B, K, K] Euclidean distances."""
-    return torch.cdist(a.float(), b.float())
+    """[B, K, D] x [B, K, D] -> [B, K, K] Euclidean distances, as the norm of each difference (the official
+    greedy_matching's; cdist's matrix-product form rounds differently and can flip near-ties)."""
+    return torch.linalg.vector_norm(a.float().unsqueeze(2) - b.float().unsqueeze(1), dim=-1)
 
 
 # ---- Relate ------------------------------------------------------------------------------------------------------
@@ -105,17 +114,18 @@ def pairwise_l2(a: Tensor, b: Tensor) -> Tensor:
 class RelationBlock(nn.Module):
     """a_ij = softmax_j(q_i.k_j / sqrt(D)); v_ij = MLP([z_i, z_i - z_j]); z_i <- z_i + MLP(LN(z_i + sum_j a_ij v_ij))."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, *, qk_bias: bool = False) -> None:
         super().__init__()
         self.scale = dim**-0.5
-        self.query = nn.Linear(dim, dim)
-        self.key = nn.Linear(dim, dim)
+        # the official RelationAttentionNet's q and k have no bias; qk_bias=True adds one to each
+        self.query = nn.Linear(dim, dim, bias=qk_bias)
+        self.key = nn.Linear(dim, dim, bias=qk_bias)
         self.value = mlp(2 * dim, [dim], dim, activation=nn.GELU)
         self.norm = nn.LayerNorm(dim)
         self.mlp = mlp(dim, [dim], dim, activation=nn.GELU)
 
     def forward(self, z: Tensor) -> Tensor:
-        attn = torch.softmax(self.query(z) @ self.key(z).transpose(1, 2) * self.scale, dim=-1)  # [B, K, K]
+        attn = torch.softmax((self.query(z) * self.scale) @ self.key(z).transpose(1, 2), dim=-1)  # [B, K, K]
         zi = z.unsqueeze(2).expand(-1, -1, z.shape[1], -1)  # [B, K, K, D]: row i
         zj = z.unsqueeze(1).expand(-1, z.shape[1], -1, -1)  # column j
         values = self.value(torch.cat([zi, zi - zj], dim=-1))
@@ -126,9 +136,9 @@ class RelationBlock(nn.Module):
 class SceneEncoder(nn.Module):
     """Slots [B, K, D] -> q(s | z) as (mean, std) [B, S]; invariant to the order of the slots."""
 
-    def __init__(self, slot_dim: int, scene_dim: int, layers: int = 3) -> None:
+    def __init__(self, slot_dim: int, scene_dim: int, layers: int = 3, *, qk_bias: bool = False) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(RelationBlock(slot_dim) for _ in range(layers))
+        self.blocks = nn.ModuleList(RelationBlock(slot_dim, qk_bias=qk_bias) for _ in range(layers))
         self.embed = nn.Sequential(nn.Linear(slot_dim, scene_dim), nn.GELU())
         self.mean = nn.Linear(scene_dim, scene_dim)
         self.std = nn.Linear(scene_dim, scene_dim)
@@ -216,6 +226,14 @@ def _posterior(slots: Slots, owner: str) -> tuple[Tensor, Tensor]:
     return post.mean, post.std
 
 
+def _kl_to_standard_normal(slots: Slots, mean: Tensor, std: Tensor, estimate: str) -> Tensor:
+    """sum_k KL(q(z_k|x) || N(0, I)), averaged over the batch: "sample" = the one-sample estimate at the decoded
+    sample Slots.slots (GENESIS-v2's, which SRI trains with), "analytic" = the closed form."""
+    if estimate == "analytic":
+        return kl_standard_normal(mean, std).sum((1, 2)).mean()
+    return kl_standard_normal_at(slots.slots, mean, std).sum((1, 2)).mean()
+
+
 class SRIPrior(nn.Module):
     """SRI's hierarchical prior p(s) p(z | s) with its inference networks q(s | z) and the order-aligned q_ord.
 
@@ -237,8 +255,11 @@ class SRIPrior(nn.Module):
         segregation_kl: bool = True,
         matching: str = "greedy",
         detach_means: bool = True,
-        ordered_std: str = "segregation",
+        ordered_std: str = "lstm",
+        segregation_kl_estimate: str = "sample",
+        relation_qk_bias: bool = False,
         init_gain: float = 0.02,
+        lstm_init: str = "pytorch",
         decoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -246,6 +267,9 @@ class SRIPrior(nn.Module):
             raise ValueError(f"matching must be one of {MATCHINGS}, got {matching!r}")
         if ordered_std not in ORDERED_STDS:
             raise ValueError(f"ordered_std must be one of {ORDERED_STDS}, got {ordered_std!r}")
+        if segregation_kl_estimate not in SEGREGATION_KLS:
+            raise ValueError(f"segregation_kl_estimate must be one of {SEGREGATION_KLS}, "
+                             f"got {segregation_kl_estimate!r}")
         self.slot_dim = slot_dim
         self.scene_dim = scene_dim if scene_variable else None
         self.scene_variable = scene_variable
@@ -255,7 +279,9 @@ class SRIPrior(nn.Module):
         self.matching = matching
         self.detach_means = detach_means
         self.ordered_std = ordered_std
-        self.scene_encoder = SceneEncoder(slot_dim, scene_dim, relation_layers) if scene_variable else None
+        self.segregation_kl_estimate = segregation_kl_estimate
+        self.scene_encoder = (SceneEncoder(slot_dim, scene_dim, relation_layers, qk_bias=relation_qk_bias)
+                              if scene_variable else None)
         self.prior = AutoregressiveGaussian(slot_dim, self.scene_dim, hidden)
         self.posterior = (AutoregressiveGaussian(slot_dim, self.scene_dim, hidden, with_mean=False)
                           if ordered_std == "lstm" else None)
@@ -265,7 +291,7 @@ class SRIPrior(nn.Module):
             terms.append("kl_rollout")
         if segregation_kl:
             terms.append("kl_seg")
-        xavier_init(self, init_gain)
+        xavier_init(self, init_gain, lstm=lstm_init)
         self.decoder = decoder  # after xavier_init: the decoder keeps its own initialisation
         if decoder is not None:
             terms += [f"{t}_sri" for t in decoder.loss_terms]
@@ -305,7 +331,7 @@ class SRIPrior(nn.Module):
         if self.use_kl_rollout:
             losses["kl_rollout"] = kl_normal(means, std_ord, *rollout).sum((1, 2)).mean()
         if self.segregation_kl:
-            losses["kl_seg"] = kl_standard_normal(mean_seg, std_seg).sum((1, 2)).mean()
+            losses["kl_seg"] = _kl_to_standard_normal(slots, mean_seg, std_seg, self.segregation_kl_estimate)
         if self.decoder is not None:  # NLL_SRI: SRI's own likelihood of the image given the ordered sample
             if batch is None:
                 raise ValueError("the sri prior has a decoder of its own: call it as prior(slots, features, batch)")
@@ -325,19 +351,23 @@ class SRIPrior(nn.Module):
 
 
 class IndependentPrior(nn.Module):
-    """p(z_k) = N(0, I) for every slot independently: "kl_slot" = sum_k KL(q(z_k | x) || N(0, I))."""
+    """p(z_k) = N(0, I) for every slot independently: "kl_slot" = sum_k KL(q(z_k | x) || N(0, I)), estimated at the
+    decoded sample ("sample", GENESIS-v2's) or in closed form ("analytic")."""
 
     loss_terms = ("kl_slot",)
 
-    def __init__(self, slot_dim: int) -> None:
+    def __init__(self, slot_dim: int, *, kl_estimate: str = "sample") -> None:
         super().__init__()
+        if kl_estimate not in SEGREGATION_KLS:
+            raise ValueError(f"kl_estimate must be one of {SEGREGATION_KLS}, got {kl_estimate!r}")
         self.slot_dim = slot_dim
+        self.kl_estimate = kl_estimate
         self.register_buffer("_device", torch.zeros(()), persistent=False)
 
     def forward(self, slots: Slots, features: Features | None = None, batch: Batch | None = None
                 ) -> dict[str, Tensor]:
         mean, std = _posterior(slots, "independent")
-        return {"kl_slot": kl_standard_normal(mean, std).sum((1, 2)).mean()}
+        return {"kl_slot": _kl_to_standard_normal(slots, mean, std, self.kl_estimate)}
 
     @torch.no_grad()
     def sample(self, n: int, num_slots: int, temperature: float = 1.0) -> Tensor:

@@ -114,3 +114,47 @@ def test_segregate_default_wraps_learned_slot_attention_and_refuses_itself():
 
     with pytest.raises(ValueError, match="not sri_segregate"):
         attrs.evolve(config, inner=Spec(type="sri_segregate", config=SegregateConfig()))
+
+
+def test_default_head_is_genesis_v2s_z_head():
+    """GenesisV2.z_head and blocks.to_sigma (pemami4911/segregate-relate-imagine @ d644e2b, sri/model.py and
+    third_party/genesis_v2/modules/blocks.py), written out from their equations: mu, sigma_ps =
+    Linear(ReLU(Linear(LayerNorm(h)))).chunk(2); sigma = softplus(sigma_ps + 0.5) + 1e-8."""
+    torch.manual_seed(0)
+    grouper = _segregate()
+    head = grouper.head
+    assert [type(m) for m in head] == [torch.nn.LayerNorm, torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
+    assert head[1].weight.shape == (12, 16) and head[3].weight.shape == (12, 12)  # 2 * latent_dim wide
+    captured = {}
+    grouper.head.register_forward_pre_hook(lambda module, args: captured.setdefault("slots", args[0]))
+    post = grouper(_features()).posterior
+    h = torch.nn.functional.layer_norm(captured["slots"], (16,), head[0].weight, head[0].bias, 1e-5)
+    out = torch.relu(h @ head[1].weight.T + head[1].bias) @ head[3].weight.T + head[3].bias
+    mu, sigma_ps = out.chunk(2, dim=-1)
+    assert torch.allclose(post.mean, mu, atol=1e-6)
+    assert torch.allclose(post.std, torch.nn.functional.softplus(sigma_ps + 0.5) + 1e-8, atol=1e-6)
+
+
+def test_linear_head_option_and_stored_recipes_keep_it(plugins):
+    import copy
+    import tomllib
+
+    from slotrun.recipe import structure
+
+    from slotrun_sri.gaussians import positive_std
+
+    torch.manual_seed(0)
+    grouper = _segregate(head="linear")
+    assert isinstance(grouper.head, torch.nn.Linear)
+    captured = {}
+    grouper.head.register_forward_pre_hook(lambda module, args: captured.setdefault("slots", args[0]))
+    post = grouper(_features()).posterior
+    mean, raw = grouper.head(captured["slots"]).chunk(2, dim=-1)
+    assert torch.equal(post.mean, mean) and torch.equal(post.std, positive_std(raw))
+    from sri_recipes import INDEPENDENT
+
+    data = tomllib.loads(INDEPENDENT.read_text())
+    assert structure(copy.deepcopy(data), plugins).model.grouper.config.head == "genesis_v2"
+    old = structure(copy.deepcopy(data), plugins, stored=True).model
+    assert old.grouper.config.head == "linear"  # a run directory from before the setting: its checkpoint's head
+    assert old.prior.config.kl_estimate == "analytic"

@@ -1,22 +1,26 @@
 """SRI's own decoder (the paper's NLL_SRI): it decodes the re-ordered samples z_ord, its nll_sri trains SRI and not
 the segregation model, two GECOs balance the two likelihoods, and generation decodes the prior's samples with it."""
 
+import copy
+import tomllib
+
+import attrs
 import pytest
 import torch
 
 from slotrun.api import build_from_recipe
-from slotrun.cli import main
 from slotrun.engine.distributed import make_accelerator
 from slotrun.engine.evaluate import save_samples
 from slotrun.errors import RecipeError
 from slotrun.metrics.fid import FidConfig
 from slotrun.protocols import MetricInputs, PriorInputs
-from slotrun.recipe import load
+from slotrun.recipe import load, structure
 from slotrun.structure import Spec
 from slotrun.types import Batch, Features, Gaussian, Slots
 
 from slotrun_sri.configs import MixtureBroadcastConfig, SRIPriorConfig
 from slotrun_sri.decoder import MixtureBroadcastDecoder
+from slotrun_sri.gaussians import kl_standard_normal
 from slotrun_sri.prior import SRIPrior
 
 from sri_recipes import INDEPENDENT, SMALL, TOWERS
@@ -114,19 +118,43 @@ def test_two_gecos_balance_disjoint_terms(plugins):
     assert geco.err_ema.item() == pytest.approx(t["nll"]) and geco_sri.err_ema.item() == pytest.approx(t["nll_sri"])
 
 
-def test_lstm_without_a_decoder_is_a_recipe_error(plugins, tmp_path, capsys):
+def test_lstm_without_a_decoder_is_a_recipe_error(plugins):
     with pytest.raises(ValueError, match=r"set \[model\.prior\.decoder\]"):
-        SRIPriorConfig(ordered_std="lstm")
-    config = SRIPriorConfig(ordered_std="lstm", decoder=Spec(type="mog_broadcast", config=MixtureBroadcastConfig()))
+        SRIPriorConfig(ordered_std="lstm", decoder=None)
+    config = SRIPriorConfig()  # the official SRI: posterior-LSTM variances and a decoder of its own
+    assert config.ordered_std == "lstm" and config.decoder.type == "mog_broadcast"
     with pytest.raises(ValueError, match="PriorInputs.decoder"):  # built outside build_model
         config.build(PriorInputs(slot_dim=D, num_slots=K))
-    bad = tmp_path / "bad.toml"
-    bad.write_text(f'extends = "{INDEPENDENT}"\n[model.prior]\ntype = "sri"\nordered_std = "lstm"\n')
+    # Only a run directory's recipe can lack the decoder (TOML has no "none"): one that asks for "lstm" is refused.
+    data = tomllib.loads(INDEPENDENT.read_text())
+    data["model"]["prior"] = {"type": "sri", "ordered_std": "lstm"}
     with pytest.raises(RecipeError) as err:
-        load(bad, plugins=plugins)
+        structure(data, plugins, stored=True)
     assert err.value.problems == [f"{LSTM_ERROR} @ $.model.prior.ordered_std"]
-    assert main(["check", str(bad)]) == 2
-    assert capsys.readouterr().out.splitlines() == [f"FAIL {bad}: {LSTM_ERROR} @ $.model.prior.ordered_std"]
+
+
+def test_stored_recipe_without_the_newer_settings_builds_the_earlier_sri(plugins):
+    """A run directory written before the official defaults (ordered_std "lstm", SRI's own decoder, the GENESIS-v2
+    sample estimate of kl_seg, q/k without bias, PyTorch's LSTM init) keeps computing what it computed."""
+    data = tomllib.loads(INDEPENDENT.read_text())
+    data["model"]["prior"] = {"type": "sri", "scene_dim": 16}
+    new = structure(copy.deepcopy(data), plugins).model.prior.config
+    old = structure(copy.deepcopy(data), plugins, stored=True).model.prior.config
+    assert (new.ordered_std, new.segregation_kl_estimate, new.relation_qk_bias, new.lstm_init, new.hidden) == (
+        "lstm", "sample", False, "pytorch", None)
+    assert new.decoder.type == "mog_broadcast"
+    assert (old.ordered_std, old.segregation_kl_estimate, old.relation_qk_bias, old.lstm_init, old.decoder,
+            old.hidden) == ("segregation", "analytic", True, "xavier", None, 256)
+    old_prior = old.build(PriorInputs(slot_dim=D, num_slots=K))
+    assert old_prior.prior.lstm.hidden_size == 256
+    unset = attrs.evolve(new, decoder=None, ordered_std="segregation").build(PriorInputs(slot_dim=D, num_slots=K))
+    assert unset.prior.lstm.hidden_size == 4 * D  # the official nn.LSTM(D, 4 D)
+    assert old_prior.posterior is None and old_prior.decoder is None
+    assert old_prior.scene_encoder.blocks[0].query.bias is not None  # an old checkpoint's parameters load
+    assert torch.equal(old_prior.prior.lstm.bias_ih_l0, torch.zeros_like(old_prior.prior.lstm.bias_ih_l0))
+    slots = _slots()
+    want = kl_standard_normal(slots.posterior.mean, slots.posterior.std).sum((1, 2)).mean()
+    assert old_prior(slots)["kl_seg"].item() == pytest.approx(want.item(), rel=1e-6)
 
 
 def test_sample_decoder_is_the_priors_own(plugins):

@@ -141,12 +141,34 @@ def test_kl_terms_vanish_when_the_posterior_equals_the_prior(scene, ordered_std)
 
 
 def test_independent_prior_kl_is_zero_at_standard_normal():
-    prior = IndependentPrior(D)
+    prior = IndependentPrior(D, kl_estimate="analytic")
     mean = torch.zeros(B, K, D)
     post = Gaussian(mean=mean, std=torch.ones_like(mean))
     assert float(prior(Slots(slots=mean, posterior=post))["kl_slot"]) == pytest.approx(0.0, abs=1e-7)
     post = Gaussian(mean=mean + 2, std=torch.ones_like(mean))
     assert float(prior(Slots(slots=mean, posterior=post))["kl_slot"]) == pytest.approx(B * K * D * 2 / B, rel=1e-5)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: IndependentPrior(D),
+    lambda: SRIPrior(D, scene_dim=S, hidden=16, kl_rollout=False, scene_variable=False, ordered_std="segregation"),
+])
+def test_segregation_kl_is_the_genesis_v2_sample_estimate(make):
+    """GENESIS-v2's mask_latent_loss (with which the official SRI trains its segregation model): per slot
+    q(z|x).log_prob(z).sum(dim) - N(0, 1).log_prob(z).sum(dim) at the decoded sample z, summed over slots and
+    averaged over the batch; its expectation is the closed form."""
+    torch.manual_seed(0)
+    prior = make()
+    term = "kl_slot" if isinstance(prior, IndependentPrior) else "kl_seg"
+    slots = _slots(std=0.7)
+    q = torch.distributions.Normal(slots.posterior.mean, slots.posterior.std)
+    p = torch.distributions.Normal(0.0, 1.0)
+    want = (q.log_prob(slots.slots).sum(-1) - p.log_prob(slots.slots).sum(-1)).sum(1).mean()
+    assert prior(slots)[term].item() == pytest.approx(want.item(), rel=1e-5)
+    many = Slots(slots=q.sample((4000,)).flatten(0, 1), posterior=Gaussian(
+        mean=slots.posterior.mean.repeat(4000, 1, 1), std=slots.posterior.std.repeat(4000, 1, 1)))
+    closed = torch.distributions.kl_divergence(q, p).sum((1, 2)).mean()
+    assert prior(many)[term].item() == pytest.approx(closed.item(), rel=0.02)
 
 
 @pytest.mark.parametrize("kwargs, terms", [
@@ -231,7 +253,8 @@ def test_segregation_ordered_std_is_the_permuted_posterior_and_the_decoded_sampl
     """ordered_std = "segregation": kl_slot = sum_k KL(q(z_perm(k) | x) || p(z_k | s, z_perm(<k))) teacher-forced on
     the very sample z the decoder decodes (Slots.slots), permuted by the matching."""
     torch.manual_seed(0)
-    prior = SRIPrior(D, scene_dim=S, hidden=16, scene_variable=False, kl_rollout=False, segregation_kl=False)
+    prior = SRIPrior(D, scene_dim=S, hidden=16, scene_variable=False, kl_rollout=False, segregation_kl=False,
+                     ordered_std="segregation")
     slots = _slots()
     perm = torch.stack([torch.randperm(K) for _ in range(B)])
     prior.match = lambda rollout_means, segregation_means: perm
