@@ -42,7 +42,8 @@ def scores(masks: torch.Tensor, true_ids: torch.Tensor) -> tuple[torch.Tensor, .
     """Per image: FG-ARI, mBO, and two diagnostics of where the background went: mBO with the background pixels
     left out of the predicted segments (how well the objects alone are separated) and the share of the background
     held by its largest predicted segment (1 = one background slot; about 1/K = the background tiled over the
-    slots). NaN where an image has no object / no background."""
+    slots). FG-ARI is 1 on an image without objects (OCLF's rule, as the fg_ari metric); the others are NaN
+    there / where there is no background."""
     true, pred, _ = masks_for_comparison(masks, true_ids, None)
     background = true == 0
     return (adjusted_rand_index(true, pred), best_overlap(true, pred),

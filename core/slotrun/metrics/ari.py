@@ -1,14 +1,16 @@
 """Adjusted Rand Index between ground-truth instance ids and predicted slot assignments (ARI, FG-ARI).
 
-The field's reference definition (Slot Attention's evaluation code, see shared/reference/methods.md section 1):
-per image, build the contingency table n_ij between GT segments i and predicted segments j; with
-a_i = sum_j n_ij and b_j = sum_i n_ij,
+The field's reference definition (Slot Attention's evaluation code, see shared/reference/methods.md section 1;
+OCLF's `ocl/metrics/utils.adjusted_rand_index`): per image, build the contingency table n_ij between GT
+segments i and predicted segments j; with a_i = sum_j n_ij and b_j = sum_i n_ij, n = sum a,
 
     ARI = (sum n_ij (n_ij - 1) - E) / (0.5 (sum a (a - 1) + sum b (b - 1)) - E),
-    E = sum a (a - 1) * sum b (b - 1) / (n (n - 1)),
+    E = sum a (a - 1) * sum b (b - 1) / max(n (n - 1), 1),
 
-and ARI = 1 when the denominator is 0 (which happens exactly when both sides put every point in one cluster,
-or both put every point in its own cluster: perfect agreement). FG-ARI drops the background pixels (id 0).
+and ARI = 1 when the denominator is not positive (which happens exactly when both sides put every point in
+one cluster, or both put every point in its own cluster: perfect agreement). FG-ARI drops the background
+pixels (id 0). An image with no pixels left to compare (FG-ARI: no foreground object) has an all-zero table,
+hence ARI 1, as OCLF's ARIMetric scores and averages it; `empty` overrides that value (NaN to skip such images).
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ def contingency(true_ids: Tensor, pred_ids: Tensor, valid: Tensor | None = None)
     return counts.view(batch, rows, n_pred)[:, :n_true].double()
 
 
-def ari_from_contingency(table: Tensor) -> Tensor:
-    """ARI per image [B] (float64) from contingency tables [B, I, J]; NaN where the table is empty (no points)."""
+def ari_from_contingency(table: Tensor, empty: float = 1.0) -> Tensor:
+    """ARI per image [B] (float64) from contingency tables [B, I, J]; `empty` where the table is empty (no
+    points; 1.0 is the value the definition gives)."""
     table = table.double()
     n = table.sum(dim=(1, 2))
     a = table.sum(dim=2)
@@ -56,14 +59,13 @@ def ari_from_contingency(table: Tensor) -> Tensor:
     pairs = (table * (table - 1)).sum(dim=(1, 2))
     pairs_a = (a * (a - 1)).sum(dim=1)
     pairs_b = (b * (b - 1)).sum(dim=1)
-    # n (n - 1) is 0 for n <= 1; then pairs_a = pairs_b = 0 and E is 0 by continuity (one point: ARI 1).
-    total = n * (n - 1)
-    expected = torch.where(total > 0, pairs_a * pairs_b / total.clamp_min(1), torch.zeros_like(total))
+    # n (n - 1) is 0 for n <= 1; then pairs_a = pairs_b = 0, so E is 0 (one point or none: ARI 1).
+    expected = pairs_a * pairs_b / (n * (n - 1)).clamp_min(1)
     denominator = 0.5 * (pairs_a + pairs_b) - expected
-    numerator = pairs - expected
-    zero = denominator == 0
-    ari = torch.where(zero, torch.ones_like(n), numerator / torch.where(zero, torch.ones_like(n), denominator))
-    return torch.where(n > 0, ari, torch.full_like(n, float("nan")))
+    positive = denominator > 0
+    ari = torch.where(positive, (pairs - expected) / torch.where(positive, denominator, torch.ones_like(n)),
+                      torch.ones_like(n))
+    return torch.where(n > 0, ari, torch.full_like(n, float(empty)))
 
 
 def adjusted_rand_index(
@@ -72,6 +74,7 @@ def adjusted_rand_index(
     ignore_background: bool = True,
     *,
     ignore: Tensor | None = None,
+    empty: float = 1.0,
 ) -> Tensor:
     """Adjusted Rand Index per image, float64 [B].
 
@@ -79,9 +82,9 @@ def adjusted_rand_index(
     pred_masks: [B, ...] integer predicted ids of the same shape, or float masks [B, K, ...] (argmax over K).
     ignore_background: True = FG-ARI (background pixels drop out), False = ARI over every pixel.
     ignore: optional [B, ...] bool, True for pixels to leave out (e.g. pixels covered by several instances).
-
-    Returns NaN for an image with no pixels left to compare (with ignore_background: no foreground pixels);
-    callers average with nanmean and count those images as skipped, as the field does not score them.
+    empty: the score of an image with no pixels left to compare (with ignore_background: no foreground
+        object). 1.0 (default) is what the definition gives and OCLF's ARIMetric averages in; NaN marks such
+        images so that a caller can skip them (nanmean).
     """
     true_ids = true_masks.flatten(1).long()
     pred_ids = as_ids(pred_masks)
@@ -91,7 +94,7 @@ def adjusted_rand_index(
     if ignore is not None:
         keep = ~ignore.flatten(1).bool()
         valid = keep if valid is None else valid & keep
-    return ari_from_contingency(contingency(true_ids, pred_ids, valid))
+    return ari_from_contingency(contingency(true_ids, pred_ids, valid), empty)
 
 
 __all__ = ["adjusted_rand_index", "ari_from_contingency", "as_ids", "contingency"]

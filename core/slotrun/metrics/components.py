@@ -3,7 +3,7 @@
 Every metric keeps float64 records on the CPU (one row per image, or per prediction for set_ap), so the value
 over a whole split is exact whatever the batch size. Gathering across processes:
 
-    rows = metric.state()                                 # float64 [N, C]; rows are independent records
+    rows = metric.state()                                 # float64 [N, C]; one image's rows are contiguous
     metric.load_state(torch.cat(all_gathered_rows))       # on the main process, replaces its own records
     metric.compute()                                      # the split's value, as if one process saw all
 
@@ -37,6 +37,7 @@ from slotrun.metrics.reconstruction import NETS, PerceptualLoss, per_image_mse
 from slotrun.metrics.set_ap import ap_from_records, set_ap_records
 from slotrun.protocols import MetricInputs
 from slotrun.recipe import value_range as _value_range
+from slotrun.structure import earlier_default
 from slotrun.types import Batch, ModelOutput, PropertyLayout
 
 _frozen = attrs.frozen(kw_only=True)
@@ -143,20 +144,23 @@ class _MaskMetric(RecordMetric):
 
 
 class AriMetric(_MaskMetric):
-    """ARI (or FG-ARI) per image, averaged over the split; images with nothing to compare (FG-ARI: no
-    foreground pixels) are skipped and counted in `num_skipped`. Also reports, per threshold t, the share of
-    scored images with ARI >= t as "<name>_frac_above_<t>"."""
+    """ARI (or FG-ARI) per image, averaged over the split (OCLF's ARIMetric: sum of per-image values / number
+    of images). An image with nothing to compare (FG-ARI: no foreground object) scores 1.0 and is averaged in;
+    with skip_empty it is left out instead and counted in `num_skipped`. Also reports, per threshold t, the
+    share of scored images with ARI >= t as "<name>_frac_above_<t>"."""
 
     def __init__(self, name: str, *, ignore_background: bool, mask_size: tuple[int, int] | None = None,
-                 ignore_overlaps: bool = False, frac_above: Sequence[float] = ()) -> None:
+                 ignore_overlaps: bool = False, frac_above: Sequence[float] = (), skip_empty: bool = False) -> None:
         super().__init__(mask_size, ignore_overlaps)
         self.name = name
         self.ignore_background = ignore_background
         self.frac_above = tuple(frac_above)
+        self.skip_empty = skip_empty
 
     def update(self, batch: Batch, output: ModelOutput, *, ignore: Tensor | None = None) -> None:
         true_ids, pred, ignore = self._inputs(batch, output, ignore)
-        self._add(adjusted_rand_index(true_ids, pred, self.ignore_background, ignore=ignore))
+        empty = math.nan if self.skip_empty else 1.0
+        self._add(adjusted_rand_index(true_ids, pred, self.ignore_background, ignore=ignore, empty=empty))
 
     @property
     def num_skipped(self) -> int:
@@ -180,16 +184,25 @@ def _mask_size(inputs: MetricInputs) -> tuple[int, int] | None:
     return None if inputs.mask_size is None else tuple(inputs.mask_size)
 
 
+def _skip_empty() -> Any:
+    # False: an image with no pixel to compare (FG-ARI: no foreground object) scores 1.0 and counts in the mean,
+    # as in OCLF's ARIMetric. True: it is left out of the mean and counted in num_skipped (the metrics_oclf
+    # reference split, 2 of 10 images without an object: FG-ARI 0.290 instead of 0.432).
+    return field(default=False, validator=v.instance_of(bool), metadata=earlier_default(True))
+
+
 @_frozen
 class FgAriConfig:
     """Foreground ARI: agreement of argmax slot masks with GT objects, background pixels left out."""
 
     ignore_overlaps: bool = field(default=False, validator=v.instance_of(bool))
     frac_above: tuple[float, ...] = field(default=(0.9,), validator=_finite)
+    skip_empty: bool = _skip_empty()
 
     def build(self, inputs: MetricInputs) -> AriMetric:
         return AriMetric("fg_ari", ignore_background=True, mask_size=_mask_size(inputs),
-                         ignore_overlaps=self.ignore_overlaps, frac_above=self.frac_above)
+                         ignore_overlaps=self.ignore_overlaps, frac_above=self.frac_above,
+                         skip_empty=self.skip_empty)
 
 
 @_frozen
@@ -198,10 +211,12 @@ class AriConfig:
 
     ignore_overlaps: bool = field(default=False, validator=v.instance_of(bool))
     frac_above: tuple[float, ...] = field(default=(), validator=_finite)
+    skip_empty: bool = _skip_empty()  # only an image whose every pixel is ignored has nothing to compare
 
     def build(self, inputs: MetricInputs) -> AriMetric:
         return AriMetric("ari", ignore_background=False, mask_size=_mask_size(inputs),
-                         ignore_overlaps=self.ignore_overlaps, frac_above=self.frac_above)
+                         ignore_overlaps=self.ignore_overlaps, frac_above=self.frac_above,
+                         skip_empty=self.skip_empty)
 
 
 # ---- mBO -------------------------------------------------------------------------------------------------------
@@ -255,14 +270,16 @@ def ap_name(threshold: float) -> str:
 
 class SetApMetric(RecordMetric):
     """AP of DecoderOutput.predictions [B, K, P] against Batch.properties [B, M, P] at each distance threshold,
-    ranked over the whole split (records: one row per prediction, see slotrun.metrics.set_ap)."""
+    ranked over the whole split (records: one row per prediction, see slotrun.metrics.set_ap). Tied
+    confidences are ranked by their position in the records, which is evaluation order on one process and
+    the order of the gathered states on several."""
 
     name = "set_ap"
 
     def __init__(self, layout: PropertyLayout, thresholds: Sequence[float]) -> None:
         self.layout = layout
         self.thresholds = tuple(float(t) for t in thresholds)
-        self.columns = 2 + len(self.thresholds)
+        self.columns = 4 + len(self.thresholds)
         super().__init__()
 
     def update(self, batch: Batch, output: ModelOutput) -> None:

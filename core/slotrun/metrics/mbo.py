@@ -4,6 +4,9 @@ Definition (DINOSAUR / COCO protocol, shared/reference/methods.md section 6): pe
 non-empty GT masks of the best IoU against the argmax predicted masks; then the mean over images. Background
 (id 0) is not a GT object, but its pixels still count in the predicted segments' areas. Instance mBO (mBO^i)
 uses the instance ids; class mBO (mBO^c) first merges the instances of one category into a single GT mask.
+Image by image this is OCLF's `UnsupervisedMaskIoUMetric(matching="best_overlap")` (CLEVR: ignore_background;
+COCO: ignore_overlaps, which drops the ignored pixels from both sides); images without a GT object are not
+counted, and a split without any has no value (NaN; OCLF's compute() returns 0 there).
 """
 
 from __future__ import annotations

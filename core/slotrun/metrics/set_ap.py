@@ -1,17 +1,23 @@
 """Average precision for set property prediction (Slot Attention's CLEVR protocol, methods.md section 1).
 
-All predictions of the evaluated set are ranked by confidence (the presence column), highest first. A
-prediction is a *candidate* for a real GT object (presence 1) of its own image only if every categorical
-attribute (argmax of each one-hot group) matches exactly; continuous attributes (layout.continuous) are not
-compared. Its distance to a candidate is ||delta coords|| * layout.coord_scale. The nearest candidate is a true
-positive if the distance is below the threshold (None = no threshold) and that GT object is not yet claimed by
-a higher-ranked prediction; otherwise the prediction is a false positive. Decision, as in the reference code:
-when the nearest candidate is already claimed the prediction is a false positive even if a farther unclaimed
-candidate exists (no fall-back to the second nearest). AP is VOC style: precision made monotone (running max
-from the right), summed over the recall steps; the recall denominator is the number of real GT objects.
+The computation is that of the authors' `utils.average_precision_clevr` (google-research/slot_attention):
 
-Matching only looks inside one image, and the ranking restricted to one image is the image's own ranking, so
-the true-positive flags can be computed batch by batch; only the final ranking is global (`ap_from_records`).
+- Every prediction of the evaluated set is ranked by its confidence (the presence column), highest first, in
+  the order `np.argsort(confidence)[::-1]` of the float32 confidences flattened image-major (index b * K + k):
+  NumPy's default sort, reversed, so tied confidences (saturated sigmoids give many exact 1.0) are ranked as
+  the authors' evaluation ranks them, not in slot order.
+- A target row is a real object when its presence value is non-zero; the recall denominator is the sum of the
+  presence column over the set.
+- A prediction's best match is the nearest real object of its own image whose categorical attributes (argmax
+  of each one-hot group) all agree; continuous attributes (layout.continuous) are not compared. The distance
+  is ||delta coords * layout.coord_scale||, in float32. It is a true positive if that distance is below the
+  threshold (None / inf = no threshold) and that object has not been detected by a higher-ranked prediction;
+  otherwise a false positive, even if a farther unclaimed candidate exists (no fall-back).
+- Precision and recall are rounded to float32; AP is the VOC area under the precision envelope (running max
+  from the right) with recall points 0 and 1 added.
+
+The best match of a prediction does not depend on the ranking, so it is found batch by batch
+(`set_ap_records`); the claims, which do, are resolved over the whole set at the end (`ap_from_records`).
 """
 
 from __future__ import annotations
@@ -19,10 +25,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from slotrun.types import PropertyLayout
+
+# Columns of a set_ap_records row before the per-threshold flags.
+_CONFIDENCE, _REAL, _START, _BEST = range(4)
 
 
 def _attributes(values: Tensor, layout: PropertyLayout) -> Tensor:
@@ -34,88 +44,101 @@ def _attributes(values: Tensor, layout: PropertyLayout) -> Tensor:
 
 
 def match_predictions(
-    predictions: Tensor,
-    targets: Tensor,
-    layout: PropertyLayout,
-    thresholds: Sequence[float | None],
-) -> tuple[Tensor, Tensor, Tensor]:
-    """True-positive flags of every prediction, per threshold, with matching confined to each image.
+    predictions: Tensor, targets: Tensor, layout: PropertyLayout
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Each prediction's best matching real object of its own image.
 
     predictions: [B, K, P] per-slot predictions; targets: [B, M, P] per-object targets (padded, presence 0);
-    both in `layout`'s column layout. thresholds: distances in the dataset's units; None or inf = no threshold.
-    Returns (confidence [B, K] float64, tp [B, K, T] bool, num_real [B] int64).
+    both in `layout`'s column layout. Returns (confidence [B, K] float32, best [B, K] int64 index of the
+    matched target row or -1 when no real object agrees on every attribute, distance [B, K] float32 to it
+    (inf when best is -1), real [B] float64 sum of the targets' presence values).
     """
     if predictions.dim() != 3 or targets.dim() != 3 or predictions.shape[0] != targets.shape[0]:
         raise ValueError(f"expected predictions [B, K, P] and targets [B, M, P], got "
                          f"{tuple(predictions.shape)} and {tuple(targets.shape)}")
-    predictions, targets = predictions.detach().double(), targets.detach().double()
-    batch, slots, _ = predictions.shape
+    # float32 throughout, the precision of the reference evaluation (model outputs and dataset arrays).
+    predictions, targets = predictions.detach().float(), targets.detach().float()
     presence = layout.presence
     confidence = predictions[..., presence]
-    real = targets[..., presence] > 0.5  # [B, M]
+    flags = targets[..., presence]
     c0, c1 = layout.coords
-    scale = layout.coord_scale
-    # [B, K, M] distances in dataset units; attribute agreement decides who may be matched at all.
-    distance = torch.linalg.vector_norm(
-        (predictions[:, :, None, c0:c1] - targets[:, None, :, c0:c1]) * scale, dim=-1
-    )
+    delta = (targets[:, None, :, c0:c1] - predictions[:, :, None, c0:c1]) * np.float32(layout.coord_scale)
+    distance = delta.square().sum(dim=-1).sqrt()  # [B, K, M]
     agree = (_attributes(predictions, layout)[:, :, None] == _attributes(targets, layout)[:, None]).all(dim=-1)
-    candidate = agree & real[:, None, :]
+    candidate = agree & (flags != 0)[:, None, :] & ~distance.isnan()
     distance = torch.where(candidate, distance, torch.full_like(distance, math.inf))
-    limits = torch.tensor([math.inf if t is None else float(t) for t in thresholds], dtype=torch.float64,
-                          device=predictions.device)
-    # Visit each image's predictions in descending confidence (stable: ties keep slot order, which is also the
-    # order of the global stable sort restricted to the image).
-    order = torch.sort(confidence, dim=1, descending=True, stable=True).indices
-    claimed = torch.zeros(len(limits), batch, targets.shape[1], dtype=torch.bool, device=predictions.device)
-    tp = torch.zeros(batch, slots, len(limits), dtype=torch.bool, device=predictions.device)
-    rows = torch.arange(batch, device=predictions.device)
-    for rank in range(slots):  # sequential by nature (claims), vectorised over images and thresholds
-        slot = order[:, rank]
-        dist = distance[rows, slot]  # [B, M]
-        nearest_dist, nearest = dist.min(dim=1)  # [B]
-        taken = claimed[:, rows, nearest]  # [T, B]
-        hit = torch.isfinite(nearest_dist)[None] & (nearest_dist[None] < limits[:, None]) & ~taken
-        claimed[:, rows, nearest] |= hit
-        tp[rows, slot] = hit.T
-    return confidence, tp, real.sum(dim=1)
+    if targets.shape[1]:
+        nearest, best = distance.min(dim=2)  # first of equally near objects, as the reference loop keeps it
+    else:
+        nearest = distance.new_full(confidence.shape, math.inf)
+        best = torch.zeros(confidence.shape, dtype=torch.long, device=confidence.device)
+    best = torch.where(torch.isfinite(nearest), best, torch.full_like(best, -1))
+    return confidence, best, nearest, flags.double().sum(dim=1)
 
 
-def average_precision(confidence: Tensor, tp: Tensor, num_real: int) -> float:
-    """VOC-style AP of detections ranked by confidence. confidence: [N]; tp: [N] bool; num_real: GT count.
-    Ties in confidence keep the given order (stable sort). NaN when there is no real GT object."""
+def official_order(confidence: np.ndarray) -> np.ndarray:
+    """Ranking of flattened confidences as the reference code ranks them: NumPy's default (unstable) argsort of
+    the float32 values, reversed. Tied values keep whatever order that sort leaves them in."""
+    return np.argsort(np.ascontiguousarray(confidence, dtype=np.float32))[::-1]
+
+
+def average_precision(hits: Tensor, num_real: float) -> float:
+    """VOC-style AP of ranked detections. hits: [N] bool, True for a true positive, in rank order (best
+    first); num_real: number of real GT objects. NaN when there is no real GT object."""
     if num_real <= 0:
         return math.nan
-    order = torch.sort(confidence.double(), descending=True, stable=True).indices
-    hits = tp.double()[order].cumsum(0)
-    rank = torch.arange(1, len(order) + 1, dtype=torch.float64, device=hits.device)
-    zero = hits.new_zeros(1)
-    precision = torch.cat([zero, hits / rank, zero])
-    recall = torch.cat([zero, hits / num_real, zero + 1])
+    tp = hits.double().cumsum(0)
+    rank = torch.arange(1, len(hits) + 1, dtype=torch.float64, device=tp.device)
+    zero = tp.new_zeros(1)
+    # The reference rounds both curves to float32 before integrating.
+    precision = torch.cat([zero, (tp / rank).float().double(), zero])
+    recall = torch.cat([zero, (tp / num_real).float().double(), zero + 1])
     # Monotone envelope: each precision becomes the best precision at any later (higher-recall) point.
     precision = precision.flip(0).cummax(0).values.flip(0)
     step = recall[1:] != recall[:-1]
-    return float(((recall[1:] - recall[:-1]) * precision[1:])[step].sum())
+    terms = (precision[1:] * (recall[1:] - recall[:-1]))[step].cpu().numpy()
+    # Summed left to right, as the reference accumulates it (recall runs from 0 to 1: never empty).
+    return float(np.add.accumulate(terms)[-1])
 
 
 def ap_from_records(records: Tensor) -> list[float]:
-    """AP per threshold from concatenated `set_ap_records` rows [N, 2 + T] (any number of batches/processes)."""
-    confidence, num_real = records[:, 0], int(records[:, 1].sum().round())
-    return [average_precision(confidence, records[:, 2 + t] > 0.5, num_real) for t in range(records.shape[1] - 2)]
+    """AP per threshold from concatenated `set_ap_records` rows [N, 4 + T] (batches in evaluation order)."""
+    records = records.detach().to("cpu", torch.float64)
+    num_real = float(records[:, _REAL].sum())
+    order = torch.from_numpy(official_order(records[:, _CONFIDENCE].numpy()).copy())
+    ranked = records[order]
+    image = (records[:, _START].cumsum(0) - 1).long()[order]
+    best = ranked[:, _BEST].long()
+    # A (image, object) key per matched prediction; -1 for predictions without a candidate.
+    key = torch.where(best >= 0, image * (int(best.max()) + 1 if len(best) else 1) + best, -1)
+    values = []
+    for t in range(records.shape[1] - 4):
+        eligible = (best >= 0) & (ranked[:, 4 + t] > 0.5)
+        positions = eligible.nonzero()[:, 0]
+        # Only the first eligible prediction of an object in rank order detects it; later ones are FPs.
+        _, first = np.unique(key[positions].numpy(), return_index=True)
+        hits = torch.zeros(len(ranked), dtype=torch.bool)
+        hits[positions[torch.from_numpy(first)]] = True
+        values.append(average_precision(hits, num_real))
+    return values
 
 
 def set_ap_records(
     predictions: Tensor, targets: Tensor, layout: PropertyLayout, thresholds: Sequence[float | None]
 ) -> Tensor:
-    """One float64 row per prediction: [confidence, real GT objects, tp at each threshold] ([B * K, 2 + T]).
-    The GT count of an image sits on its first prediction's row (0 elsewhere), so rows of different batches
-    or processes simply concatenate. Requires K >= 1."""
+    """One float64 row per prediction ([B * K, 4 + T], image-major): [confidence (float32 value), sum of the
+    image's presence values (on its first row, 0 elsewhere), 1 on an image's first row, index of the best
+    matching target row (-1: none), then per threshold 1 if the match is within it]. Rows of consecutive
+    batches concatenate in evaluation order. Requires K >= 1."""
     if predictions.shape[1] < 1:
         raise ValueError("set-prediction AP needs at least one prediction per image")
-    confidence, tp, num_real = match_predictions(predictions, targets, layout, thresholds)
-    gt = torch.zeros_like(confidence)
-    gt[:, 0] = num_real.double()
-    return torch.cat([confidence[..., None], gt[..., None], tp.double()], dim=-1).flatten(0, 1).cpu()
+    confidence, best, distance, real = match_predictions(predictions, targets, layout)
+    # The reference compares the float32 distance with the threshold in float32 too.
+    within = [distance < (math.inf if t is None else float(np.float32(t))) for t in thresholds]
+    first = torch.zeros(confidence.shape, dtype=torch.float64, device=confidence.device)
+    first[:, 0] = 1.0
+    columns = [confidence.double(), first * real[:, None], first, best.double(), *(w.double() for w in within)]
+    return torch.stack(columns, dim=-1).flatten(0, 1).cpu()
 
 
 def set_prediction_ap(
@@ -126,4 +149,5 @@ def set_prediction_ap(
     return ap_from_records(set_ap_records(predictions, targets, layout, [threshold]))[0]
 
 
-__all__ = ["ap_from_records", "average_precision", "match_predictions", "set_ap_records", "set_prediction_ap"]
+__all__ = ["ap_from_records", "average_precision", "match_predictions", "official_order", "set_ap_records",
+           "set_prediction_ap"]

@@ -16,7 +16,7 @@ from slotrun.metrics.ari import adjusted_rand_index, contingency
 
 def _sklearn(true: np.ndarray, pred: np.ndarray, ignore_background: bool) -> float:
     keep = true != 0 if ignore_background else np.ones_like(true, dtype=bool)
-    return adjusted_rand_score(true[keep], pred[keep]) if keep.any() else math.nan
+    return adjusted_rand_score(true[keep], pred[keep])  # 1.0 when nothing is left, as OCLF scores it
 
 
 @pytest.mark.parametrize("ignore_background", [True, False])
@@ -30,11 +30,7 @@ def test_matches_sklearn_on_seeded_random_partitions(ignore_background: bool) ->
         got = adjusted_rand_index(torch.from_numpy(true), torch.from_numpy(pred), ignore_background)
         assert got.dtype == torch.float64 and got.shape == (batch,)
         for b in range(batch):
-            want = _sklearn(true[b], pred[b], ignore_background)
-            if math.isnan(want):
-                assert math.isnan(got[b]), trial
-            else:
-                assert got[b].item() == pytest.approx(want, abs=1e-10), trial
+            assert got[b].item() == pytest.approx(_sklearn(true[b], pred[b], ignore_background), abs=1e-10), trial
 
 
 @settings(max_examples=60, deadline=None)
@@ -46,11 +42,7 @@ def test_matches_sklearn_hypothesis(data: list[tuple[int, int]], ignore_backgrou
     true = np.array([[t for t, _ in data]])
     pred = np.array([[p for _, p in data]])
     got = adjusted_rand_index(torch.from_numpy(true), torch.from_numpy(pred), ignore_background)[0].item()
-    want = _sklearn(true[0], pred[0], ignore_background)
-    if math.isnan(want):
-        assert math.isnan(got)
-    else:
-        assert got == pytest.approx(want, abs=1e-10)
+    assert got == pytest.approx(_sklearn(true[0], pred[0], ignore_background), abs=1e-10)
 
 
 def test_soft_masks_use_the_argmax_over_slots() -> None:
@@ -78,11 +70,17 @@ def test_degenerate_cases() -> None:
     assert adjusted_rand_score(true[0].numpy(), pred[0].numpy()) == pytest.approx(0.0)
 
 
-def test_no_foreground_is_nan_and_ignore_drops_pixels() -> None:
+def test_no_foreground_scores_one_or_empty_and_ignore_drops_pixels() -> None:
     true = torch.tensor([[0, 0, 0, 0], [1, 1, 2, 2]])
     pred = torch.tensor([[0, 1, 0, 1], [0, 0, 1, 0]])
     got = adjusted_rand_index(true, pred, True)
-    assert math.isnan(got[0]) and not math.isnan(got[1])
+    # OCLF's fg_adjusted_rand_index: no foreground pixel -> all-zero table -> 1.0.
+    assert got[0].item() == 1.0 and got[1].item() < 1.0
+    marked = adjusted_rand_index(true, pred, True, empty=math.nan)
+    assert math.isnan(marked[0]) and marked[1] == got[1]
+    # Every pixel ignored: nothing left to compare with the background included either.
+    everything = torch.ones(2, 4, dtype=torch.bool)
+    assert adjusted_rand_index(true, pred, False, ignore=everything).tolist() == [1.0, 1.0]
     # Background included, the all-background image is scored (one GT cluster vs two predicted: 0).
     assert adjusted_rand_index(true, pred, False)[0].item() == pytest.approx(0.0)
     # Ignoring the one disagreeing pixel leaves a perfect partition.

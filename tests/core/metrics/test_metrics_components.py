@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import tomllib
+from pathlib import Path
 
 import attrs
 import pytest
@@ -80,25 +81,42 @@ def test_configs_validate_and_structure_from_toml() -> None:
 
 def test_ari_metrics_match_the_pure_function_over_batches() -> None:
     gen = torch.Generator().manual_seed(0)
-    fg, ari = build("fg_ari"), build("ari")
+    fg, ari, fg_skip = build("fg_ari"), build("ari"), build("fg_ari", skip_empty=True)
     scores_fg, scores_all = [], []
     for _ in range(3):
         true, masks = random_masks(gen, 4, 5, 6)
-        true[0] = 0  # an image without foreground: skipped by FG-ARI, scored by ARI
-        for metric in (fg, ari):
+        true[0] = 0  # an image without foreground: FG-ARI 1.0 and counted (OCLF), or skipped
+        for metric in (fg, ari, fg_skip):
             metric.update(Batch(image=torch.zeros(4, 3, 6, 6), mask=true), output(masks=masks))
         scores_fg.append(adjusted_rand_index(true, masks, True))
         scores_all.append(adjusted_rand_index(true, masks, False))
     want_fg, want_all = torch.cat(scores_fg), torch.cat(scores_all)
-    scored = want_fg[~want_fg.isnan()]
+    assert want_fg[::4].tolist() == [1.0] * 3
     got = fg.compute()
     assert set(got) == {"fg_ari", "fg_ari_frac_above_0.9"}
-    assert got["fg_ari"] == pytest.approx(scored.mean().item(), abs=1e-12)
-    assert got["fg_ari_frac_above_0.9"] == pytest.approx((scored >= 0.9).double().mean().item())
-    assert fg.num_skipped == 3
+    assert got["fg_ari"] == pytest.approx(want_fg.mean().item(), abs=1e-12)
+    assert got["fg_ari_frac_above_0.9"] == pytest.approx((want_fg >= 0.9).double().mean().item())
+    assert fg.num_skipped == 0
+    scored = torch.cat([want_fg[i * 4 + 1:(i + 1) * 4] for i in range(3)])
+    skipped = fg_skip.compute()
+    assert skipped["fg_ari"] == pytest.approx(scored.mean().item(), abs=1e-12)
+    assert skipped["fg_ari_frac_above_0.9"] == pytest.approx((scored >= 0.9).double().mean().item())
+    assert fg_skip.num_skipped == 3 and skipped["fg_ari"] < got["fg_ari"]
     assert ari.compute() == {"ari": pytest.approx(want_all.mean().item(), abs=1e-12)}
     fg.reset()
     assert math.isnan(fg.compute()["fg_ari"])
+
+
+@pytest.mark.parametrize("name", ["fg_ari", "ari"])
+def test_stored_recipe_without_skip_empty_keeps_skipping(name: str, plugins) -> None:
+    from slotrun import recipe as R
+
+    data = R.load_data(Path(__file__).parents[3] / "recipes" / "quickstart.toml")
+    data["eval"]["metrics"] = [name]
+    assert R.structure(data, plugins, stored=False).eval.metrics[0].config.skip_empty is False
+    assert R.structure(data, plugins, stored=True).eval.metrics[0].config.skip_empty is True
+    data["eval"]["metrics"] = [{"type": name, "skip_empty": False}]
+    assert R.structure(data, plugins, stored=True).eval.metrics[0].config.skip_empty is False
 
 
 def test_masks_are_resized_to_the_gt_or_the_configured_size() -> None:

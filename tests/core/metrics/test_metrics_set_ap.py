@@ -1,13 +1,20 @@
-"""Set-prediction AP on hand-worked examples, and against a plain loop written from methods.md."""
+"""Set-prediction AP on hand-worked examples, and against a plain loop written from the reference semantics."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from slotrun.metrics.set_ap import ap_from_records, average_precision, set_ap_records, set_prediction_ap
+from slotrun.metrics.set_ap import (
+    ap_from_records,
+    average_precision,
+    official_order,
+    set_ap_records,
+    set_prediction_ap,
+)
 from slotrun.types import PropertyLayout
 
 # x, y | shape (2) | colour (3) | presence
@@ -85,14 +92,38 @@ def test_claimed_nearest_candidate_is_a_false_positive() -> None:
 
 def test_no_real_objects_is_nan() -> None:
     assert math.isnan(set_prediction_ap(torch.tensor([[obj(0, 0, 0, 0, 0.5)]]), torch.tensor([[PAD]]), LAYOUT))
-    assert average_precision(torch.tensor([0.5]), torch.tensor([True]), 1) == 1.0
+    assert average_precision(torch.tensor([True]), 1) == 1.0
+    assert math.isnan(average_precision(torch.tensor([True]), 0))
+
+
+def test_tied_confidences_are_ranked_as_numpy_argsort_reversed() -> None:
+    # One image, two objects; slots 0 and 1 both predict object 0, slot 2 object 1; all three say 1.0. The
+    # duplicate ranked second of slots 0 / 1 is a FP: last in the ranking it costs nothing (AP 1), before slot
+    # 2 it costs 1/6 (AP 5/6, what a stable sort in slot order gives). The reference ranking is
+    # np.argsort(conf)[::-1] of the float32 confidences (with NumPy's small-array sort: 2, 1, 0).
+    target = [[obj(0.2, 0.3, 0, 1), obj(0.7, 0.1, 1, 2)]]
+    pred = [[obj(0.2, 0.3, 0, 1, 1.0), obj(0.2, 0.3, 0, 1, 1.0), obj(0.7, 0.1, 1, 2, 1.0)]]
+    order = np.argsort(np.ones(3, dtype=np.float32))[::-1]
+    assert official_order(np.ones(3, dtype=np.float64)).tolist() == order.tolist()
+    expected = 5 / 6 if order[-1] == 2 else 1.0
+    assert aps(pred, target) == pytest.approx([expected] * 5, abs=1e-7)
+
+
+def test_any_nonzero_presence_is_a_real_object_and_counts_its_value() -> None:
+    # The reference tests `if real_obj` and divides by the sum of the presence column: a presence of 0.25 is a
+    # real object that adds 0.25 to the recall denominator. One TP of 1.25 -> recall 0.8; AP = 0.8.
+    target = [[obj(0.2, 0.3, 0, 1, 0.25), obj(0.7, 0.1, 1, 2)]]
+    pred = [[obj(0.2, 0.3, 0, 1, 0.9)]]
+    assert aps(pred, target) == pytest.approx([0.8] * 5)
 
 
 def _reference_ap(pred: torch.Tensor, target: torch.Tensor, threshold: float | None) -> float:
-    """A plain loop written from the methods.md description, for comparison."""
+    """A plain loop written from the reference semantics (the fixture sidecar), for comparison: float32
+    distances, precision and recall rounded to float32. Random confidences have no ties, so any sort ranks
+    them as the reference does."""
     limit = math.inf if threshold is None else threshold
     dets = [(float(pred[b, k, 7]), b, k) for b in range(pred.shape[0]) for k in range(pred.shape[1])]
-    dets.sort(key=lambda d: -d[0])  # Python's sort is stable, as the implementation's
+    dets.sort(key=lambda d: -d[0])
     claimed: set[tuple[int, int]] = set()
     tps = []
     for _, b, k in dets:
@@ -100,21 +131,21 @@ def _reference_ap(pred: torch.Tensor, target: torch.Tensor, threshold: float | N
         best, best_m = math.inf, None
         for m in range(target.shape[1]):
             t = target[b, m]
-            if t[7] < 0.5 or p[2:4].argmax() != t[2:4].argmax() or p[4:7].argmax() != t[4:7].argmax():
+            if t[7] == 0 or p[2:4].argmax() != t[2:4].argmax() or p[4:7].argmax() != t[4:7].argmax():
                 continue
-            d = float(torch.linalg.vector_norm((p[:2] - t[:2]) * 6.0))
+            d = float(np.linalg.norm((t[:2].numpy() - p[:2].numpy()) * np.float32(6.0)))
             if d < best:
                 best, best_m = d, m
         ok = best_m is not None and best < limit and (b, best_m) not in claimed
         if ok:
             claimed.add((b, best_m))
         tps.append(ok)
-    n_real = int((target[..., 7] > 0.5).sum())
+    n_real = float(target[..., 7].sum())
     precision, recall, hits = [0.0], [0.0], 0
     for i, ok in enumerate(tps):
         hits += ok
-        precision.append(hits / (i + 1))
-        recall.append(hits / n_real)
+        precision.append(float(np.float32(hits / (i + 1))))
+        recall.append(float(np.float32(hits / n_real)))
     precision.append(0.0)
     recall.append(1.0)
     for i in range(len(precision) - 2, -1, -1):
