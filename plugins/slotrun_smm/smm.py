@@ -3,35 +3,43 @@
 Each slot k is a diagonal Gaussian (mean mu_k, log std l_k, both [D]) with a mixture weight pi_k. One update:
 
   E-step   logits_ki = f(k_i; q(mu_k), sigma_k) (a log-Gaussian density between the key of token i and the
-           projected slot mean), gamma_ki = softmax_k(logits_ki + log pi_k)   (responsibilities over slots)
+           projected slot mean), gamma_ki = pi_k exp(logits_ki) normalised over slots   (responsibilities)
   M-step   pi_k = sum_i gamma_ki / N;  a_ki = gamma_ki / sum_i gamma_ki;  mu*_k = sum_i a_ki v_i
            mu_k = GRU(input mu*_k, hidden mu_k);  mu_k += MLP(LN(mu_k))
            sigma_k^2 = sum_i a_ki (v_i - mu_k)^2       (around the NEW mean)
   output   slots_k = W [mu_k ; sigma_k^2]  (2D -> D, so the slot size matches Slot Attention's)
 
-Defaults follow the paper's text; each deviation of the official code (AIRI-Institute/smm) is an option:
+The constructor's defaults follow the paper's text; `SlotMixtureConfig`'s defaults (what recipes get) are the
+official code's (AIRI-Institute/smm `modules/smm.py` `SelfAttentionGMM`). Each difference is an option:
 
 - `density`: "log_gaussian" = -1/2 sum_d (k - q)^2 / sigma^2 - sum_d log sigma (the paper's log-density up to a
   constant); "code" = -sum_d (k - q)^2 / sigma^2 (no 1/2, no log-determinant).
 - `scale_logits`: multiply the log-density by D^-1/2 (Slot Attention's and the official code's scaling; the
   paper's text states none). On by default: it keeps the first assignments soft, as in Slot Attention.
+- `e_step`: "code" = gamma = (exp(logits) + eps) pi normalised over slots, then over inputs for the M-step (the
+  official code; where exp(logits) < eps for every slot the offset dominates and a token's responsibilities go
+  uniform); "softmax" = a log-softmax over slots of logits + log pi (exact and stable for any logit range, so
+  far tokens keep sharp assignments), then + eps and renormalised over inputs, as in Slot Attention.
 - `code_log_sigma_projection`: LayerNorm over [mu ; l] (2D) and the log-std through the same query projection
   as the mean (the code); off = LayerNorm(mu) -> W_q for the mean, the log-std used as it is (the paper).
 - `gru_hidden`: "mean" = the previous mean (the paper, and Slot Attention) or "normalised_mean" (the code).
 - `pi_update`: "paper" = sum_i gamma_ki / N; "code" = the official code's update, which normalises the
   input-normalised weights and so keeps pi at 1/K.
 - `output_covariance`: "variance" (the paper's Sigma_diag) or "log_sigma" (the code's).
-- `output_head`: "linear" (the paper's matrix, no bias) or "mlp" = 2D -> 2 max(D, 128) -> ReLU -> D (the code).
+- `output_head`: "linear" (the paper's matrix, no bias) or "mlp" = 2D -> 2 hidden -> ReLU -> D (the code).
 - `init`: "gaussian" = mu ~ N(m, s), log-std ~ N(m', s') with learned m, s, m', s' through the
-  reparameterisation trick (the paper's text, Slot Attention style); "transformer" = learned tokens prepended
-  to the (normalised) inputs and a small transformer encoder giving the mean and log-std of the initial slot
-  distribution (the code; conditional on the image, still invariant to token order).
+  reparameterisation trick (the paper's text, Slot Attention style); "transformer" = the official code's init
+  transformer (`TransformerSlotInit`): two learned tokens prepended to the raw tokens, a LayerNorm and two
+  pre-LN blocks of self-attention, self-attention and a GELU feed-forward; the two tokens' outputs through MLP
+  heads give the mean and log-std of the initial [mu ; log-std] distribution, and the other outputs REPLACE
+  the tokens from which the keys and values are computed.
 
-Numerics: the E-step and the covariance run in float32 with autocast off; responsibilities come from a
-log-softmax (stable for any logit range); eps is added after the softmax and renormalised over inputs, as in
-Slot Attention, so no slot ever has all-zero weights. `iters` / `implicit_diff` have the Slot Attention
+Numerics: the E-step and the covariance run in float32 with autocast off. Squared distances and weighted
+variances expand their squares into matrix products over centred tokens (`TokenStats`), so no [B, K, N, D]
+tensor is formed (the official code forms two per update). `iters` / `implicit_diff` have the Slot Attention
 grouper's meaning: `iters` updates in all; with implicit_diff the first iters - 1 run without a graph and the
-last starts from their detached result (Chang et al. 2022: "T steps, then one more" is iters = T + 1).
+last starts from their detached result (the official code's `iters` steps plus one on detached slots is
+iters = its iters + 1).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import math
 
 import dataclasses
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slotrun.blocks import TokenMLP, mlp
@@ -47,6 +56,7 @@ from slotrun.types import Features, Gaussian, Slots
 
 
 DENSITIES = ("log_gaussian", "code")
+E_STEPS = ("code", "softmax")
 GRU_HIDDEN = ("mean", "normalised_mean")
 PI_UPDATES = ("paper", "code")
 OUTPUT_COVARIANCE = ("variance", "log_sigma")
@@ -110,7 +120,8 @@ def _glorot_uniform_(param: Tensor) -> None:
 
 
 class GaussianSlotInit(nn.Module):
-    """The paper's init: mean and log-std of every slot sampled from learned diagonal Gaussians."""
+    """The paper's init: mean and log-std of every slot sampled from learned diagonal Gaussians. The tokens pass
+    through unchanged."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -123,46 +134,131 @@ class GaussianSlotInit(nn.Module):
         _glorot_uniform_(self.mu_log_std)
         _glorot_uniform_(self.log_sigma_log_std)
 
-    def forward(self, tokens: Tensor, num_slots: int) -> Tensor:
+    def forward(self, tokens: Tensor, num_slots: int, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(initial [mean ; log-std] [B, K, 2D], the tokens); `noise`: the standard-normal draws [B, K, 2D]."""
         b = tokens.shape[0]
         dev, dt = self.mu_mean.device, self.mu_mean.dtype
         mean = torch.cat([self.mu_mean, self.log_sigma_mean], dim=-1)
         std = torch.cat([self.mu_log_std, self.log_sigma_log_std], dim=-1).exp()
-        return mean + std * torch.randn(b, num_slots, 2 * self.dim, device=dev, dtype=dt)
+        if noise is None:
+            noise = torch.randn(b, num_slots, 2 * self.dim, device=dev, dtype=dt)
+        return mean + std * noise, tokens
 
     def deterministic(self, batch_size: int) -> Tensor:
         """[B, 1, D] log-std means, used when only initial means are given."""
         return self.log_sigma_mean.expand(batch_size, 1, -1)
 
 
-class TransformerSlotInit(nn.Module):
-    """The official code's init: two learned tokens prepended to the tokens, a pre-LN transformer encoder, and
-    the two tokens' outputs read as the mean and log-std of the initial [mu ; log-std] distribution."""
+class _SelfAttention(nn.Module):
+    """Multi-head self-attention without q/k/v biases, output Linear (with bias) then dropout."""
 
-    def __init__(self, in_dim: int, dim: int, *, layers: int = 2, heads: int = 4) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
-        if in_dim % heads:
-            raise ValueError(f"the transformer init needs the token size ({in_dim}) divisible by init_heads ({heads})")
-        self.dim = dim
-        self.queries = nn.Parameter(torch.empty(1, 2, in_dim))
-        _glorot_uniform_(self.queries)
-        layer = nn.TransformerEncoderLayer(in_dim, heads, dim_feedforward=4 * in_dim, dropout=0.0,
-                                           batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(in_dim), enable_nested_tensor=False)
-        self.to_mean = nn.Linear(in_dim, 2 * dim)
-        self.to_log_std = nn.Linear(in_dim, 2 * dim)
-        nn.init.zeros_(self.to_log_std.weight)
-        nn.init.constant_(self.to_log_std.bias, -1.0)  # start near the distribution's mean
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(dim, dim, bias=False)
+        self.to_v = nn.Linear(dim, dim, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout))
 
-    def forward(self, tokens: Tensor, num_slots: int) -> Tensor:
-        b = tokens.shape[0]
-        out = self.encoder(torch.cat([self.queries.expand(b, -1, -1).to(tokens.dtype), tokens], dim=1))
-        mean = self.to_mean(out[:, :1])
-        std = self.to_log_std(out[:, 1:2]).exp()
-        return mean + std * torch.randn(b, num_slots, 2 * self.dim, device=tokens.device, dtype=mean.dtype)
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, d = x.shape
+        q, k, v = (p(x).reshape(b, n, self.heads, d // self.heads).transpose(1, 2)
+                   for p in (self.to_q, self.to_k, self.to_v))
+        # softmax(q k^T d_head^-1/2) v; the fused kernels need not form the [N, N] map (4098 tokens on CLEVR)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, d))
+
+
+class _FeedForward(nn.Module):
+    def __init__(self, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU()), nn.Dropout(dropout),
+                                 nn.Linear(4 * dim, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class _Block(nn.Module):
+    """x + attn1(LN x), x + attn2(LN x) (two self-attentions), x + FF(LN x)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, layer_norm_eps: float) -> None:
+        super().__init__()
+        self.attn1 = _SelfAttention(dim, heads, dropout)
+        self.ff = _FeedForward(dim, dropout)
+        self.attn2 = _SelfAttention(dim, heads, dropout)
+        self.norm1 = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.norm3 = nn.LayerNorm(dim, eps=layer_norm_eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x)) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class InitTransformer(nn.Module):
+    """The official init transformer (`modules/attention.py` `Transformer`): LayerNorm, then `layers` blocks; no
+    final norm. Submodule names follow the official ones, so its state_dict loads as it is."""
+
+    def __init__(self, dim: int, *, layers: int = 2, heads: int = 4, dropout: float = 0.1,
+                 layer_norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"the transformer init needs the token size ({dim}) divisible by init_heads ({heads})")
+        self.norm = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.transformer_blocks = nn.ModuleList(_Block(dim, heads, dropout, layer_norm_eps) for _ in range(layers))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(x)
+        for block in self.transformer_blocks:
+            x = block(x)
+        return x
+
+
+class TransformerSlotInit(nn.Module):
+    """The official code's init: learned tokens `mu`, `logsigma` [1, 1, in_dim] prepended to the raw tokens,
+    `InitTransformer`, then MLP heads `mu_init`, `sigma_init` (in_dim -> hidden -> ReLU -> 2D) on the two
+    tokens' outputs: the initial [mu ; log-std] of every slot is mu_init + exp(sigma_init) * noise. The
+    transformer's outputs at the other positions replace the tokens (the keys and values are computed from
+    them). Parameter names and initialisers are the official ones (torch.randn, xavier_uniform_, PyTorch's
+    defaults elsewhere)."""
+
+    def __init__(self, in_dim: int, dim: int, *, hidden: int, layers: int = 2, heads: int = 4,
+                 dropout: float = 0.1, layer_norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        self.dim = dim
+        self.mu = nn.Parameter(torch.randn(1, 1, in_dim))
+        self.logsigma = nn.Parameter(torch.zeros(1, 1, in_dim))
+        nn.init.xavier_uniform_(self.logsigma)  # torch's fans of a [1, 1, D] tensor: U(+-sqrt(3 / D))
+        self.transf = InitTransformer(in_dim, layers=layers, heads=heads, dropout=dropout,
+                                      layer_norm_eps=layer_norm_eps)
+        self.mu_init = mlp(in_dim, [hidden], 2 * dim)
+        self.sigma_init = mlp(in_dim, [hidden], 2 * dim)
+
+    def encode(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(mean [B, 1, 2D], log-std [B, 1, 2D] of the initial slots, the transformed tokens [B, N, in_dim])."""
+        b, n = tokens.shape[:2]
+        learned = torch.cat([self.mu, self.logsigma], dim=1).expand(b, -1, -1).to(tokens.dtype)
+        mu, logsigma, tokens = self.transf(torch.cat([learned, tokens], dim=1)).split([1, 1, n], dim=1)
+        return self.mu_init(mu), self.sigma_init(logsigma), tokens
+
+    def forward(self, tokens: Tensor, num_slots: int, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(initial [mean ; log-std] [B, K, 2D], the transformed tokens); `noise`: standard-normal [B, K, 2D]."""
+        mean, log_std, tokens = self.encode(tokens)
+        if noise is None:
+            noise = torch.randn(mean.shape[0], num_slots, 2 * self.dim, device=mean.device, dtype=mean.dtype)
+        return mean + log_std.exp() * noise, tokens
 
     def deterministic(self, batch_size: int) -> Tensor:
         raise ValueError("with init = \"transformer\" pass slots_init as [B, K, 2 * slot_dim] (mean ; log-std)")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001 (torch's hook)
+        if prefix + "queries" in state_dict:
+            raise ValueError("these weights hold the earlier slotrun init = \"transformer\" (learned queries and an "
+                             "nn.TransformerEncoder), which the official code's init transformer replaces; "
+                             "they cannot be loaded into it")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class SlotMixtureModule(nn.Module):
@@ -182,8 +278,10 @@ class SlotMixtureModule(nn.Module):
         init: str = "gaussian",
         init_layers: int = 2,
         init_heads: int = 4,
+        init_dropout: float = 0.1,
         density: str = "log_gaussian",
         scale_logits: bool = True,
+        e_step: str = "softmax",
         code_log_sigma_projection: bool = False,
         gru_hidden: str = "mean",
         pi_update: str = "paper",
@@ -196,6 +294,7 @@ class SlotMixtureModule(nn.Module):
     ) -> None:
         super().__init__()
         for name, value, allowed in (("init", init, INITS), ("density", density, DENSITIES),
+                                     ("e_step", e_step, E_STEPS),
                                      ("gru_hidden", gru_hidden, GRU_HIDDEN), ("pi_update", pi_update, PI_UPDATES),
                                      ("output_covariance", output_covariance, OUTPUT_COVARIANCE),
                                      ("output_head", output_head, OUTPUT_HEADS)):
@@ -203,9 +302,10 @@ class SlotMixtureModule(nn.Module):
         if num_slots < 1 or iters < 1:
             raise ValueError(f"num_slots and iters must be >= 1, got {num_slots} and {iters}")
         d = slot_dim
+        hidden = max(d, 128) if mlp_hidden is None else mlp_hidden
         self.slot_dim, self.num_slots, self.iters = d, num_slots, iters
         self.implicit_diff = implicit_diff
-        self.density, self.gru_hidden, self.pi_update = density, gru_hidden, pi_update
+        self.density, self.e_step, self.gru_hidden, self.pi_update = density, e_step, gru_hidden, pi_update
         self.code_log_sigma_projection = code_log_sigma_projection
         self.output_covariance = output_covariance
         self.scale = d**-0.5 if scale_logits else 1.0
@@ -215,19 +315,19 @@ class SlotMixtureModule(nn.Module):
         if self.input_mlp is not None:
             in_dim = self.input_mlp.out_dim
         self.norm_inputs = nn.LayerNorm(in_dim, eps=layer_norm_eps)
-        self.project_kv = nn.Linear(in_dim, 2 * d, bias=False)
+        self.project_kv = nn.Linear(in_dim, 2 * d, bias=False)  # [W_k ; W_v]
         # The code normalises [mu ; log-std] together; the paper normalises the mean before W_q, as SA does.
         self.norm_state = nn.LayerNorm(2 * d if code_log_sigma_projection else d, eps=layer_norm_eps)
         self.project_q = nn.Linear(d, d, bias=False)
         self.gru = nn.GRUCell(d, d)
         self.norm_mlp = nn.LayerNorm(d, eps=layer_norm_eps)
-        self.mlp = mlp(d, [max(d, 128) if mlp_hidden is None else mlp_hidden], d)
-        self.head = (nn.Linear(2 * d, d, bias=False) if output_head == "linear"
-                     else mlp(2 * d, [2 * max(d, 128)], d))
+        self.mlp = mlp(d, [hidden], d)
+        self.head = nn.Linear(2 * d, d, bias=False) if output_head == "linear" else mlp(2 * d, [2 * hidden], d)
         if init == "gaussian":
             self.init: nn.Module = GaussianSlotInit(d)
         else:
-            self.init = TransformerSlotInit(in_dim, d, layers=init_layers, heads=init_heads)
+            self.init = TransformerSlotInit(in_dim, d, hidden=hidden, layers=init_layers, heads=init_heads,
+                                            dropout=init_dropout, layer_norm_eps=layer_norm_eps)
 
     # ---- one update ---------------------------------------------------------------------------------------
 
@@ -251,15 +351,21 @@ class SlotMixtureModule(nn.Module):
                 logits = -0.5 * dist - q_l.sum(-1, keepdim=True)
             else:
                 logits = -dist
-            logits = logits * self.scale + torch.log(pi.float().clamp_min(1e-30)).unsqueeze(-1)
-            gamma = torch.softmax(logits, dim=1)  # over slots: the E-step responsibilities
-            weights = gamma + self.eps
-            weights = weights / weights.sum(dim=2, keepdim=True)  # over inputs: the M-step's weighted mean
+            logits = logits * self.scale
+            pi = pi.float().unsqueeze(-1)
+            if self.e_step == "code":
+                gamma = (torch.exp(logits) + self.eps) * pi
+                gamma = gamma / gamma.sum(dim=1, keepdim=True)  # over slots: the E-step responsibilities
+                weights = gamma / gamma.sum(dim=2, keepdim=True)  # over inputs: the M-step's weighted mean
+            else:
+                gamma = torch.softmax(logits + torch.log(pi.clamp_min(1e-30)), dim=1)
+                weights = gamma + self.eps
+                weights = weights / weights.sum(dim=2, keepdim=True)
             if self.pi_update == "paper":
                 new_pi = gamma.mean(dim=2)
             else:  # the code: normalises input-normalised weights, so pi stays 1/K
                 mass = weights.sum(dim=2)
-                new_pi = mass / mass.sum(dim=1, keepdim=True)
+                new_pi = mass / (mass.sum(dim=1, keepdim=True) + self.eps)
         updates = weights.to(v.dtype) @ v  # [B, K, D]
         hidden = mu if self.gru_hidden == "mean" else s_mu
         mu = self.gru(updates.reshape(b * n_slots, d), hidden.reshape(b * n_slots, d).to(updates.dtype))
@@ -274,43 +380,47 @@ class SlotMixtureModule(nn.Module):
 
     def sample_init(self, tokens: Tensor, num_slots: int | None = None) -> Tensor:
         """[B, K, 2D] initial [mean ; log-std], fresh noise each call (tokens: raw encoder tokens)."""
-        return self._sample_init(self._transform(tokens), num_slots)
+        return self.init(self._transform(tokens), self._num_slots(num_slots))[0]
 
     def _transform(self, tokens: Tensor) -> Tensor:
         return tokens if self.input_mlp is None else self.input_mlp(tokens)
 
-    def _sample_init(self, tokens: Tensor, num_slots: int | None) -> Tensor:
+    def _num_slots(self, num_slots: int | None) -> int:
         k = self.num_slots if num_slots is None else num_slots
         if k < 1:
             raise ValueError(f"num_slots must be >= 1, got {k}")
-        return self.init(self.norm_inputs(tokens), k)
+        return k
 
-    def _initial_state(self, tokens: Tensor, num_slots: int | None, slots_init: Tensor | None) -> SMMState:
-        """`tokens`: after the input MLP."""
+    def _initial_state(self, tokens: Tensor, num_slots: int | None, slots_init: Tensor | None,
+                       noise: Tensor | None) -> tuple[SMMState, Tensor]:
+        """(the initial state, the tokens the keys and values come from); `tokens`: after the input MLP."""
         d = self.slot_dim
         if slots_init is None:
-            slots_init = self._sample_init(tokens, num_slots)
-        elif slots_init.shape[-1] == d:  # means only: every component starts at the learned log-std mean
-            log_sigma = self.init.deterministic(slots_init.shape[0]).to(slots_init)
-            slots_init = torch.cat([slots_init, log_sigma.expand(-1, slots_init.shape[1], -1)], dim=-1)
-        elif slots_init.shape[-1] != 2 * d:
-            raise ValueError(f"slots_init must be [B, K, {d}] (means) or [B, K, {2 * d}] (means ; log-stds), "
-                             f"got {tuple(slots_init.shape)}")
+            slots_init, tokens = self.init(tokens, self._num_slots(num_slots), noise)
+        else:
+            if isinstance(self.init, TransformerSlotInit):  # its outputs still replace the tokens
+                tokens = self.init.encode(tokens)[2]
+            if slots_init.shape[-1] == d:  # means only: every component starts at the learned log-std mean
+                log_sigma = self.init.deterministic(slots_init.shape[0]).to(slots_init)
+                slots_init = torch.cat([slots_init, log_sigma.expand(-1, slots_init.shape[1], -1)], dim=-1)
+            elif slots_init.shape[-1] != 2 * d:
+                raise ValueError(f"slots_init must be [B, K, {d}] (means) or [B, K, {2 * d}] (means ; log-stds), "
+                                 f"got {tuple(slots_init.shape)}")
         mu, log_sigma = slots_init.split(d, dim=-1)
         b, k = mu.shape[:2]
         pi = torch.full((b, k), 1.0 / k, device=mu.device, dtype=torch.float32)
-        return SMMState(mean=mu, log_sigma=log_sigma, pi=pi)
+        return SMMState(mean=mu, log_sigma=log_sigma, pi=pi), tokens
 
     def run(
         self, features: Features, *, num_slots: int | None = None, iters: int | None = None,
-        slots_init: Tensor | None = None,
+        slots_init: Tensor | None = None, noise: Tensor | None = None,
     ) -> tuple[Slots, SMMState]:
         """forward() plus the final mixture state (with the mixture weights pi)."""
         tokens = self._transform(features.tokens)
         iters = self.iters if iters is None else iters
         if iters < 1:
             raise ValueError(f"iters must be >= 1, got {iters}")
-        state = self._initial_state(tokens, num_slots, slots_init)
+        state, tokens = self._initial_state(tokens, num_slots, slots_init, noise)
         k, v = self.project_kv(self.norm_inputs(tokens)).chunk(2, dim=-1)
         stats = token_stats(k, v)  # once per forward, not once per update
         attns: list[Tensor] = []
@@ -343,8 +453,9 @@ class SlotMixtureModule(nn.Module):
 
     def forward(
         self, features: Features, *, num_slots: int | None = None, iters: int | None = None,
-        slots_init: Tensor | None = None,
+        slots_init: Tensor | None = None, noise: Tensor | None = None,
     ) -> Slots:
         """`num_slots` / `iters` override the configured values for this call; `slots_init` ([B, K, D] means,
-        or [B, K, 2D] means ; log-stds) replaces the sampled initial state (tests and studies)."""
-        return self.run(features, num_slots=num_slots, iters=iters, slots_init=slots_init)[0]
+        or [B, K, 2D] means ; log-stds) replaces the sampled initial state, `noise` ([B, K, 2D] standard-normal
+        draws) the init's own draws (tests and studies)."""
+        return self.run(features, num_slots=num_slots, iters=iters, slots_init=slots_init, noise=noise)[0]

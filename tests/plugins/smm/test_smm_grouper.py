@@ -1,16 +1,25 @@
 """The Slot Mixture Module grouper: Algorithm 1 against a naive reference, symmetries, mixture invariants,
-gradients, implicit differentiation, per-call overrides and the official code's options."""
+gradients, implicit differentiation, per-call overrides, the official code's options and initialisers, and
+old run directories (parity with the official code itself: test_smm_parity_official.py)."""
 
 from __future__ import annotations
+
+import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from torch import nn
+
+from slotrun import recipe as R
 from slotrun.errors import UserError
 from slotrun.protocols import GrouperInputs
 from slotrun.types import Features
 from slotrun_smm.configs import SlotMixtureConfig
 from slotrun_smm.smm import SlotMixtureModule, SMMState
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only contend
@@ -18,15 +27,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only
 
 B, N, D_IN, D, K = 2, 12, 16, 8, 4
 
+CODE = dict(density="code", e_step="code", code_log_sigma_projection=True, gru_hidden="normalised_mean",
+            pi_update="code", output_covariance="log_sigma", output_head="mlp")
 VARIANTS = {
     "paper": {},
-    "code": dict(density="code", code_log_sigma_projection=True, gru_hidden="normalised_mean", pi_update="code",
-                 output_covariance="log_sigma", output_head="mlp"),
-    "code_transformer_init": dict(init="transformer", density="code", code_log_sigma_projection=True,
-                                  gru_hidden="normalised_mean", pi_update="code", output_covariance="log_sigma",
-                                  output_head="mlp"),
+    "code": CODE,
+    # dropout off: the symmetry tests compare two forwards, which per-position dropout masks would tell apart
+    "code_transformer_init": dict(CODE, init="transformer", init_dropout=0.0),
     # DINOSAUR's feature transform in front: the init transformer and the mixture see its 12-d output
-    "input_mlp": dict(init="transformer", input_mlp=(24, 12)),
+    "input_mlp": dict(init="transformer", init_dropout=0.0, input_mlp=(24, 12)),
 }
 
 
@@ -200,8 +209,9 @@ def test_fresh_noise_each_call_same_noise_same_slots() -> None:
     assert not torch.allclose(a, c)
 
 
-def test_density_in_float32_under_autocast() -> None:
-    m = make()
+@pytest.mark.parametrize("variant", ["paper", "code_transformer_init"])
+def test_density_in_float32_under_autocast(variant: str) -> None:
+    m = make(variant)
     feats = features()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = m(feats)
@@ -225,14 +235,101 @@ def test_responsibilities_stable_for_extreme_logits() -> None:
     assert torch.isfinite(out.slots).all()
 
 
-def test_config_builds_and_official_code_preset() -> None:
+def test_config_defaults_are_the_official_code_and_paper_preset() -> None:
     m = SlotMixtureConfig().build(GrouperInputs(dim=D_IN, grid=(3, 4)))
-    assert (m.slot_dim, m.num_slots, m.iters) == (64, 7, 3)
-    code = SlotMixtureConfig.official_code(num_slots=5)
-    assert code.num_slots == 5 and code.pi_update == "code" and code.init == "transformer"
-    assert code.implicit_diff
-    g = code.build(GrouperInputs(dim=D_IN, grid=(3, 4)))
+    assert (m.slot_dim, m.num_slots, m.iters, m.implicit_diff) == (64, 7, 4, True)
+    assert (m.density, m.e_step, m.gru_hidden, m.pi_update, m.output_covariance) == (
+        "code", "code", "normalised_mean", "code", "log_sigma")
+    assert m.code_log_sigma_projection and type(m.init).__name__ == "TransformerSlotInit"
+    assert isinstance(m.head, nn.Sequential) and m.head[0].out_features == 2 * 128  # twice the MLP's hidden width
+    paper = SlotMixtureConfig.paper(num_slots=5)
+    assert paper.num_slots == 5 and paper.pi_update == "paper" and paper.init == "gaussian"
+    assert paper.e_step == "softmax" and not paper.implicit_diff
+    g = paper.build(GrouperInputs(dim=D_IN, grid=(3, 4)))
     assert g(features()).slots.shape == (B, 5, 64)
+
+
+SMM_RECIPE = ROOT / "recipes" / "smm" / "shapes_object_discovery.toml"
+EARLIER = dict(iters=3, implicit_diff=False, init="gaussian", density="log_gaussian", e_step="softmax",
+               code_log_sigma_projection=False, gru_hidden="mean", pi_update="paper",
+               output_covariance="variance", output_head="linear")
+
+
+def test_stored_recipe_without_the_new_keys_builds_the_earlier_computation(plugins) -> None:
+    data = R.load_data(SMM_RECIPE)
+    for key in (*EARLIER, "iters", "implicit_diff"):
+        data["model"]["grouper"].pop(key, None)
+    new = R.structure(data, plugins, stored=False).model.grouper.config
+    old = R.structure(data, plugins, stored=True).model.grouper.config
+    assert {k: getattr(new, k) for k in EARLIER} == {k: getattr(SlotMixtureConfig(), k) for k in EARLIER}
+    assert {k: getattr(old, k) for k in EARLIER} == EARLIER
+    built = old.build(GrouperInputs(dim=D_IN, grid=(3, 4)))
+    assert built.e_step == "softmax" and type(built.init).__name__ == "GaussianSlotInit"
+
+
+def test_official_initialisers_per_layer() -> None:
+    # The official SelfAttentionGMM uses PyTorch's default initialisers everywhere (the code base's xavier /
+    # kaiming helpers in models/utils.py are applied to none of its layers), torch.randn for the learned `mu`
+    # token and xavier_uniform_ for `logsigma`.
+    torch.manual_seed(0)
+    d = 64
+    m = SlotMixtureConfig(slot_dim=d).build(GrouperInputs(dim=d, grid=(8, 8)))
+    linears = [(n, mod) for n, mod in m.named_modules() if isinstance(mod, nn.Linear)]
+    assert len(linears) == 1 + 1 + 2 + 2 + 4 + 2 * 10  # q, kv, mean MLP, head, init heads, 2 transformer blocks
+    for name, lin in linears:
+        bound = 1.0 / math.sqrt(lin.in_features)  # kaiming_uniform_(a=sqrt(5)) = U(+-1/sqrt(fan_in))
+        for p in (lin.weight, lin.bias) if lin.bias is not None else (lin.weight,):
+            assert p.abs().max() <= bound, name
+            if p.numel() >= 1024:  # xavier's bound sqrt(6 / (in + out)) gives another std; zero biases none
+                assert abs(p.std().item() / (bound / math.sqrt(3)) - 1) < 0.1, name
+        if lin.bias is not None:
+            assert lin.bias.abs().max() > 0.5 * bound, name
+    bound = 1.0 / math.sqrt(d)
+    for name, p in m.gru.named_parameters():  # not xavier / orthogonal / zero biases (the unused gru_cell helper)
+        assert p.abs().max() <= bound and abs(p.std().item() / (bound / math.sqrt(3)) - 1) < 0.1, name
+    for name, mod in m.named_modules():
+        if isinstance(mod, nn.LayerNorm):
+            assert torch.equal(mod.weight, torch.ones_like(mod.weight)) and not mod.bias.any(), name
+    assert abs(m.init.mu.std().item() - 1.0) < 0.3  # torch.randn(1, 1, D)
+    xavier = math.sqrt(6.0 / (d + d))  # torch's fans of a [1, 1, D] tensor are D and D
+    assert m.init.logsigma.abs().max() <= xavier and m.init.logsigma.abs().max() > 0.8 * xavier
+
+
+def test_weights_of_the_earlier_transformer_init_are_refused_clearly() -> None:
+    m = SlotMixtureConfig(slot_dim=D).build(GrouperInputs(dim=D_IN, grid=(3, 4)))
+    state = {k: v for k, v in m.state_dict().items() if not k.startswith("init.")}
+    state["init.queries"] = torch.zeros(1, 2, D_IN)
+    with pytest.raises(ValueError, match="earlier slotrun init"):
+        m.load_state_dict(state, strict=False)
+
+
+def test_code_e_step_goes_uniform_where_the_offset_dominates_softmax_stays_sharp() -> None:
+    feats = features()
+    code, soft = make("code"), make("code", e_step="softmax")
+    with torch.no_grad():
+        for m in (code, soft):
+            m.norm_inputs.weight.mul_(50.0)  # far keys: every exp(-d) underflows the 1e-8 offset
+    init = fixed_init(code, feats)
+    gamma_code = code(feats, slots_init=init, iters=1).attn[0]
+    gamma_soft = soft(feats, slots_init=init, iters=1).attn[0]
+    torch.testing.assert_close(gamma_code, torch.full_like(gamma_code, 1.0 / K), atol=1e-6, rtol=0)
+    assert gamma_soft.max(dim=1).values.min() > 0.9
+
+
+def test_init_dropout_is_active_in_training_only() -> None:
+    nodrop = make("code_transformer_init").eval()
+    m = make("code_transformer_init", init_dropout=0.5)
+    feats = features()
+
+    def slots(module: SlotMixtureModule) -> torch.Tensor:
+        torch.manual_seed(1)
+        return module(feats).slots
+
+    train, train_again = slots(m), slots(m)
+    m.eval()
+    torch.testing.assert_close(train, train_again)  # the same seed draws the same masks
+    assert not torch.allclose(train, slots(m))
+    torch.testing.assert_close(slots(m), slots(nodrop))
 
 
 def test_input_mlp_sets_the_token_size_the_transformer_init_sees() -> None:
