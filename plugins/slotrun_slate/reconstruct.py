@@ -4,7 +4,7 @@ The autoregressive decoder predicts discrete tokens; pixels need the dVAE decode
 So the decoder returns recon=None from its forward (training and evaluation stay cheap: one teacher-forced pass),
 and images are made here, by whoever needs them (pictures, MSE/FID evaluation, generation):
 
-    tokens = model.decoder.generate(slots)          # greedy AR decoding, [B, N]
+    tokens = model.decoder.generate(slots)          # greedy AR decoding, [B, N] (embed=: tied tables)
     images = model.encoder.decode_tokens(tokens)    # dVAE decoder, [B, C, H, W]
 
 Any encoder with `decode_tokens(indices, grid)` and any decoder with `generate(slots, num_tokens, grid)` work.
@@ -27,7 +27,8 @@ from slotrun_slate.dvae import SlateFeatures
 
 @attrs.frozen(kw_only=True)
 class Reconstruction:
-    """generated: images decoded from greedily generated tokens [B, C, H, W]; tokens: those tokens [B, N];
+    """generated: images decoded from greedily generated tokens [B, C, H, W] (clamped to [0, 1] when the
+    decoder's clamp_recon is set, as it scores them); tokens: those tokens [B, N];
     dvae: the dVAE's own reconstruction from the image's tokens (the upper bound of `generated`);
     masks: the decoder's slot masks [B, K, h, w] under teacher forcing, or None."""
 
@@ -55,8 +56,11 @@ def reconstruct(model: nn.Module, batch: Batch | Tensor, *, num_slots: int | Non
         features = encoder(batch.image)
         slots = model.grouper(features, num_slots=num_slots, iters=iters)
         grid = tuple(features.grid)
-        tokens = decoder.generate(slots.slots, grid[0] * grid[1], grid)
+        embed = getattr(features, "embed_decoder", None)  # the encoder's tables, when the decoder reads them
+        tokens = decoder.generate(slots.slots, grid[0] * grid[1], grid, **({"embed": embed} if embed else {}))
         generated = encoder.decode_tokens(tokens, grid)
+        if getattr(decoder, "clamp_recon", False):  # the images the decoder's evaluation scores
+            generated = generated.clamp(0.0, 1.0)
         dvae = encoder.decode_tokens(features.target.argmax(dim=-1), grid)
         # Masks only: without the pixel hook the decoder does not generate its evaluation images a second time.
         plain = dataclasses.replace(features, decode_tokens=None) if isinstance(features, SlateFeatures) else features

@@ -22,8 +22,9 @@ N = GRID[0] * GRID[1]
 
 
 def make(**kwargs) -> SlateTransformerDecoder:
+    """A decoder on its own: its own embedding tables unless told otherwise (tied ones live in the encoder)."""
     torch.manual_seed(0)
-    return SlateTransformerDecoder(DS, V, GRID, d_model=16, blocks=2, heads=2, **kwargs)
+    return SlateTransformerDecoder(DS, V, GRID, d_model=16, blocks=2, heads=2, **{"tie_embeddings": False, **kwargs})
 
 
 def tokens(seed: int = 0) -> torch.Tensor:
@@ -63,8 +64,19 @@ def test_first_position_sees_only_bos_and_slots() -> None:
     assert not torch.allclose(a[:, 0], c[:, 0])  # but it is conditioned on the slots
 
 
-def test_loss_is_summed_token_cross_entropy_and_masks_normalised() -> None:
+def test_masks_are_the_groupers_last_assignment_by_default() -> None:
     dec = make().eval()
+    s, z = slots(), tokens()
+    attn = torch.rand(B, K, N).softmax(dim=1)
+    features, batch = inputs(z, s)[1:]
+    out = dec(Slots(slots=s, attn=(torch.rand(B, K, N), attn)), features, batch)
+    torch.testing.assert_close(out.masks, attn.reshape(B, K, *GRID))
+    with pytest.raises(ValueError, match="cross_attention"):
+        dec(*inputs(z, s))  # a grouper without attention maps
+
+
+def test_loss_is_summed_token_cross_entropy_and_masks_normalised() -> None:
+    dec = make(masks="cross_attention").eval()
     s, z = slots(requires_grad=True), tokens()
     out = dec(*inputs(z, s))
     assert set(out.losses) == {"token_ce"} and dec.loss_terms == ("token_ce",)
@@ -78,8 +90,9 @@ def test_loss_is_summed_token_cross_entropy_and_masks_normalised() -> None:
     assert s.grad is not None and s.grad.abs().sum() > 0
 
 
-def test_greedy_generation_matches_teacher_forced_argmax() -> None:
-    dec = make().eval()
+@pytest.mark.parametrize("first_block", ["slate", "pre_ln"])
+def test_greedy_generation_matches_teacher_forced_argmax(first_block: str) -> None:
+    dec = make(first_block=first_block).eval()
     s = slots()
     z = dec.generate(s)
     assert z.shape == (B, N) and z.dtype == torch.long
@@ -92,10 +105,12 @@ def test_greedy_generation_matches_teacher_forced_argmax() -> None:
         dec.generate(s, num_tokens=N + 1)
 
 
+@pytest.mark.parametrize("first_block", ["slate", "pre_ln"])
 @pytest.mark.parametrize("capacity", [None, 7], ids=["growing", "preallocated"])
-def test_cached_block_with_several_new_positions_matches_full_pass(capacity: int | None) -> None:
+def test_cached_block_with_several_new_positions_matches_full_pass(capacity: int | None, first_block: str) -> None:
     cache: dict = {} if capacity is None else {"capacity": capacity}
-    dec = make().eval()
+    dec = make(first_block=first_block).eval()
+    assert dec.blocks[0].normalised_residual == (first_block == "slate") and not dec.blocks[1].normalised_residual
     s = dec.slot_proj(slots())
     x = torch.randn(B, 7, 16)
     block = dec.blocks[0]
@@ -114,6 +129,30 @@ def test_generated_tokens_decode_to_a_full_image() -> None:
     z = dec.generate(slots())
     image = enc.decode_tokens(z, GRID)
     assert image.shape == (B, 3, 12, 16) and torch.isfinite(image).all()
+
+
+def test_tied_tables_come_from_the_encoder_and_generation_uses_them() -> None:
+    torch.manual_seed(0)
+    enc = SlateEncoder(3, (12, 16), vocab_size=V, d_model=16, dvae_channels=8).eval()
+    dec = make(tie_embeddings=True).eval()
+    assert not hasattr(dec, "embed") and not hasattr(dec, "pos") and enc.pos.shape == (1, N + 1, 16)
+    feats = enc(torch.rand(B, 3, 12, 16))
+    z = feats.target.argmax(-1)
+    # The decoder's input is the encoder's sequence at positions 0..N-1, the grouper's tokens positions 1..N.
+    bos = torch.zeros(B, 1, dtype=torch.long)
+    seq = enc.embed(torch.cat([bos, z + 1], 1)) + enc.pos
+    torch.testing.assert_close(feats.decoder_input, seq[:, :-1])
+    torch.testing.assert_close(feats.tokens, enc.mlp(enc.norm(seq[:, 1:])))
+    s = slots()
+    generated = dec.generate(s, embed=feats.embed_decoder)
+    logits, _ = dec.logits(s, generated, embed=feats.embed_decoder)
+    torch.testing.assert_close(logits.argmax(-1), generated)
+    with pytest.raises(ValueError, match="tie_embeddings"):
+        dec.generate(s)  # tied tables live in the encoder
+    with pytest.raises(ValueError, match="tie_embeddings"):
+        make()(*inputs(z, s)[:1], feats, Batch(image=torch.zeros(B, 3, 12, 16)))  # own tables, tied encoder
+    with pytest.raises(ValueError, match="tie_embeddings"):
+        dec(*inputs(z, s))  # tied decoder, plain features
 
 
 def test_config_needs_a_token_target() -> None:
