@@ -71,6 +71,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 def run_convert(args: argparse.Namespace) -> int:
     """Run one converter; every problem with SRC, OUT or the options is a one-line UserError."""
     from slotrun.data.convert import KINDS
+    from slotrun.data.convert.common import summary_line
 
     src, out = Path(args.src), Path(args.out)
     if not src.exists():
@@ -82,11 +83,13 @@ def run_convert(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UserError(f"bad path: {exc}") from exc
     result = KINDS[args.kind].run(args.kind, src, out, args)
-    counts = result["counts"]
-    total = sum(counts.values())
-    parts = ", ".join(f"{n} {split}" for split, n in counts.items())
+    splits = result["splits"]
+    total = sum(s["images"] for s in splits.values())
+    parts = ", ".join(f"{s['images']} {split}" for split, s in splits.items())
     print(f"wrote {total} samples ({parts}) to {out}; load with data.type = \"shards\", data.path = \"{out}\", "
           f"data.image_size = {result['image_size']}, data.layout = \"{result['layout']}\"")
+    for split, summary in splits.items():
+        print(summary_line(split, summary))
     return 0
 
 

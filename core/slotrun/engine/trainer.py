@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from slotrun.data.preflight import check_dataset
 from slotrun.engine import checkpoint, rng
 from slotrun.engine.distributed import broadcast, gather, make_accelerator, per_rank_batch, raise_together
 from slotrun.engine.evaluate import build_metrics, can_sample, evaluate, format_metrics, save_pictures, save_samples
@@ -165,6 +166,7 @@ class _Trainer:
         source = self.recipe.data.build(None)
         with acc.main_process_first():
             source.prepare()
+        check_dataset(self.recipe, source)  # before step 0, not at the first evaluation
         self.source = source
         batch_size = per_rank_batch(cfg.batch_size, self.world)
 

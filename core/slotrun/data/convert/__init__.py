@@ -1,8 +1,8 @@
 """`slotrun data convert KIND SRC OUT`: public datasets -> slotrun shards (see slotrun.data.shards), no TensorFlow.
 
 One module per source format; each exposes `add_arguments(parser, kind)` and `run(kind, src, out, args) -> dict`
-(counts per split, the image size and the layout name to load it with) and documents, in its docstring, the
-source layout and the fields it uses:
+(each split's summary from `common.write`, the image size and the layout name to load it with) and documents,
+in its docstring, the source layout and the fields it uses:
 
     multi_object   clevr_with_masks, multi_dsprites, tetrominoes, objects_room (DeepMind TFRecords; tfrecord.py)
     clevr          CLEVR v1.0 images + scenes JSON (set prediction)

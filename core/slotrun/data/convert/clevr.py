@@ -115,10 +115,10 @@ def run(kind: str, src: Path, out: Path, args: argparse.Namespace) -> dict:
         need(src / "scenes" / f"CLEVR_{split}_scenes.json")
     options = {k: getattr(args, k) for k in ("splits", "min_objects", "max_objects", "pad_objects", "crop",
                                               "image_size")}
-    counts = write(out, {SPLITS[s]: _rekey(SPLITS[s], samples(src, s, args)) for s in wanted}, kind=kind, src=src,
-                   options=options, layout=CLEVR_LAYOUT, layout_name="clevr", meta={"image_coords": False},
-                   shard_size=args.shard_size, force=args.force)
-    return {"counts": counts, "image_size": args.image_size, "layout": "clevr"}
+    summary = write(out, {SPLITS[s]: _rekey(SPLITS[s], samples(src, s, args)) for s in wanted}, kind=kind, src=src,
+                    options=options, layout=CLEVR_LAYOUT, layout_name="clevr", meta={"image_coords": False},
+                    shard_size=args.shard_size, force=args.force)
+    return {"splits": summary, "image_size": args.image_size, "layout": "clevr"}
 
 
 __all__ = ["NAMES", "add_arguments", "run"]

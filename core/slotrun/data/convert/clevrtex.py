@@ -95,10 +95,10 @@ def run(kind: str, src: Path, out: Path, args: argparse.Namespace) -> dict:
     splits = {name: files[int(a * n):int(b * n)] for name, (a, b) in fractions.items()}
     order = [s for s in ("train", "val", "test") if s in splits]
     options = {k: getattr(args, k) for k in ("variant", "crop_fraction", "image_size", "min_objects", "max_objects")}
-    counts = write(out, {s: samples(splits[s], s, args) for s in order}, kind=kind, src=src, options=options,
-                   layout=None, layout_name="none", meta={"image_coords": True}, shard_size=args.shard_size,
-                   force=args.force)
-    return {"counts": counts, "image_size": args.image_size, "layout": "none"}
+    summary = write(out, {s: samples(splits[s], s, args) for s in order}, kind=kind, src=src, options=options,
+                    layout=None, layout_name="none", meta={"image_coords": True}, shard_size=args.shard_size,
+                    force=args.force)
+    return {"splits": summary, "image_size": args.image_size, "layout": "none"}
 
 
 __all__ = ["VARIANTS", "add_arguments", "index_files", "run"]

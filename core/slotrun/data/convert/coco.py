@@ -10,13 +10,17 @@ width; annotations[].id, image_id, category_id, iscrowd, segmentation (polygons 
 uncompressed RLE {"counts": [...], "size": [h, w]}, or compressed RLE {"counts": "<string>", "size": [h, w]} as
 pycocotools writes it); categories[].id, name (kept in index.json meta). Ignored: area, bbox, captions, keypoints.
 
-Protocol (DINOSAUR / OCLF evaluation): crowd annotations (iscrowd = 1) are dropped; the non-crowd instances are
-rasterised at full resolution (polygons with PIL; RLE decoded here, no pycocotools), larger masks first so
-that a smaller one stays visible on top; pixels covered by two or more instances are marked in the ignore map
-(Batch.ignore); each sample stores the category id of every instance id (Batch.categories, for class mBO). Then
-short-side resize to --image-size (image bicubic, masks nearest) and a centre crop to --image-size square;
-instances cut away by the crop are dropped and the ids renumbered 1..n. Instance ids above 255 are stored as
-npy. Images are converted in image-id order; --min-objects drops images with fewer remaining instances.
+Protocol (DINOSAUR's evaluation, as the authors' OCLF code converts COCO): every annotation is rasterised at full
+resolution by pycocotools, exactly as COCO.annToMask does; crowd regions (iscrowd = 1) are instances like the
+others (--crowd drop leaves them out: their pixels are then background unless another instance covers them).
+Instances are painted larger first, so a smaller one stays visible on top; pixels covered by two or more
+instances are marked in the ignore map (Batch.ignore; metrics with ignore_overlaps leave them out, so painting
+order never reaches a score); each sample stores the category id of every instance id (Batch.categories, for
+class mBO). Then the short side is resized to --image-size, the long side to floor(size * long / short) (image
+bicubic; masks and the ignore map nearest-exact, pixel centres), and a centre crop of --image-size square taken
+(torchvision's Resize + CenterCrop, OCLF's 320 px evaluation masks); instances cut away by the crop are dropped
+and the ids renumbered 1..n. Instance ids above 255 are stored as npy. Images are converted in image-id order;
+--min-objects drops images with fewer remaining instances.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+import torch
+from PIL import Image
+from pycocotools import mask as mask_api
 
 from slotrun.data.convert.common import bad, inside, load_json, need, open_image, write
 from slotrun.data.shards import Sample
@@ -41,140 +47,106 @@ def add_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument("--image-size", type=int, default=320,
                         help="short-side resize then centre crop to this square size (default 320)")
     parser.add_argument("--min-objects", type=int, default=0,
-                        help="drop images with fewer non-crowd instances left after the crop")
+                        help="drop images with fewer instances left after the crop")
+    parser.add_argument("--crowd", choices=("instance", "drop"), default="instance",
+                        help="crowd regions are instances (default, as DINOSAUR's evaluation) or left out")
     parser.add_argument("--limit", type=int, default=-1, help="convert at most this many images per split")
 
 
-# ---- RLE and polygons -----------------------------------------------------------------------------------
-
-
-def decode_rle_string(counts: str) -> list[int]:
-    """pycocotools' compressed RLE string -> run lengths (5-bit groups offset by 48, delta-coded after the
-    second run)."""
-    runs: list[int] = []
-    p, n = 0, len(counts)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                raise ValueError("truncated RLE string")
-            c = ord(counts[p]) - 48
-            if not 0 <= c < 64:
-                raise ValueError(f"bad RLE character {counts[p]!r}")
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(runs) > 2:
-            x += runs[-2]
-        runs.append(x)
-    return runs
-
-
-def encode_rle_string(runs: list[int]) -> str:
-    """Run lengths -> pycocotools' compressed RLE string (the inverse of decode_rle_string)."""
-    out = []
-    for i, run in enumerate(runs):
-        x = run - runs[i - 2] if i > 2 else run
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = x != -1 if c & 0x10 else x != 0
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return "".join(out)
-
-
-def rle_to_mask(runs: list[int], height: int, width: int) -> np.ndarray:
-    """Column-major runs alternating 0s and 1s (starting with 0s) -> bool [height, width]."""
-    if any(r < 0 for r in runs) or sum(runs) != height * width:
-        raise ValueError(f"RLE runs sum to {sum(runs)}, not {height}x{width} = {height * width}")
-    values = np.zeros(len(runs), bool)
-    values[1::2] = True
-    flat = np.repeat(values, runs)
-    return flat.reshape(width, height).T
-
-
-def mask_to_rle(mask: np.ndarray) -> list[int]:
-    """bool [h, w] -> column-major runs starting with 0s (for tests and tools)."""
-    flat = np.asarray(mask, bool).T.ravel()
-    runs, current, count = [], False, 0
-    for v in flat:
-        if v == current:
-            count += 1
-        else:
-            runs.append(count)
-            current, count = v, 1
-    runs.append(count)
-    return runs
-
-
-def polygons_to_mask(polygons: list, height: int, width: int) -> np.ndarray:
-    img = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(img)
-    for poly in polygons:
-        coords = [float(c) for c in poly]
-        if len(coords) < 6 or len(coords) % 2:
-            raise ValueError(f"a polygon needs >= 3 (x, y) points, got {len(coords)} numbers")
-        draw.polygon(list(zip(coords[0::2], coords[1::2])), fill=1, outline=1)
-    return np.asarray(img, bool)
+# ---- segmentations ---------------------------------------------------------------------------------------
 
 
 def segmentation_mask(segmentation, height: int, width: int) -> np.ndarray:
+    """bool [height, width] of one annotation's segmentation, rasterised by pycocotools exactly as
+    COCO.annToMask does (polygons merged into one RLE, uncompressed RLE encoded, compressed RLE as stored)."""
+    stored = None  # a compressed RLE string, checked after decoding
     if isinstance(segmentation, list):
-        return polygons_to_mask(segmentation, height, width)
-    if isinstance(segmentation, dict) and "counts" in segmentation:
-        h, w = (int(v) for v in segmentation.get("size", (height, width)))
-        if (h, w) != (height, width):
-            raise ValueError(f"RLE size {h}x{w} differs from the image's {height}x{width}")
+        if not segmentation or not all(isinstance(p, list) and len(p) >= 4 and len(p) % 2 == 0 and
+                                       all(isinstance(c, (int, float)) for c in p) for p in segmentation):
+            raise ValueError("polygons must be lists of an even number (>= 4) of coordinates")
+        rle = mask_api.merge(mask_api.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation, dict) and "counts" in segmentation:
+        size = segmentation.get("size")
+        if not isinstance(size, list) or [int(v) for v in size] != [height, width]:
+            raise ValueError(f"RLE size {size} differs from the image's [{height}, {width}]")
         counts = segmentation["counts"]
-        runs = decode_rle_string(counts) if isinstance(counts, str) else [int(c) for c in counts]
-        return rle_to_mask(runs, h, w)
-    raise ValueError("segmentation is neither polygons nor RLE")
+        if isinstance(counts, list):
+            if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != height * width:
+                raise ValueError(f"RLE counts must be non-negative integers summing to {height}x{width}")
+            rle = mask_api.frPyObjects(segmentation, height, width)
+        elif isinstance(counts, str):
+            stored = counts.encode("ascii")
+            rle = {"counts": stored, "size": [height, width]}
+        else:
+            raise ValueError("RLE counts are neither a list nor a string")
+    else:
+        raise ValueError("segmentation is neither polygons nor RLE")
+    try:
+        mask = mask_api.decode(rle)
+    except ValueError as exc:  # pycocotools: runs longer than the image
+        raise ValueError(f"RLE string runs past {height}x{width} pixels") from exc
+    # pycocotools leaves the pixels after the last run uninitialised; re-encoding gives back exactly the string
+    # pycocotools wrote, so it tells a string that stops short
+    if stored is not None and (mask.max(initial=0) > 1 or mask_api.encode(mask)["counts"] != stored):
+        raise ValueError(f"RLE string does not cover {height}x{width} pixels")
+    return mask.astype(bool)
 
 
 # ---- conversion -----------------------------------------------------------------------------------------
 
 
-def _resize_crop(array: np.ndarray, size: int, resample: int) -> np.ndarray:
-    h, w = array.shape[:2]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    img = Image.fromarray(array)
-    img = img.resize((nw, nh), resample=resample)
-    top, left = (nh - size) // 2, (nw - size) // 2
+def crop_geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """(resized height, resized width, top, left): torchvision's Resize(size) then CenterCrop(size), as the
+    DINOSAUR / OCLF evaluation resizes its masks: the short side to `size`, the long side to
+    floor(size * long / short), the crop offset round((n - size) / 2) with Python's round half to even."""
+    if height <= width:
+        nh, nw = size, int(size * width / height)
+    else:
+        nh, nw = int(size * height / width), size
+    return nh, nw, int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+
+
+def resize_crop_labels(labels: np.ndarray, size: int) -> np.ndarray:
+    """An integer map [H, W] resized with torch's "nearest-exact" (pixel centres, OCLF's ResizeNearestExact)
+    and centre-cropped to size x size."""
+    nh, nw, top, left = crop_geometry(*labels.shape, size)
+    t = torch.from_numpy(labels.astype(np.float64))[None, None]  # float64 holds any instance id exactly
+    t = torch.nn.functional.interpolate(t, size=(nh, nw), mode="nearest-exact")
+    return t[0, 0, top:top + size, left:left + size].numpy().astype(np.int64)
+
+
+def resize_crop_image(image: np.ndarray, size: int) -> np.ndarray:
+    nh, nw, top, left = crop_geometry(*image.shape[:2], size)
+    img = Image.fromarray(image).resize((nw, nh), resample=Image.BICUBIC)
     return np.asarray(img.crop((left, top, left + size, top + size)))
 
 
-def scene(image: np.ndarray, anns: list[dict], size: int, path: Path) -> tuple[np.ndarray, np.ndarray,
-                                                                              np.ndarray, np.ndarray]:
-    """(image, ids, categories, ignore) of one image at size x size."""
+def scene(image: np.ndarray, anns: list[tuple[dict, np.ndarray]], size: int) -> tuple[np.ndarray, np.ndarray,
+                                                                                      np.ndarray, np.ndarray]:
+    """(image, ids, categories, ignore) of one image at size x size; `anns` are (annotation, mask) pairs,
+    painted in order (later ones on top)."""
     h, w = image.shape[:2]
-    ids = np.zeros((h, w), np.int32)
-    cover = np.zeros((h, w), np.uint8)
+    ids = np.zeros((h, w), np.int64)
+    cover = np.zeros((h, w), np.int32)
     cats: list[int] = []
     for n, (ann, mask) in enumerate(anns, start=1):
         ids[mask] = n
         cover += mask
         cats.append(int(ann["category_id"]))
-    ignore = cover >= 2
-    image = _resize_crop(image, size, Image.BICUBIC)
-    ids = _resize_crop(ids, size, Image.NEAREST).astype(np.int64)
-    ignore = _resize_crop(ignore.astype(np.uint8), size, Image.NEAREST) > 0
+    ignore = resize_crop_labels(cover, size) >= 2
+    ids = resize_crop_labels(ids, size)
     present = np.unique(ids)
     present = present[present > 0]
     lut = np.zeros(len(anns) + 1, np.int64)
     lut[present] = np.arange(1, len(present) + 1)
     categories = np.array([cats[i - 1] for i in present], np.int32)
-    return image, lut[ids], categories, ignore
+    return resize_crop_image(image, size), lut[ids], categories, ignore
 
 
-def samples(root: Path, split: str, args: argparse.Namespace, names: dict[str, str]) -> Iterator[Sample]:
-    """The split's samples; fills `names` (category id -> name) as a side effect."""
+def samples(root: Path, split: str, args: argparse.Namespace, names: dict[str, str],
+            crowd: dict[str, int]) -> Iterator[Sample]:
+    """The split's samples; fills `names` (category id -> name) and `crowd` (split -> pixels of the converted
+    images inside crowd regions) as side effects."""
     ann_path = root / "annotations" / f"instances_{split}2017.json"
     data = load_json(ann_path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or \
@@ -188,8 +160,8 @@ def samples(root: Path, split: str, args: argparse.Namespace, names: dict[str, s
     for number, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or "image_id" not in ann or "category_id" not in ann:
             raise bad(ann_path, f"annotation {number} lacks image_id or category_id")
-        if not ann.get("iscrowd", 0):
-            by_image[ann["image_id"]].append(ann)
+        by_image[ann["image_id"]].append(ann)
+    crowd[split] = 0
     images = sorted(data["images"], key=lambda im: im.get("id", 0) if isinstance(im, dict) else 0)
     del data  # the per-image annotation lists are all that is kept
     count = 0
@@ -203,16 +175,22 @@ def samples(root: Path, split: str, args: argparse.Namespace, names: dict[str, s
         h, w = image.shape[:2]
         if (int(info.get("height", h)), int(info.get("width", w))) != (h, w):
             raise bad(path, f"image is {h}x{w} but {ann_path.name} says {info.get('height')}x{info.get('width')}")
-        masks = []
-        for ann in by_image.pop(info["id"], []):
+        masks, crowd_region = [], np.zeros((h, w), bool)
+        for ann in by_image.pop(info["id"], []):  # file order, as COCO.getAnnIds gives them
             try:
-                masks.append((ann, segmentation_mask(ann.get("segmentation"), h, w)))
+                mask = segmentation_mask(ann.get("segmentation"), h, w)
             except (ValueError, TypeError) as exc:
                 raise bad(ann_path, f"annotation id {ann.get('id')}: {exc}") from exc
-        masks.sort(key=lambda am: -int(am[1].sum()))  # larger first: smaller instances stay on top
-        image, ids, categories, ignore = scene(image, masks, args.image_size, path)
+            if ann.get("iscrowd", 0):
+                crowd_region |= mask
+                if args.crowd == "drop":
+                    continue
+            masks.append((ann, mask))
+        masks.sort(key=lambda am: -int(am[1].sum()))  # larger first (stable): smaller instances stay on top
+        image, ids, categories, ignore = scene(image, masks, args.image_size)
         if len(categories) < args.min_objects:
             continue
+        crowd[split] += int(resize_crop_labels(crowd_region, args.image_size).sum())
         yield Sample(key=f"{split}-{count:08d}", image=image, mask=ids, categories=categories, ignore=ignore)
         count += 1
 
@@ -227,12 +205,14 @@ def run(kind: str, src: Path, out: Path, args: argparse.Namespace) -> dict:
     for split in wanted:
         need(src / "annotations" / f"instances_{split}2017.json")
     names: dict[str, str] = {}  # filled while converting; index.json is written after the last sample
-    options = {k: getattr(args, k) for k in ("splits", "image_size", "min_objects", "limit")}
-    counts = write(out, {s: samples(src, s, args, names) for s in wanted}, kind=kind, src=src, options=options,
-                   layout=None, layout_name="none", meta={"categories": names, "image_coords": True},
-                   shard_size=args.shard_size, force=args.force)
-    return {"counts": counts, "image_size": args.image_size, "layout": "none"}
+    crowd: dict[str, int] = {}
+    options = {k: getattr(args, k) for k in ("splits", "image_size", "min_objects", "crowd", "limit")}
+    summary = write(out, {s: samples(src, s, args, names, crowd) for s in wanted}, kind=kind, src=src,
+                    options=options, layout=None, layout_name="none",
+                    meta={"categories": names, "image_coords": True}, shard_size=args.shard_size, force=args.force)
+    for split, pixels in crowd.items():
+        summary[split]["crowd_pixels"] = pixels
+    return {"splits": summary, "image_size": args.image_size, "layout": "none"}
 
 
-__all__ = ["add_arguments", "decode_rle_string", "encode_rle_string", "mask_to_rle", "rle_to_mask", "run",
-           "segmentation_mask"]
+__all__ = ["add_arguments", "crop_geometry", "resize_crop_labels", "run", "segmentation_mask"]

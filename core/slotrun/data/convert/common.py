@@ -150,31 +150,63 @@ def assign(stream: Iterator[Sample], sizes: Mapping[str, int]) -> dict[str, Iter
 
 
 class Progress:
-    """Progress lines on stderr: overwritten on a terminal, one every 10 s otherwise."""
+    """Progress lines on stderr, per split: overwritten on a terminal, one every 10 s otherwise, and each split's
+    final count when the next one starts."""
 
     def __init__(self, what: str) -> None:
-        self.what, self.n, self.start, self.shown = what, 0, time.monotonic(), 0.0
+        self.what, self.split, self.count, self.n = what, "", 0, 0
+        self.start, self.shown = time.monotonic(), 0.0
         self.tty = sys.stderr.isatty()
 
-    def __call__(self, split: str, _count: int) -> None:
-        self.n += 1
+    def __call__(self, split: str, count: int) -> None:
+        if split != self.split and self.split:
+            self.show(end="\n")
+        self.split, self.count, self.n = split, count, self.n + 1
         now = time.monotonic()
         if now - self.shown >= (0.5 if self.tty else 10.0):
             self.shown = now
-            rate = self.n / max(now - self.start, 1e-9)
-            start = "\r" if self.tty else ""
-            print(f"{start}{self.what} {split}: {self.n} samples, {rate:.1f}/s", end="" if self.tty else "\n",
-                  file=sys.stderr, flush=True)
+            self.show(end="" if self.tty else "\n")
+
+    def show(self, end: str) -> None:
+        rate = self.n / max(time.monotonic() - self.start, 1e-9)
+        start = "\r" if self.tty else ""
+        print(f"{start}{self.what} {self.split}: {self.count} images, {rate:.1f}/s", end=end, file=sys.stderr,
+              flush=True)
 
     def done(self) -> None:
-        if self.tty and self.n:
-            print(file=sys.stderr)
+        if self.split:
+            self.show(end="\n")
+
+
+def summarise(sample: Sample, layout: PropertyLayout | None, into: dict[str, int]) -> None:
+    """Add one sample to its split's summary: images, objects (instance ids, else present property rows),
+    images without objects, ignored pixels."""
+    into["images"] += 1
+    if sample.mask is not None:
+        objects = int(np.count_nonzero(np.unique(sample.mask)))
+    elif sample.properties is not None and layout is not None:
+        objects = int((np.asarray(sample.properties)[:, layout.presence] > 0.5).sum())
+    else:
+        return
+    into["objects"] = into.get("objects", 0) + objects
+    into["without_objects"] = into.get("without_objects", 0) + (objects == 0)
+    if sample.ignore is not None:
+        into["ignored_pixels"] = into.get("ignored_pixels", 0) + int(np.count_nonzero(sample.ignore))
+
+
+def summary_line(split: str, summary: Mapping[str, int]) -> str:
+    """E.g. "  val: 5000 images, 36781 objects, 48 without objects, 1190255 ignored pixels" (the parts it has)."""
+    names = {"objects": "objects", "without_objects": "without objects", "ignored_pixels": "ignored pixels",
+             "crowd_pixels": "crowd pixels"}
+    parts = [f"{summary['images']} images"] + [f"{summary[k]} {name}" for k, name in names.items() if k in summary]
+    return f"  {split}: " + ", ".join(parts)
 
 
 def write(out: Path, splits: Mapping[str, Iterable[Sample]], *, kind: str, src: Path, options: Mapping[str, Any],
           layout: PropertyLayout | None, layout_name: str, meta: Mapping[str, Any] | None = None,
-          shard_size: int = 1000, force: bool = False) -> dict[str, int]:
-    """Write the splits atomically; index.json records the source, the options and the layout. Returns counts."""
+          shard_size: int = 1000, force: bool = False) -> dict[str, dict[str, int]]:
+    """Write the splits atomically; index.json records the source, the options and the layout. Returns each
+    split's summary (see `summarise`)."""
     for split in splits:
         try:
             check_name(split, "split name")
@@ -186,12 +218,12 @@ def write(out: Path, splits: Mapping[str, Iterable[Sample]], *, kind: str, src: 
     if out.exists() and not force:
         raise UserError(f"{out} already exists; pass --force to replace it")
     progress = Progress(f"convert {kind}")
-    counts: dict[str, int] = {}
+    summaries: dict[str, dict[str, int]] = {}
 
     def counted(split: str, samples: Iterable[Sample]) -> Iterator[Sample]:
-        counts[split] = 0
+        summary = summaries[split] = {"images": 0}
         for sample in samples:
-            counts[split] += 1
+            summarise(sample, layout, summary)
             yield sample
 
     info = {"converter": f"slotrun.data.convert.{kind}", "kind": kind, "source": str(Path(src).resolve()),
@@ -206,7 +238,7 @@ def write(out: Path, splits: Mapping[str, Iterable[Sample]], *, kind: str, src: 
         raise UserError(f"cannot write {out}: {exc.strerror or exc}") from exc
     finally:
         progress.done()
-    return counts
+    return summaries
 
 
 def _jsonable(value: Any) -> Any:
@@ -230,4 +262,4 @@ def one_hot(index: int, size: int) -> np.ndarray:
 Reader = Callable[..., Iterator[Sample]]
 
 __all__ = ["Progress", "assign", "bad", "compact_ids", "fraction_split", "inside", "load_json", "need", "one_hot",
-           "open_image", "open_labels", "parse_sizes", "write"]
+           "open_image", "open_labels", "parse_sizes", "summarise", "summary_line", "write"]

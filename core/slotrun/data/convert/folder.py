@@ -88,10 +88,10 @@ def run(kind: str, src: Path, out: Path, args: argparse.Namespace) -> dict:
     skipped: list[str] = []
     splits = ["train", "val"] + (["test"] if args.test_fraction > 0 else [])
     options = {k: getattr(args, k) for k in ("image_size", "val_fraction", "test_fraction", "skip_bad")}
-    counts = write(out, {s: samples(src, names, s, args, skipped) for s in splits}, kind=kind, src=src,
-                   options=options, layout=None, layout_name="none", meta={"skipped": skipped},
-                   shard_size=args.shard_size, force=args.force)
-    return {"counts": counts, "image_size": args.image_size, "layout": "none"}
+    summary = write(out, {s: samples(src, names, s, args, skipped) for s in splits}, kind=kind, src=src,
+                    options=options, layout=None, layout_name="none", meta={"skipped": skipped},
+                    shard_size=args.shard_size, force=args.force)
+    return {"splits": summary, "image_size": args.image_size, "layout": "none"}
 
 
 __all__ = ["EXTENSIONS", "add_arguments", "list_images", "run"]

@@ -5,13 +5,15 @@ read in name order. Each record is a tf.train.Example with the public feature sp
 github.com/deepmind/multi_object_datasets (E = max entities, entity 0 = the background):
 
     image       bytes_list, H*W*C one-byte strings (uint8 [H, W, C]; C = 1 only for multi_dsprites "binarized")
-    mask        bytes_list, E*H*W one-byte strings (uint8 [E, H, W, 1], 255 where the entity is, disjoint)
+    mask        bytes_list, E*H*W one-byte strings, 255 where the entity is (disjoint): uint8 [E, H, W, 1],
+                except multi_dsprites: [H, W, E, 1] (its reader transposes it to [E, H, W, 1])
     visibility  float_list [E] (all but objects_room): 1 if the entity is in the scene
     clevr_with_masks only: x, y, z float_list [E] (3D position), size, material, shape, color bytes_list [E]
                 (one-byte integer codes, 0 for the background entity)
 
     multi_dsprites only: x, y, scale, shape float_list [E] (shape 1 square, 2 ellipse, 3 heart; 0 background),
-                color float_list [E * C] (RGB in [0, 1]; C = 1 for "binarized")
+                color float_list [E, C] (RGB in [0, 1]; C = 1 for "binarized")
+    tetrominoes only: x, y, shape float_list [E], color float_list [E, 3]
 
 Used: image, mask, visibility, (clevr_with_masks) x, y, z, size, material, shape, color, and (multi_dsprites)
 x, y, scale, shape, color. Ignored: pixel_coords, rotation, orientation, and tetrominoes' x, y, shape, color.
@@ -51,11 +53,15 @@ from slotrun.data.shards import Sample
 from slotrun.data.sources import CLEVR_LAYOUT, DSPRITES_LAYOUT
 from slotrun.errors import UserError
 
+# mask_layout: the axis order of the stored mask feature (each reader's FixedLenFeature shape, trailing 1 dropped)
 SPECS = {
-    "clevr_with_masks": {"size": (240, 320), "entities": (11,), "crop": "clevr", "image_size": 128},
-    "multi_dsprites": {"size": (64, 64), "entities": (4, 5, 6), "crop": "none", "image_size": 0},
-    "tetrominoes": {"size": (35, 35), "entities": (4,), "crop": "none", "image_size": 0},
-    "objects_room": {"size": (64, 64), "entities": (4, 7, 10), "crop": "none", "image_size": 0},
+    "clevr_with_masks": {"size": (240, 320), "entities": (11,), "crop": "clevr", "image_size": 128,
+                         "mask_layout": "EHW"},
+    "multi_dsprites": {"size": (64, 64), "entities": (4, 5, 6), "crop": "none", "image_size": 0,
+                       "mask_layout": "HWE"},
+    "tetrominoes": {"size": (35, 35), "entities": (4,), "crop": "none", "image_size": 0, "mask_layout": "EHW"},
+    "objects_room": {"size": (64, 64), "entities": (4, 7, 10), "crop": "none", "image_size": 0,
+                     "mask_layout": "EHW"},
 }
 KINDS = tuple(SPECS)
 CLEVR_ATTRIBUTES = (("size", 2), ("material", 2), ("shape", 3), ("color", 8))  # the "clevr" layout's order
@@ -123,6 +129,8 @@ def decode(kind: str, data: bytes, path: Path, record: int) -> dict[str, np.ndar
     image = image.reshape(h, w, -1)
     if image.shape[2] == 1:
         image = np.repeat(image * np.uint8(255 if image.max(initial=0) <= 1 else 1), 3, axis=2)
+    if SPECS[kind]["mask_layout"] == "HWE":
+        masks = masks.reshape(h, w, entities).transpose(2, 0, 1)
     out = {"image": image, "masks": masks.reshape(entities, h, w) > 0,
            "visibility": _floats(features, "visibility", entities, path, record)}
     if kind == "clevr_with_masks":
@@ -236,10 +244,10 @@ def run(kind: str, src: Path, out: Path, args: argparse.Namespace) -> dict:
                            "multi_dsprites": (DSPRITES_LAYOUT, "dsprites")}.get(kind, (None, "none"))
     options = {k: getattr(args, k) for k in ("split_sizes", "min_objects", "max_objects", "crop", "image_size",
                                               "background_entities", "compression")}
-    counts = write(out, assign(stream, sizes), kind=kind, src=src, options=options, layout=layout,
-                   layout_name=layout_name, meta={"files": [p.name for p in files], "image_coords": False},
-                   shard_size=args.shard_size, force=args.force)
-    return {"counts": counts, "image_size": args.image_size or ch, "layout": layout_name}
+    summary = write(out, assign(stream, sizes), kind=kind, src=src, options=options, layout=layout,
+                    layout_name=layout_name, meta={"files": [p.name for p in files], "image_coords": False},
+                    shard_size=args.shard_size, force=args.force)
+    return {"splits": summary, "image_size": args.image_size or ch, "layout": layout_name}
 
 
 __all__ = ["KINDS", "SPECS", "add_arguments", "decode", "run"]

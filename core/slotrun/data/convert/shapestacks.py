@@ -89,10 +89,10 @@ def run(kind: str, src: Path, out: Path, args: argparse.Namespace) -> dict:
     if not files:
         raise UserError(f"no train.txt, eval.txt or test.txt in {split_dir}")
     options = {k: getattr(args, k) for k in ("split_name", "crop_size", "image_size", "no_masks")}
-    counts = write(out, {SPLITS[n]: samples(src, f, SPLITS[n], args) for n, f in files.items()}, kind=kind, src=src,
-                   options=options, layout=None, layout_name="none", meta={"image_coords": True},
-                   shard_size=args.shard_size, force=args.force)
-    return {"counts": counts, "image_size": args.image_size, "layout": "none"}
+    summary = write(out, {SPLITS[n]: samples(src, f, SPLITS[n], args) for n, f in files.items()}, kind=kind, src=src,
+                    options=options, layout=None, layout_name="none", meta={"image_coords": True},
+                    shard_size=args.shard_size, force=args.force)
+    return {"splits": summary, "image_size": args.image_size, "layout": "none"}
 
 
 __all__ = ["add_arguments", "run"]

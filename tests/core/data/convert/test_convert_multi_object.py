@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from slotrun.data.convert.tfrecord import make_example, uint8_bytes_list, write_records
-from slotrun.data.shards import read_index
+from slotrun.data.shards import read_index, read_samples
 from slotrun.errors import UserError
 
 H, W, E = 240, 320, 11
@@ -61,7 +61,12 @@ def test_clevr_with_masks_clevr6(clevr_file, tmp_path, convert, load, capsys):
     out = tmp_path / "clevr6"
     assert convert("clevr_with_masks", clevr_file, out, "--max-objects", "6", "--split-sizes",
                    "train=1,val=-1", "--shard-size", "1") == 0
-    assert "wrote 2 samples (1 train, 1 val)" in capsys.readouterr().out
+    printed, err = capsys.readouterr()
+    assert "wrote 2 samples (1 train, 1 val)" in printed
+    # objects: instance ids in the mask (the val scene's second object lies above the crop)
+    assert printed.splitlines()[1:] == ["  train: 1 images, 3 objects, 0 without objects",
+                                    "  val: 1 images, 1 objects, 0 without objects"]
+    assert "convert clevr_with_masks train: 1 images" in err and "convert clevr_with_masks val: 1 images" in err
     index = read_index(out)
     assert index.layout_name == "clevr" and (index.height, index.width) == (128, 128)
     assert index.meta["options"]["max_objects"] == 6 and index.meta["kind"] == "clevr_with_masks"
@@ -150,7 +155,8 @@ def test_multi_dsprites_writes_the_probe_latents(tmp_path, convert, load):
     mask[:, 40:50, 30:40], mask[2, 40:50, 30:40] = 0, 255
     vis = np.array([1, 1, 1, 0, 0], np.float32)
     latents = dsprites_latents(5, [(0.2, 0.25, 0.5, 3, (1.0, 0.5, 0.0)), (0.6, 0.7, 1.0, 1, (0.0, 0.0, 1.0))])
-    record = make_example({"image": uint8_bytes_list(np.zeros((64, 64, 3))), "mask": uint8_bytes_list(mask),
+    hwe = mask.transpose(1, 2, 0)  # multi_dsprites' published mask layout: [H, W, E, 1]
+    record = make_example({"image": uint8_bytes_list(np.zeros((64, 64, 3))), "mask": uint8_bytes_list(hwe),
                            "visibility": vis, **latents})
     src = tmp_path / "multi_dsprites_colored_on_colored_train.tfrecords"
     write_records(src, [record], gzip_compress=True)
@@ -162,7 +168,7 @@ def test_multi_dsprites_writes_the_probe_latents(tmp_path, convert, load):
     assert np.allclose(props[0], [0.2, 0.25, 0.5, 1.0, 0.5, 0.0, 0, 0, 1, 1])  # heart = shape 3
     assert np.allclose(props[1], [0.6, 0.7, 1.0, 0.0, 0.0, 1.0, 1, 0, 0, 1])  # square = shape 1
     latents["shape"][2] = 7
-    broken = make_example({"image": uint8_bytes_list(np.zeros((64, 64, 3))), "mask": uint8_bytes_list(mask),
+    broken = make_example({"image": uint8_bytes_list(np.zeros((64, 64, 3))), "mask": uint8_bytes_list(hwe),
                            "visibility": vis, **latents})
     write_records(src, [broken])
     with pytest.raises(UserError, match="record 0: object entity 2 has shape 7, expected 1, 2 or 3"):
@@ -186,3 +192,105 @@ def test_bad_records_are_one_line_errors(tmp_path, convert, clevr_file):
     with pytest.raises(UserError, match="missing SRC"):
         convert("tetrominoes", tmp_path / "nowhere.tfrecords", tmp_path / "o4")
     assert not any(p.name.startswith(("o1", "o2", "o3", "o4", ".o")) for p in tmp_path.iterdir())
+
+
+# ---- each kind in its reader's exact feature spec (github.com/google-deepmind/multi_object_datasets) ---------
+
+# kind/variant: (H, W, E, image channels, mask layout). The readers declare mask as FixedLenFeature
+# [E, H, W, 1] of one-byte strings, except multi_dsprites: [H, W, E, 1], transposed to [E, H, W, 1] on read.
+PUBLISHED = {
+    "clevr_with_masks": (240, 320, 11, 3, "EHW"),
+    "multi_dsprites/binarized": (64, 64, 4, 1, "HWE"),
+    "multi_dsprites/colored_on_colored": (64, 64, 5, 3, "HWE"),
+    "multi_dsprites/colored_on_grayscale": (64, 64, 6, 3, "HWE"),
+    "tetrominoes": (35, 35, 4, 3, "EHW"),
+    "objects_room/train": (64, 64, 7, 3, "EHW"),
+    "objects_room/six_objects": (64, 64, 10, 3, "EHW"),
+}
+
+
+def scene_in_spec(name: str, rng: np.random.Generator) -> tuple[bytes, dict]:
+    """One record written to the published spec of `name`, and its ground truth: image [H, W, C] uint8,
+    labels [H, W] (the entity of each pixel), visible entities and the latent features as arrays."""
+    kind = name.split("/")[0]
+    h, w, e, channels, layout = PUBLISHED[name]
+    labels = np.zeros((h, w), np.int64)
+    entities = list(range(1, e)) if kind == "objects_room" else sorted(rng.choice(np.arange(1, e), 3, False))
+    if kind == "objects_room":  # wall, floor, sky partition the room; objects on top
+        labels[: h // 3], labels[h // 3: 2 * h // 3], labels[2 * h // 3:] = 0, 1, 2
+        entities = [1, 2, *sorted(rng.choice(np.arange(3, e), 2, False))]
+    for ent in entities:  # later entities occlude earlier ones
+        if kind == "objects_room" and ent < 3:
+            continue
+        top, left = rng.integers(0, h - 12), rng.integers(0, w - 12)
+        if kind == "clevr_with_masks":  # inside the crop rows 29:221, cols 64:256
+            top, left = rng.integers(29, 200), rng.integers(64, 235)
+        labels[top:top + rng.integers(6, 20), left:left + rng.integers(6, 20)] = ent
+    one_hot = (labels[None] == np.arange(e)[:, None, None]).astype(np.uint8) * 255  # [E, H, W]
+    mask = one_hot.transpose(1, 2, 0)[..., None] if layout == "HWE" else one_hot[..., None]
+    image = rng.integers(0, 2 if channels == 1 else 256, (h, w, channels)).astype(np.uint8) * (255 if channels == 1
+                                                                                                else 1)
+    visibility = np.zeros(e, np.float32)
+    visibility[[0, *entities]] = 1.0
+    features: dict = {"image": uint8_bytes_list(image), "mask": uint8_bytes_list(mask)}
+    truth: dict = {"image": image, "labels": labels, "visible": [x for x in entities]}
+    floats = lambda *shape: rng.random(shape).astype(np.float32)  # noqa: E731
+    if kind == "clevr_with_masks":
+        truth.update({c: floats(e) * 6 - 3 for c in "xyz"})
+        codes = {n: rng.integers(1, k + 1, e).astype(np.uint8) for n, k in (("size", 2), ("material", 2),
+                                                                           ("shape", 3), ("color", 8))}
+        truth.update(codes)
+        features.update({c: truth[c] for c in "xyz"}, pixel_coords=floats(e, 3), rotation=floats(e),
+                        visibility=visibility, **{n: uint8_bytes_list(v) for n, v in codes.items()})
+    elif kind == "multi_dsprites":
+        truth.update(x=floats(e), y=floats(e), scale=floats(e) / 2 + 0.5, color=floats(e, channels),
+                     shape=rng.integers(1, 4, e).astype(np.float32))
+        features.update({k: truth[k] for k in ("x", "y", "scale", "shape")}, color=truth["color"],
+                        orientation=floats(e), visibility=visibility)
+    elif kind == "tetrominoes":
+        features.update(x=floats(e), y=floats(e), shape=floats(e), color=floats(e, 3), visibility=visibility)
+    return make_example(features), truth
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_each_kind_decodes_its_published_layout(name, tmp_path, convert):
+    """Pixels, instance ids and latents after conversion equal the ground truth the records were written from
+    (multi_dsprites' transposed mask layout included)."""
+    kind = name.split("/")[0]
+    rng = np.random.default_rng(sorted(PUBLISHED).index(name))
+    records = [scene_in_spec(name, rng) for _ in range(2)]
+    src = tmp_path / f"{name.replace('/', '_')}.tfrecords"
+    write_records(src, [r for r, _ in records], gzip_compress=True)
+    extra = ("--crop", "clevr", "--image-size", "0") if kind == "clevr_with_masks" else ()
+    convert(kind, src, tmp_path / "out", *extra)
+    for sample, (_, truth) in zip(read_samples(tmp_path / "out", "train"), records, strict=True):
+        image, labels = truth["image"], truth["labels"]
+        if kind == "clevr_with_masks":
+            image, labels = image[29:221, 64:256], labels[29:221, 64:256]
+        assert np.array_equal(sample.image, np.broadcast_to(image, (*image.shape[:2], 3)))
+        present = [ent for ent in range(1, PUBLISHED[name][2]) if (labels == ent).any()]
+        expected = np.zeros_like(labels)
+        for new, ent in enumerate(present, start=1):
+            expected[labels == ent] = new
+        assert np.array_equal(sample.mask, expected), f"{int((sample.mask != expected).sum())} pixels differ"
+        rows = PUBLISHED[name][2] - 1
+        if kind == "multi_dsprites":
+            props = np.zeros((rows, 10), np.float32)
+            for row, ent in enumerate(truth["visible"]):
+                shape = int(truth["shape"][ent])
+                props[row, :6] = [truth["x"][ent], truth["y"][ent], truth["scale"][ent],
+                                  *np.broadcast_to(truth["color"][ent], 3)]
+                props[row, 5 + shape] = props[row, 9] = 1.0
+            assert np.allclose(sample.properties, props)
+        elif kind == "clevr_with_masks":
+            props = np.zeros((rows, 19), np.float32)
+            for row, ent in enumerate(truth["visible"]):
+                props[row, :3] = [(truth[c][ent] + 3) / 6 for c in "xyz"]
+                col = 3
+                for n, k in (("size", 2), ("material", 2), ("shape", 3), ("color", 8)):
+                    props[row, col + truth[n][ent] - 1] = 1.0
+                    col += k
+                props[row, 18] = 1.0
+            assert np.allclose(sample.properties, props)
+        else:
+            assert sample.properties is None
