@@ -1,6 +1,6 @@
 """Adjusted Rand Index between ground-truth instance ids and predicted slot assignments (ARI, FG-ARI).
 
-The field's reference definition (Slot Attention's evaluation code, see shared/reference/methods.md section 1;
+The field's reference definition (Slot Attention's evaluation code in google-research/slot_attention;
 OCLF's `ocl/metrics/utils.adjusted_rand_index`): per image, build the contingency table n_ij between GT
 segments i and predicted segments j; with a_i = sum_j n_ij and b_j = sum_i n_ij, n = sum a,
 

@@ -1,6 +1,6 @@
 """Mean best overlap (mBO): how well the best-fitting predicted segment covers each ground-truth object.
 
-Definition (DINOSAUR / COCO protocol, shared/reference/methods.md section 6): per image, the mean over
+Definition (DINOSAUR / COCO protocol, as OCLF computes it): per image, the mean over
 non-empty GT masks of the best IoU against the argmax predicted masks; then the mean over images. Background
 (id 0) is not a GT object, but its pixels still count in the predicted segments' areas. Instance mBO (mBO^i)
 uses the instance ids; class mBO (mBO^c) first merges the instances of one category into a single GT mask.
