@@ -10,10 +10,12 @@ from attrs import validators as v
 
 from slotrun.errors import UserError
 from slotrun.protocols import DecoderInputs, GrouperInputs, MetricInputs, PriorInputs
-from slotrun.recipe import MAX_IMAGE_SIZE, MAX_LAYERS, MAX_WIDTH, size
+from slotrun.recipe import MAX_IMAGE_SIZE, MAX_LAYERS, MAX_SLOTS, MAX_WIDTH, size
+from slotrun.types import ImageSpec
 from slotrun.structure import KIND, SHAPE, Spec, component, earlier_default
 
 from slotrun_sri.decoder import LIKELIHOODS, MixtureBroadcastDecoder
+from slotrun_sri.genesis_v2 import KERNELS, GenesisV2Encoder, InstanceColouringSBP
 from slotrun_sri.metrics import NegativeELBOBitsPerDim
 from slotrun_sri.posterior import HEADS, GaussianSlotPosterior
 from slotrun_sri.prior import LSTM_INITS, MATCHINGS, ORDERED_STDS, SEGREGATION_KLS, IndependentPrior, SRIPrior
@@ -187,3 +189,48 @@ class NegativeELBOConfig:
 
     def build(self, inputs: MetricInputs) -> NegativeELBOBitsPerDim:
         return NegativeELBOBitsPerDim(self.nll_term, self.kl_terms)
+
+
+@_frozen
+class GenesisV2EncoderConfig:
+    """GENESIS-v2's UNet (GroupNorm) with its colour and feature heads: per-pixel [features | colour | priority]
+    tokens for the genesis_v2_icsbp grouper (the official SRI code's segregation encoder)."""
+
+    # the UNet's filter_start c, the width of its output and of seg_head / feat_head (official: min(z_dim, 64))
+    channels: int = field(default=64, validator=size(MAX_WIDTH))
+    colour_dim: int = field(default=8, validator=[_int, v.ge(2), v.le(MAX_WIDTH)])  # the IC-SBP colour embedding
+    # UNet blocks down and up; None: log2(image height) - 1, the official depth (a 4 x 4 bottleneck)
+    num_blocks: int | None = field(default=None, validator=v.optional([_int, v.ge(4), v.le(MAX_LAYERS)]))
+    groups: int = field(default=8, validator=[*_positive, _divides_channels])  # GroupNorm groups of every block
+    # true: the colour head is the SemiConv (gate * conv + pixel coordinates, gate initialised 0), the official
+    # setting; false: a plain 1x1 conv
+    semiconv: bool = field(default=True, validator=_bool)
+
+    @classmethod
+    def conformance(cls) -> GenesisV2EncoderConfig:
+        return cls(channels=16)
+
+    def build(self, inputs: ImageSpec) -> GenesisV2Encoder:
+        try:
+            return GenesisV2Encoder(inputs.channels, (inputs.height, inputs.width), channels=self.channels,
+                                    colour_dim=self.colour_dim, num_blocks=self.num_blocks, groups=self.groups,
+                                    semiconv=self.semiconv)
+        except ValueError as exc:  # a recipe mistake (image size), not a crash
+            raise UserError(f"genesis_v2_unet encoder: {exc}") from exc
+
+
+@_frozen
+class GenesisV2ICSBPConfig:
+    """GENESIS-v2's instance-colouring stick-breaking masks (K - 1 seeded steps, the scope last) and the
+    mask-pooled features as slots; wrap it in sri_segregate for GENESIS-v2's posterior head."""
+
+    num_slots: int = field(default=9, validator=size(MAX_SLOTS))  # K (the official default)
+    colour_dim: int = field(default=8, validator=[_int, v.ge(1), v.le(MAX_WIDTH)])  # the encoder's colour_dim
+    # the kernel of colour distances to the seed: "gaussian" (official default), "laplacian", "epanechnikov"
+    kernel: Literal["gaussian", "laplacian", "epanechnikov"] = field(default="gaussian", validator=v.in_(KERNELS))
+
+    def build(self, inputs: GrouperInputs) -> InstanceColouringSBP:
+        try:
+            return InstanceColouringSBP(inputs.dim, self.num_slots, colour_dim=self.colour_dim, kernel=self.kernel)
+        except ValueError as exc:
+            raise UserError(f"genesis_v2_icsbp grouper: {exc}") from exc

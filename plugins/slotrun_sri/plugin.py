@@ -6,6 +6,8 @@ import slotrun
 from slotrun.hookspecs import Register
 
 from slotrun_sri.configs import (
+    GenesisV2EncoderConfig,
+    GenesisV2ICSBPConfig,
     IndependentPriorConfig,
     MixtureBroadcastConfig,
     NegativeELBOConfig,
@@ -15,8 +17,14 @@ from slotrun_sri.configs import (
 
 
 @slotrun.hookimpl
+def register_encoders(register: Register) -> None:
+    register("genesis_v2_unet", GenesisV2EncoderConfig)
+
+
+@slotrun.hookimpl
 def register_groupers(register: Register) -> None:
     register("sri_segregate", SegregateConfig)
+    register("genesis_v2_icsbp", GenesisV2ICSBPConfig)
 
 
 @slotrun.hookimpl
