@@ -17,6 +17,7 @@ from slotrun.metrics.reconstruction import PerceptualLoss
 from slotrun.types import Batch, DecoderOutput, Features, Slots
 
 from slotrun_slot_attention.keras_init import apply_weight_init
+from slotrun_slot_attention.tf_padding import PADDINGS, TFSameConvTranspose2d
 
 
 def upsampling_steps(image_size: tuple[int, int], broadcast_size: int) -> int:
@@ -60,7 +61,9 @@ class SpatialBroadcastDecoder(nn.Module):
     stride-2 layers double it up to the image size, one ConvTranspose 5x5 stride-1 follows and a ConvTranspose
     3x3 gives C + 1 channels. With broadcast_size equal to the image height (n = 0, the multi-dSprites /
     Tetrominoes variant) there are `full_res_layers` stride-1 5x5 layers instead. All slots decode as one
-    batch of B * K.
+    batch of B * K. `padding` "tf_same" crops the stride-2 layers' output as TensorFlow's 'SAME' does (1 before,
+    2 after; the official code's); "symmetric" is PyTorch's padding 2 + output_padding 1 (crops 2 before, 1
+    after: the same sizes on a grid shifted by one pixel, see tf_padding). Stride-1 layers are the same in both.
     """
 
     loss_terms = ("recon",)
@@ -76,13 +79,16 @@ class SpatialBroadcastDecoder(nn.Module):
         full_res_layers: int = 3,
         channels_last: bool = False,
         perceptual: PerceptualLoss | None = None,
-        weight_init: str = "torch",
+        weight_init: str = "keras",
         frame: str = "image",
         frame_scale: float = 5.0,
+        padding: str = "tf_same",
     ) -> None:
         super().__init__()
         if frame not in ("image", "slot"):
             raise ValueError(f"frame must be 'image' or 'slot', got {frame!r}")
+        if padding not in PADDINGS:
+            raise ValueError(f"unknown padding '{padding}' (known: {', '.join(PADDINGS)})")
         self.frame = frame
         self.frame_scale = frame_scale
         # An optional LPIPS loss term "perceptual" beside the MSE "recon" (weighted by train.loss_weights).
@@ -98,7 +104,9 @@ class SpatialBroadcastDecoder(nn.Module):
         layers: list[nn.Module] = []
         c = slot_dim
         for _ in range(n_up):
-            layers += [nn.ConvTranspose2d(c, channels, 5, stride=2, padding=2, output_padding=1), nn.ReLU()]
+            up = (TFSameConvTranspose2d(c, channels, 5, stride=2) if padding == "tf_same" else
+                  nn.ConvTranspose2d(c, channels, 5, stride=2, padding=2, output_padding=1))
+            layers += [up, nn.ReLU()]
             c = channels
         for _ in range(1 if n_up else full_res_layers):
             layers += [nn.ConvTranspose2d(c, channels, 5, stride=1, padding=2), nn.ReLU()]

@@ -17,6 +17,7 @@ from slotrun.metrics.reconstruction import PerceptualLoss
 from slotrun.protocols import DecoderInputs, GrouperInputs
 from slotrun.recipe import MAX_IMAGE_SIZE, MAX_ITERS, MAX_LAYERS, MAX_SLOTS, MAX_WIDTH, size
 from slotrun.recipe import value_range as _value_range
+from slotrun.structure import earlier_default
 from slotrun.types import ImageSpec
 
 from slotrun_slot_attention.broadcast_decoder import SpatialBroadcastDecoder
@@ -26,6 +27,7 @@ from slotrun_slot_attention.keras_init import WEIGHT_INITS
 from slotrun_slot_attention.set_prediction import SetPredictionDecoder
 from slotrun_slot_attention.slot_init import INIT_KINDS
 from slotrun_slot_attention.soft_kmeans import SoftKMeans
+from slotrun_slot_attention.tf_padding import PADDINGS
 
 _frozen = attrs.frozen(kw_only=True)
 _int = v.instance_of(int)
@@ -36,8 +38,9 @@ _optional_positive = v.optional(size(MAX_WIDTH))  # widths
 _init = v.in_(INIT_KINDS)
 _init_soft_kmeans = v.in_(("gaussian", "learned"))  # its slots live in token space: no fps projection
 PADDING_MODES = ("zeros", "replicate", "reflect")
-# weight_init: "torch" = PyTorch's default initialisation; "keras" = the official code's (see keras_init)
+# weight_init: "keras" = the official code's initialisation (see keras_init); "torch" = PyTorch's defaults
 _weight_init = v.in_(WEIGHT_INITS)
+_padding = v.in_(PADDINGS)
 
 
 def _needs_implicit_diff(instance: object, attribute: attrs.Attribute, value: bool) -> None:
@@ -69,7 +72,12 @@ class SlotAttentionEncoderConfig:
     padding_mode: Literal["zeros", "replicate", "reflect"] = field(default="zeros", validator=v.in_(PADDING_MODES))
     # multiplies the position embedding's initial weights: 0 = tokens start position-free (the embedding learns)
     position_init_scale: float = field(default=1.0, validator=[_num, v.ge(0.0)])
-    weight_init: Literal["torch", "keras"] = field(default="torch", validator=_weight_init)
+    weight_init: Literal["torch", "keras"] = field(default="keras", validator=_weight_init,
+                                                  metadata=earlier_default("torch"))
+    # "tf_same": strided convs sample the grid TensorFlow's 'SAME' does (the official code's: at stride 2 on an
+    # even size 1 zero before, 2 after); "symmetric": kernel_size // 2 each side, same sizes, one pixel shifted
+    padding: Literal["tf_same", "symmetric"] = field(default="tf_same", validator=_padding,
+                                                      metadata=earlier_default("symmetric"))
 
     def build(self, inputs: ImageSpec) -> SlotAttentionEncoder:
         return SlotAttentionEncoder(
@@ -77,14 +85,13 @@ class SlotAttentionEncoderConfig:
             kernel_size=self.kernel_size, strides=self.strides, out_dim=self.out_dim,
             mlp_hidden=self.mlp_hidden, layer_norm_eps=self.layer_norm_eps, channels_last=self.channels_last,
             padding_mode=self.padding_mode, position_init_scale=self.position_init_scale,
-            weight_init=self.weight_init,
+            weight_init=self.weight_init, padding=self.padding,
         )
 
 
 @_frozen
 class SlotAttentionConfig:
-    """Slot Attention grouper: Gaussian, learned or farthest-point-sampled init, attention over slots, GRU +
-    residual MLP."""
+    """Slot Attention grouper: Gaussian, learned or farthest-point init, attention over slots, GRU, MLP."""
 
     num_slots: int = field(default=7, validator=size(MAX_SLOTS))
     iters: int = field(default=3, validator=size(MAX_ITERS))  # slot updates; implicit_diff keeps this count
@@ -99,7 +106,8 @@ class SlotAttentionConfig:
     # LayerNorm -> MLP on the tokens before the attention, as widths (DINOSAUR: [768, 256]); [] = none.
     input_mlp: tuple[int, ...] = field(default=(), converter=tuple,
                                        validator=[v.max_len(MAX_LAYERS), v.deep_iterable(size(MAX_WIDTH))])
-    weight_init: Literal["torch", "keras"] = field(default="torch", validator=_weight_init)
+    weight_init: Literal["torch", "keras"] = field(default="keras", validator=_weight_init,
+                                                  metadata=earlier_default("torch"))
 
     def build(self, inputs: GrouperInputs) -> SlotAttention:
         return SlotAttention(
@@ -141,10 +149,15 @@ class SpatialBroadcastConfig:
     perceptual_pretrained: bool = field(default=True, validator=_bool)  # false: random backbone, no download
     perceptual_value_range: tuple[float, float] = field(default=(-1.0, 1.0), converter=tuple,
                                                         validator=_value_range)  # the data's value range
-    weight_init: Literal["torch", "keras"] = field(default="torch", validator=_weight_init)
+    weight_init: Literal["torch", "keras"] = field(default="keras", validator=_weight_init,
+                                                  metadata=earlier_default("torch"))
     # "slot": each slot decoded in its own frame, centred on its attention, scaled by its spread (ISA's decoder)
     frame: Literal["image", "slot"] = field(default="image", validator=v.in_(("image", "slot")))
     frame_scale: float = field(default=5.0, validator=[_num, v.gt(0.0)])  # relative positions / (spread * this)
+    # "tf_same": the stride-2 layers crop their output as TensorFlow's 'SAME' does (the official code's: 1 before,
+    # 2 after); "symmetric": PyTorch's padding 2 + output_padding 1, same sizes, one pixel shifted
+    padding: Literal["tf_same", "symmetric"] = field(default="tf_same", validator=_padding,
+                                                      metadata=earlier_default("symmetric"))
 
     def build(self, inputs: DecoderInputs) -> SpatialBroadcastDecoder:
         image = inputs.image
@@ -156,6 +169,7 @@ class SpatialBroadcastConfig:
                 broadcast_size=self.broadcast_size, channels=self.channels,
                 full_res_layers=self.full_res_layers, channels_last=self.channels_last, perceptual=perceptual,
                 weight_init=self.weight_init, frame=self.frame, frame_scale=float(self.frame_scale),
+                padding=self.padding,
             )
         except ValueError as exc:  # a recipe mistake (size mismatch with the data), not a crash
             raise UserError(f"spatial_broadcast decoder: {exc}") from exc
@@ -169,7 +183,8 @@ class SetPredictionConfig:
     coord_scale: float = field(default=1.0, validator=[_num, v.gt(0.0)])  # weight of coordinates in the loss
     huber_delta: float = field(default=1.0, validator=[_num, v.gt(0.0)])
     stepwise: bool = field(default=False, validator=_bool)  # the loss after every grouper iteration, averaged
-    weight_init: Literal["torch", "keras"] = field(default="torch", validator=_weight_init)
+    weight_init: Literal["torch", "keras"] = field(default="keras", validator=_weight_init,
+                                                  metadata=earlier_default("torch"))
 
     def build(self, inputs: DecoderInputs) -> SetPredictionDecoder:
         layout = inputs.properties

@@ -11,6 +11,7 @@ from slotrun.blocks import SoftPositionEmbed, mlp
 from slotrun.types import Features
 
 from slotrun_slot_attention.keras_init import apply_weight_init
+from slotrun_slot_attention.tf_padding import PADDINGS, TFSameConv2d
 
 
 class SlotAttentionEncoder(nn.Module):
@@ -21,9 +22,11 @@ class SlotAttentionEncoder(nn.Module):
     multi-dSprites / Tetrominoes channels=32; CLEVR set prediction strides=(1, 2, 2, 1) (128 px -> 32 x 32).
     `padding_mode` "zeros" is the paper's; "replicate" keeps a uniform background uniform up to the image border
     (zero padding makes border tokens differ from interior ones, a position cue the attention can tile by).
-    `position_init_scale` multiplies the position embedding's initial weights (1 = PyTorch's default init, 0 = the
-    tokens start position-free and the embedding learns from there). `weight_init`: "torch" (PyTorch defaults) or
-    "keras" (the official code's, see keras_init).
+    `padding` "tf_same" aligns strided convs as TensorFlow's 'SAME' does (the official code's); "symmetric" pads
+    kernel_size // 2 on both sides: the same sizes, shifted by one pixel at stride 2 on even sizes (tf_padding).
+    `position_init_scale` multiplies the position embedding's initial weights (1 = the layer's initialisation, 0 =
+    the tokens start position-free and the embedding learns from there). `weight_init`: "keras" (the official
+    code's, see keras_init) or "torch" (PyTorch defaults).
     """
 
     def __init__(
@@ -40,11 +43,14 @@ class SlotAttentionEncoder(nn.Module):
         channels_last: bool = False,
         padding_mode: str = "zeros",
         position_init_scale: float = 1.0,
-        weight_init: str = "torch",
+        weight_init: str = "keras",
+        padding: str = "tf_same",
     ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd for 'same' padding, got {kernel_size}")
+        if padding not in PADDINGS:
+            raise ValueError(f"unknown padding '{padding}' (known: {', '.join(PADDINGS)})")
         self.kernel_size = kernel_size
         self.strides = tuple(int(s) for s in strides)
         self.channels = channels
@@ -53,9 +59,11 @@ class SlotAttentionEncoder(nn.Module):
         layers: list[nn.Module] = []
         c = in_channels
         for s in self.strides:
-            # padding k//2 gives TF 'same' output sizes, ceil(n / s), for odd kernels at any stride.
-            layers += [nn.Conv2d(c, channels, kernel_size, stride=s, padding=kernel_size // 2,
-                                 padding_mode=padding_mode), nn.ReLU()]
+            # both give TF 'same' output sizes, ceil(n / s), for odd kernels at any stride
+            conv = (TFSameConv2d(c, channels, kernel_size, stride=s, padding_mode=padding_mode)
+                    if padding == "tf_same" else
+                    nn.Conv2d(c, channels, kernel_size, stride=s, padding=kernel_size // 2, padding_mode=padding_mode))
+            layers += [conv, nn.ReLU()]
             c = channels
         self.convs = nn.Sequential(*layers)
         self.pos = SoftPositionEmbed(channels, *self.grid_for(*image_size))

@@ -77,7 +77,7 @@ class SlotAttention(IterativeGrouper):
         layer_norm_eps: float = 1e-3,
         query_side: bool | None = None,
         input_mlp: tuple[int, ...] = (),
-        weight_init: str = "torch",
+        weight_init: str = "keras",
     ) -> None:
         super().__init__(slot_dim=slot_dim, num_slots=num_slots, iters=iters, implicit_diff=implicit_diff,
                          straight_through=straight_through)
@@ -97,6 +97,9 @@ class SlotAttention(IterativeGrouper):
         self.norm_mlp = nn.LayerNorm(slot_dim, eps=layer_norm_eps)
         self.mlp = mlp(slot_dim, [mlp_hidden], slot_dim)
         apply_weight_init(self, weight_init)  # "keras": the official code's initialisation (keras_init)
+        if weight_init == "keras":  # the official k and v are two Dense layers: glorot over [in_dim, slot_dim] each
+            for half in self.project_kv.weight.data.split(slot_dim):
+                nn.init.xavier_uniform_(half)
 
     def use_query_side(self, in_dim: int, num_slots: int, iters: int) -> bool:
         if self.query_side is not None:

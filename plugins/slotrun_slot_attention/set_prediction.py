@@ -23,9 +23,21 @@ def pairwise_huber(target: Tensor, pred: Tensor, delta: float = 1.0) -> Tensor:
     return F.huber_loss(p, t, reduction="none", delta=delta).mean(dim=-1)
 
 
+def hungarian_match(cost: Tensor) -> tuple[Tensor, Tensor]:
+    """(rows, cols) [B, min(M, K)] of the one-to-one matching of least total cost per image (scipy
+    linear_sum_assignment on cost [B, M, K], no gradient): target row rows[b, i] goes to prediction cols[b, i]."""
+    rows, cols = [], []
+    for c in cost.detach().cpu().numpy():
+        r, k = linear_sum_assignment(c)
+        rows.append(r)
+        cols.append(k)
+    return (torch.as_tensor(np.stack(rows), device=cost.device),
+            torch.as_tensor(np.stack(cols), device=cost.device))
+
+
 def hungarian_huber_loss(pred: Tensor, target: Tensor, delta: float = 1.0) -> Tensor:
-    """Match targets [B, M, P] to predictions [B, K, P] one-to-one per image (scipy linear_sum_assignment on
-    the pairwise Huber cost), sum the matched costs, average over the batch.
+    """Match targets [B, M, P] to predictions [B, K, P] one-to-one per image (hungarian_match on the pairwise
+    Huber cost), sum the matched costs, average over the batch.
 
     Fewer targets than slots (M < K) are padded with zero rows (absent objects), as the paper pads to K, so
     every slot is matched and unmatched slots learn presence 0. With M > K only the K cheapest-to-match
@@ -34,15 +46,9 @@ def hungarian_huber_loss(pred: Tensor, target: Tensor, delta: float = 1.0) -> Te
     if target.shape[1] < pred.shape[1]:
         target = F.pad(target, (0, 0, 0, pred.shape[1] - target.shape[1]))
     cost = pairwise_huber(target, pred.float(), delta)  # [B, M, K]
-    rows, cols = [], []
-    for c in cost.detach().cpu().numpy():
-        r, k = linear_sum_assignment(c)
-        rows.append(r)
-        cols.append(k)
-    rows_t = torch.as_tensor(np.stack(rows), device=cost.device)
-    cols_t = torch.as_tensor(np.stack(cols), device=cost.device)
+    rows, cols = hungarian_match(cost)
     batch = torch.arange(cost.shape[0], device=cost.device).unsqueeze(1)
-    return cost[batch, rows_t, cols_t].sum(dim=1).mean()
+    return cost[batch, rows, cols].sum(dim=1).mean()
 
 
 class SetPredictionDecoder(nn.Module):
@@ -66,7 +72,7 @@ class SetPredictionDecoder(nn.Module):
         coord_scale: float = 1.0,
         huber_delta: float = 1.0,
         stepwise: bool = False,
-        weight_init: str = "torch",
+        weight_init: str = "keras",
     ) -> None:
         super().__init__()
         self.head = mlp(slot_dim, [hidden], num_properties)

@@ -14,6 +14,7 @@ from slotrun.types import Batch, Features, ImageSpec, PropertyLayout, Slots
 from slotrun_slot_attention.broadcast_decoder import SpatialBroadcastDecoder
 from slotrun_slot_attention.configs import SetPredictionConfig, SpatialBroadcastConfig
 from slotrun_slot_attention.set_prediction import SetPredictionDecoder, hungarian_huber_loss, pairwise_huber
+from slotrun_slot_attention.tf_padding import TFSameConvTranspose2d
 
 
 def decoder_inputs(size: int = 16, slot_dim: int = 8, properties: PropertyLayout | None = None) -> DecoderInputs:
@@ -64,6 +65,46 @@ def test_broadcast_non_square_images() -> None:
     assert decoder.grid == (4, 6)
     out = decoder(Slots(slots=torch.randn(1, 2, 8)), dummy_features(), Batch(image=torch.zeros(1, 3, 16, 24)))
     assert out.masks.shape == (1, 2, 16, 24)
+
+
+@pytest.mark.parametrize(("kernel", "stride"), [(5, 2), (4, 2), (3, 1), (5, 1), (7, 3)])
+def test_tf_same_transposed_conv_crops_the_full_output_as_tensorflow(kernel: int, stride: int) -> None:
+    # TF 'SAME' transposed conv: output n * s = the full transposed conv ((n - 1) * s + k) cropped
+    # pad_total // 2 before and the rest after, pad_total = k - s.
+    torch.manual_seed(0)
+    conv = TFSameConvTranspose2d(3, 4, kernel, stride=stride)
+    x = torch.randn(2, 3, 5, 6)
+    full = F.conv_transpose2d(x, conv.weight, conv.bias, stride)
+    before = (kernel - stride) // 2
+    want = full[..., before:before + 5 * stride, before:before + 6 * stride]
+    torch.testing.assert_close(conv(x), want)
+    assert conv(x).shape[-2:] == (5 * stride, 6 * stride)
+
+
+def test_symmetric_upsampling_is_the_tf_output_shifted_by_one_pixel() -> None:
+    torch.manual_seed(0)
+    tf = SpatialBroadcastDecoder(8, image_size=(16, 16), broadcast_size=4, channels=4)
+    old = SpatialBroadcastDecoder(8, image_size=(16, 16), broadcast_size=4, channels=4, padding="symmetric")
+    old.load_state_dict(tf.state_dict())
+    x = torch.randn(2, 8, 4, 4)
+    a, b = tf.net[0](x), old.net[0](x)
+    assert a.shape == b.shape == (2, 4, 8, 8)
+    torch.testing.assert_close(b[..., :-1, :-1], a[..., 1:, 1:])  # symmetric[:-1] == TF[1:]
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="unknown padding"):
+        SpatialBroadcastDecoder(8, image_size=(16, 16), broadcast_size=4, padding="same")
+    with pytest.raises(ValueError, match="kernel_size >= stride"):
+        TFSameConvTranspose2d(3, 4, 2, stride=3)
+
+
+def test_channels_last_decoder_gives_the_same_result() -> None:
+    torch.manual_seed(0)
+    a = SpatialBroadcastDecoder(8, image_size=(16, 16), broadcast_size=4, channels=4)
+    b = SpatialBroadcastDecoder(8, image_size=(16, 16), broadcast_size=4, channels=4, channels_last=True)
+    b.load_state_dict(a.state_dict())
+    slots = torch.randn(2, 3, 8)
+    for got, want in zip(b.decode(slots), a.decode(slots)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 # ---- set prediction ------------------------------------------------------------------------------------------

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from slotrun.types import Features, ImageSpec
 from slotrun_slot_attention.configs import SlotAttentionEncoderConfig
 from slotrun_slot_attention.encoder import SlotAttentionEncoder
+from slotrun_slot_attention.tf_padding import TFSameConv2d, tf_same_pads
 
 
 @pytest.mark.parametrize(
@@ -51,10 +53,11 @@ def test_tokens_are_row_major_over_the_grid() -> None:
     torch.testing.assert_close(encoder(images).tokens[0, 2 * 4 + 3], want)
 
 
-def test_channels_last_gives_the_same_result() -> None:
+@pytest.mark.parametrize(("strides", "padding_mode"), [((1,), "zeros"), ((1, 2), "zeros"), ((2, 1), "replicate")])
+def test_channels_last_gives_the_same_result(strides: tuple[int, ...], padding_mode: str) -> None:
     torch.manual_seed(0)
-    a = SlotAttentionEncoder(3, (8, 8), channels=8)
-    b = SlotAttentionEncoder(3, (8, 8), channels=8, channels_last=True)
+    a = SlotAttentionEncoder(3, (8, 8), channels=8, strides=strides, padding_mode=padding_mode)
+    b = SlotAttentionEncoder(3, (8, 8), channels=8, strides=strides, padding_mode=padding_mode, channels_last=True)
     b.load_state_dict(a.state_dict())
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(b(x).tokens, a(x).tokens, atol=1e-5, rtol=1e-5)
@@ -97,3 +100,71 @@ def test_position_init_scale_scales_the_initial_embedding_and_it_still_learns() 
         SlotAttentionEncoderConfig(position_init_scale=-1.0)
     with pytest.raises(ValueError):
         SlotAttentionEncoderConfig(padding_mode="circular")
+
+
+@pytest.mark.parametrize(("size", "kernel", "stride", "pads"), [
+    (64, 5, 2, (1, 2)),  # the set-prediction encoder's stride-2 layers (128 -> 64 -> 32)
+    (35, 5, 2, (2, 2)),  # odd size: symmetric, as padding k // 2
+    (8, 3, 2, (0, 1)),
+    (9, 7, 3, (2, 2)),
+    (10, 3, 3, (1, 1)),
+    (8, 5, 1, (2, 2)),  # stride 1, odd kernel: always k // 2 each side
+])
+def test_tf_same_pads(size: int, kernel: int, stride: int, pads: tuple[int, int]) -> None:
+    # TensorFlow: pad_total = max((ceil(n / s) - 1) * s + k - n, 0), pad_total // 2 before, the rest after.
+    assert tf_same_pads(size, kernel, stride) == pads
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "replicate", "reflect"])
+@pytest.mark.parametrize(("height", "width", "kernel", "stride"), [(16, 13, 5, 2), (9, 10, 3, 3), (8, 8, 7, 1)])
+def test_tf_same_conv_pads_as_tensorflow_with_each_padding_mode(padding_mode: str, height: int, width: int,
+                                                                kernel: int, stride: int) -> None:
+    torch.manual_seed(0)
+    conv = TFSameConv2d(3, 4, kernel, stride=stride, padding_mode=padding_mode)
+    x = torch.randn(2, 3, height, width)
+    top, bottom = tf_same_pads(height, kernel, stride)
+    left, right = tf_same_pads(width, kernel, stride)
+    mode = "constant" if padding_mode == "zeros" else padding_mode
+    want = F.conv2d(F.pad(x, (left, right, top, bottom), mode=mode), conv.weight, conv.bias, stride)
+    got = conv(x)
+    assert got.shape[-2:] == (-(-height // stride), -(-width // stride))
+    torch.testing.assert_close(got, want)
+
+
+def test_symmetric_padding_is_the_tf_grid_shifted_by_one_pixel_at_stride_2() -> None:
+    torch.manual_seed(0)
+    tf = SlotAttentionEncoder(3, (16, 16), channels=4, strides=(2,))
+    old = SlotAttentionEncoder(3, (16, 16), channels=4, strides=(2,), padding="symmetric")
+    old.load_state_dict(tf.state_dict())
+    x = torch.randn(1, 3, 16, 16)
+    a, b = tf.convs(x), old.convs(x)
+    assert a.shape == b.shape == (1, 4, 8, 8)
+    assert not torch.allclose(a, b)
+    # TF pads 1 before: its output i reads inputs 2i - 1 ... 2i + 3; symmetric padding (2 before) reads them
+    # from the input without its first row and column. Away from the first border the two agree.
+    torch.testing.assert_close(old.convs(x[..., 1:, 1:])[..., 1:, 1:], a[..., 1:, 1:])
+    with pytest.raises(ValueError, match="unknown padding"):
+        SlotAttentionEncoder(3, (8, 8), padding="same")
+    with pytest.raises(ValueError):
+        SlotAttentionEncoderConfig(padding="same")
+
+
+def test_tf_same_layers_trace_as_one_graph() -> None:
+    """train.compile compiles the whole forward: the input-size-dependent TF padding and the transposed conv's
+    crop trace without a graph break (tracing only, no codegen)."""
+    import torch._dynamo
+
+    from slotrun_slot_attention.broadcast_decoder import SpatialBroadcastDecoder
+
+    encoder = SlotAttentionEncoder(3, (16, 16), channels=8, strides=(1, 2), padding_mode="replicate",
+                                   channels_last=True)
+    decoder = SpatialBroadcastDecoder(8, image_size=(16, 16), broadcast_size=4, channels=8, channels_last=True)
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        tokens = encoder(images).tokens
+        rgb, alpha = decoder.decode(tokens[:, :3])
+        return rgb.sum() + alpha.sum()
+
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(forward)(torch.randn(2, 3, 16, 16))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import attrs
 import pytest
 import torch
@@ -132,3 +134,27 @@ def test_frozen_kw_only() -> None:
             cls(1)
         with pytest.raises(attrs.exceptions.FrozenInstanceError):
             cls().x = 1  # type: ignore[attr-defined]
+
+
+def test_stored_recipes_without_padding_or_weight_init_keep_their_earlier_computation(plugins) -> None:
+    # A run directory's recipe written before `padding` existed (and before the official initialisation became
+    # the default) lacks both keys: it must rebuild the symmetric padding and PyTorch's initialisation.
+    from slotrun.recipe import load_data, structure
+    from slotrun_slot_attention.tf_padding import TFSameConv2d, TFSameConvTranspose2d
+
+    root = Path(__file__).resolve().parents[3]
+    data = load_data(root / "recipes" / "slot_attention" / "shapes_object_discovery.toml")
+    data["model"]["encoder"]["strides"] = [1, 2, 1, 1]
+    components = ("encoder", "grouper", "decoder")
+    for stored, padding, weight_init in ((False, "tf_same", "keras"), (True, "symmetric", "torch")):
+        model = structure(data, plugins, stored=stored).model
+        assert (model.encoder.config.padding, model.decoder.config.padding) == (padding, padding)
+        assert {getattr(model, c).config.weight_init for c in components} == {weight_init}
+        built = build_model(model, ImageSpec(channels=3, height=64, width=64))
+        strided, up = built.encoder.convs[2], built.decoder.net[0]
+        assert isinstance(strided, TFSameConv2d) == isinstance(up, TFSameConvTranspose2d) == (not stored)
+        assert (torch.count_nonzero(built.encoder.convs[0].bias) == 0) == (not stored)
+        assert (torch.count_nonzero(built.decoder.net[0].bias) == 0) == (not stored)
+    head = load_data(root / "recipes" / "slot_attention" / "shapes_set_prediction.toml")
+    assert structure(head, plugins, stored=True).model.decoder.config.weight_init == "torch"
+    assert structure(head, plugins).model.decoder.config.weight_init == "keras"
