@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 from attrs import field
@@ -11,9 +11,17 @@ from attrs import validators as v
 from slotrun.errors import UserError
 from slotrun.protocols import DecoderInputs
 from slotrun.recipe import MAX_LAYERS, MAX_WIDTH, size
+from slotrun.structure import earlier_default
 from slotrun.types import ImageSpec
 
-from slotrun_dinosaur.decoders import MLPFeatureDecoder, TransformerFeatureDecoder
+from slotrun_dinosaur.decoders import (
+    ACTIVATIONS,
+    BIAS_INITS,
+    BOS_SPACES,
+    OUTPUTS,
+    MLPFeatureDecoder,
+    TransformerFeatureDecoder,
+)
 from slotrun_dinosaur.encoder import TimmEncoder, unknown_model_message
 
 _frozen = attrs.frozen(kw_only=True)
@@ -85,6 +93,9 @@ class DinosaurMLPConfig:
     hidden: tuple[int, ...] = field(default=(2048, 2048, 2048), converter=tuple,
                                     validator=[v.max_len(MAX_LAYERS), v.deep_iterable(size(MAX_WIDTH))])
     pos_init_std: float = field(default=0.02, validator=[v.instance_of(float), v.ge(0.0)])
+    # the MLP's Linear biases start at "zeros" (OCLF's build_mlp) or PyTorch's default uniform ("torch")
+    bias_init: Literal["zeros", "torch"] = field(default="zeros", validator=v.in_(BIAS_INITS),
+                                                  metadata=earlier_default("torch"))
 
     @classmethod
     def conformance(cls) -> DinosaurMLPConfig:
@@ -93,32 +104,56 @@ class DinosaurMLPConfig:
     def build(self, inputs: DecoderInputs) -> MLPFeatureDecoder:
         target_dim = _needs_target(inputs, "dinosaur_mlp")
         return MLPFeatureDecoder(inputs.slot_dim, target_dim, inputs.grid, hidden=self.hidden,
-                                 pos_init_std=self.pos_init_std)
+                                 pos_init_std=self.pos_init_std, bias_init=self.bias_init)
 
 
 @_frozen
 class DinosaurTransformerConfig:
     """DINOSAUR autoregressive transformer decoder: BOS, causal self-attn, cross-attn to slots; masks from it."""
 
-    d_model: int = field(default=768, validator=size(MAX_WIDTH))
+    # the decoder's width; unset = the encoder's feature width (OCLF's decoder_dim default: the output width)
+    d_model: int | None = field(default=None, validator=v.optional(size(MAX_WIDTH)),
+                                metadata=earlier_default(768))
     layers: int = field(default=4, validator=size(MAX_LAYERS))
     heads: int = field(default=8, validator=size(MAX_LAYERS))
     ff_mult: int = field(default=4, validator=size(64))
     dropout: float = field(default=0.0, validator=[v.instance_of(float), v.ge(0.0), v.lt(1.0)])
-    position_embedding: bool = field(default=True, validator=_bool)
+    # a learned position embedding on the decoder inputs (OCLF's DINOSAUR has none: the causal order only)
+    position_embedding: bool = field(default=False, validator=_bool, metadata=earlier_default(True))
+    activation: Literal["relu", "gelu"] = field(default="relu", validator=v.in_(tuple(ACTIVATIONS)),
+                                                metadata=earlier_default("gelu"))  # the feed-forward's
+    # after the last block: "none" its output is the prediction (OCLF; d_model must equal the feature width);
+    # "linear" Linear(d_model -> features); "norm_linear" LayerNorm then Linear
+    output: Literal["none", "linear", "norm_linear"] = field(default="none", validator=v.in_(OUTPUTS),
+                                                             metadata=earlier_default("norm_linear"))
+    # "target": BOS is a learned feature vector projected with the shifted targets (OCLF); "model": a learned
+    # d_model vector after the projection
+    bos: Literal["target", "model"] = field(default="target", validator=v.in_(BOS_SPACES),
+                                            metadata=earlier_default("model"))
+    # true: the slot / input projections' Linear has a bias (PyTorch init); false: no bias, xavier (OCLF)
+    projection_bias: bool = field(default=False, validator=_bool, metadata=earlier_default(True))
 
     def __attrs_post_init__(self) -> None:
-        if self.d_model % self.heads:
+        if self.d_model is not None and self.d_model % self.heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
 
     @classmethod
     def conformance(cls) -> DinosaurTransformerConfig:
-        return cls(d_model=32, layers=2, heads=4, ff_mult=2)
+        return cls(d_model=32, layers=2, heads=4, ff_mult=2, output="linear")
 
     def build(self, inputs: DecoderInputs) -> TransformerFeatureDecoder:
         target_dim = _needs_target(inputs, "dinosaur_transformer")
+        d_model = target_dim if self.d_model is None else self.d_model
+        if d_model % self.heads:
+            raise UserError(f"dinosaur_transformer: d_model ({d_model}, the encoder's feature width when unset) "
+                            f"must be divisible by heads ({self.heads})")
+        if self.output == "none" and d_model != target_dim:
+            raise UserError(f'dinosaur_transformer: output = "none" predicts the features with the last block\'s '
+                            f"output, so d_model ({d_model}) must equal the encoder's feature width "
+                            f'({target_dim}); leave d_model unset or use output = "linear"')
         return TransformerFeatureDecoder(
-            inputs.slot_dim, target_dim, inputs.grid, d_model=self.d_model, layers=self.layers,
+            inputs.slot_dim, target_dim, inputs.grid, d_model=d_model, layers=self.layers,
             heads=self.heads, ff_mult=self.ff_mult, dropout=self.dropout,
-            position_embedding=self.position_embedding,
+            position_embedding=self.position_embedding, activation=self.activation, output=self.output,
+            bos=self.bos, projection_bias=self.projection_bias,
         )

@@ -10,12 +10,13 @@ import torch
 from slotrun.protocols import RegulariserInputs
 from slotrun.testing import check_entry, entries
 from slotrun.types import Slots
-from slotrun_bottleneck.configs import CosineConfig, CovarianceConfig, VarianceConfig
+from slotrun_bottleneck.configs import CosineConfig, CovarianceConfig, VarianceConfig, VICRegConfig
 from slotrun_bottleneck.regularisers import (
     CosineRegulariser,
     CovarianceRegulariser,
     ProjectionHead,
     VarianceRegulariser,
+    VICRegRegulariser,
     covariance_loss,
     variance_loss,
 )
@@ -71,7 +72,16 @@ def test_projection_head_options() -> None:
     linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(7, 32), (32, 32), (32, 32)]
     assert sum(isinstance(m, torch.nn.LayerNorm) for m in head.modules()) == 2
-    assert not any(isinstance(m, torch.nn.LayerNorm) for m in ProjectionHead(7, 32, layernorm=False).modules())
+    plain = ProjectionHead(7, 32, norm="none")
+    assert not any(isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm1d)) for m in plain.modules())
+    batch = ProjectionHead(7, 32, norm="batchnorm", num_slots=3)
+    assert [m.num_features for m in batch.modules() if isinstance(m, torch.nn.BatchNorm1d)] == [3, 3]
+    with pytest.raises(ValueError):
+        ProjectionHead(7, 32, norm="batchnorm")
+    with pytest.raises(ValueError):
+        ProjectionHead(7, 32, norm="group")
+    no_ln = CovarianceConfig(layernorm=False).build(RegulariserInputs(slot_dim=7, num_slots=3))
+    assert not any(isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm1d)) for m in no_ln.modules())
     reg = CovarianceConfig().build(RegulariserInputs(slot_dim=7, num_slots=3))
     assert reg.head.out_dim == 1024
     slots = torch.randn(2, 3, 7, requires_grad=True)
@@ -89,6 +99,44 @@ def test_variance_hinge_exact() -> None:
     expected3 = ((3 - math.sqrt(4 / 3 + 1e-4)) + (3 - 0.01)) / 2
     assert reg3(slots).item() == pytest.approx(expected3)
     assert variance_loss(torch.tensor([[10.0], [-10.0]])).item() == 0.0
+
+
+def test_vicreg_one_head_feeds_both_weighted_terms() -> None:
+    reg = VICRegConfig(proj_dim=16).build(RegulariserInputs(slot_dim=8, num_slots=3))
+    assert isinstance(reg, VICRegRegulariser)
+    assert (reg.covariance_weight, reg.variance_weight) == (25.0, 1.0)  # the authors' train.py defaults
+    assert sum(isinstance(m, ProjectionHead) for m in reg.modules()) == 1
+    assert [m.num_features for m in reg.modules() if isinstance(m, torch.nn.BatchNorm1d)] == [3, 3]
+    slots = Slots(slots=torch.randn(4, 3, 8))
+    t = reg.terms(slots)
+    z = reg.head(slots.slots)
+    torch.testing.assert_close(t["covariance"], covariance_loss(z))
+    torch.testing.assert_close(t["variance"], variance_loss(z))
+    torch.testing.assert_close(reg(slots), 25.0 * t["covariance"] + t["variance"])
+    # Each term alone trains the one head.
+    for weights in ({"covariance_weight": 0.0}, {"variance_weight": 0.0}):
+        alone = VICRegRegulariser(8, 3, proj_dim=16, **weights)
+        alone(slots).backward()
+        assert alone.head.net[0].weight.grad.abs().sum() > 0
+
+
+def test_vicreg_identity_equals_the_separate_terms() -> None:
+    slots = Slots(slots=torch.randn(5, 4, 6))
+    reg = VICRegRegulariser(6, 4, identity=True, covariance_weight=1.0, variance_weight=1.0, normalise="p2")
+    expected = CovarianceRegulariser(6, identity=True, normalise="p2")(slots)
+    expected = expected + VarianceRegulariser(6, identity=True)(slots)
+    torch.testing.assert_close(reg(slots), expected)
+
+
+def test_vicreg_over_slots_compares_the_slots_of_each_image() -> None:
+    # Image 0: two identical slots (covariance over features = their variance); image 1: orthogonal centred slots.
+    a = torch.tensor([[[1.0, -1.0, 1.0, -1.0], [1.0, -1.0, 1.0, -1.0]],
+                      [[1.0, -1.0, 1.0, -1.0], [1.0, 1.0, -1.0, -1.0]]])
+    reg = VICRegRegulariser(4, 2, identity=True, over="slots", covariance_weight=1.0, variance_weight=0.0)
+    # Image 0: off-diagonal entries 4/3 twice -> 2 * 16/9 / P(4); image 1: 0; mean over the 2 images.
+    assert reg(Slots(slots=a)).item() == pytest.approx(2 * 16 / 9 / 4 / 2)
+    std = VICRegRegulariser(4, 2, identity=True, over="slots", gamma=2.0, covariance_weight=0.0)
+    assert std(Slots(slots=a)).item() == pytest.approx(2 - math.sqrt(4 / 3 + 1e-4))
 
 
 def cos_reg(**kw) -> CosineRegulariser:
@@ -137,6 +185,13 @@ def test_config_defaults_and_validation() -> None:
         CovarianceConfig(normalise="n")
     with pytest.raises(ValueError):
         CosineConfig(reduction="max")
+    vic = VICRegConfig()
+    assert (vic.projection, vic.proj_dim, vic.norm, vic.normalise, vic.over) == (
+        "mlp", 1024, "batchnorm", "p", "batch")  # the authors' train.py defaults
+    with pytest.raises(ValueError):
+        VICRegConfig(norm="layer")
+    with pytest.raises(ValueError):
+        VICRegConfig(covariance_weight=-1.0)
 
 
 @pytest.mark.parametrize("entry", entries(plugin="bottleneck") + entries(plugin="dinosaur"), ids=str)

@@ -49,10 +49,12 @@ def test_headline_recipe_settings(plugins) -> None:
     assert r.model.grouper.config.input_mlp == (768, 256)  # DINOSAUR's feature transform
     assert all(m.config.ignore_overlaps for m in r.eval.metrics)  # the COCO protocol
     assert r.model.decoder.type == "dinosaur_mlp"
-    cov, var = r.model.regularisers["covariance"], r.model.regularisers["variance"]
-    assert (cov.type, cov.config.projection, cov.config.normalise) == ("covariance", "identity", "p")
-    assert (var.type, var.config.projection, var.config.gamma) == ("variance", "identity", 1.0)
-    assert r.train.loss_weights == {"covariance": 1.0, "variance": 1.0}
+    reg = r.model.regularisers["vicreg"]  # the authors' one projection head for both terms
+    assert (reg.type, reg.config.projection, reg.config.normalise, reg.config.over) == (
+        "vicreg", "identity", "p", "batch")
+    assert (reg.config.gamma, reg.config.covariance_weight, reg.config.variance_weight) == (1.0, 1.0, 1.0)
+    assert r.train.loss_weights == {"vicreg": 1.0}
+    assert r.model.grouper.config.weight_init == "torch"  # OCLF's Slot Attention: PyTorch's initialisation
     assert (r.train.batch_size, r.train.steps, r.train.decay_steps) == (64, 500000, 100000)
 
 
@@ -76,7 +78,7 @@ def test_headline_recipe_trains_and_evaluates_from_a_local_checkpoint(plugins, t
     metrics = engine.train(recipe, plugins)
     assert {"fg_ari", "mbo"} <= set(metrics)
     logged = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert all(key in logged[-1] for key in ('"covariance"', '"variance"', '"feature_recon"'))
+    assert all(key in logged[-1] for key in ('"vicreg"', '"feature_recon"'))
     weights.unlink()  # evaluation restores the encoder from the run itself
     _, model = engine.load_model(tmp_path / "run")
     for name, value in donor.model.state_dict().items():
@@ -103,3 +105,11 @@ def test_headline_recipe_scores_masks_at_the_stored_resolution(plugins, tmp_path
     assert batch.image.shape[-2:] == (16, 16) and batch.mask.shape[-2:] == (32, 32)
     metrics = engine.train(recipe, plugins)
     assert 0.0 <= metrics["fg_ari"] <= 1.0 and 0.0 < metrics["mbo"] <= 1.0
+
+
+@pytest.mark.parametrize("name", ["image_recon_covloss.toml", "multi_dsprites_covloss.toml"])
+def test_covloss_recipes_are_the_authors_covariance_only_runs(name: str, plugins) -> None:
+    """--std_target 0 --var_weight 0 --cov_weight 1.0 --cov-div-sq --proj-layernorm, default proj_dim 1024."""
+    reg = load(ROOT / "recipes" / "dinosaur" / name, plugins=plugins).model.regularisers["vicreg"].config
+    assert (reg.projection, reg.proj_dim, reg.norm, reg.normalise) == ("mlp", 1024, "layernorm", "p2")
+    assert (reg.covariance_weight, reg.variance_weight, reg.gamma) == (1.0, 0.0, 0.0)
