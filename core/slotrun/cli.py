@@ -16,7 +16,7 @@ from pathlib import Path
 
 from slotrun.errors import RecipeError, UserError
 
-COMMANDS = ("train", "check", "show", "plugins", "eval", "sample", "data", "probe")
+COMMANDS = ("train", "check", "show", "plugins", "eval", "sample", "data", "probe", "sweep")
 
 
 def _plugins(args: argparse.Namespace):  # noqa: ANN202 - Plugins, imported lazily for a fast --help
@@ -44,6 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from slotrun.api import build_from_recipe
+    from slotrun.data.preflight import check_recipe_data
     from slotrun.recipe import load
 
     plugins = _plugins(args)
@@ -54,14 +55,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     bad = 0
     for path in recipes:
         try:
-            built = build_from_recipe(load(path, overrides, plugins=plugins), plugins)
+            loaded = load(path, overrides, plugins=plugins)
+            built = build_from_recipe(loaded, plugins)
+            note = check_recipe_data(loaded)  # the dataset on disk, as training would find it before step 0
         except UserError as exc:
             bad += 1
             for problem in exc.problems if isinstance(exc, RecipeError) else [str(exc)]:
                 print(f"FAIL {path}: {problem}")
         else:
             params = sum(p.numel() for p in built.parameters())
-            print(f"ok   {path} ({params:,} parameters)")
+            print(f"ok   {path} ({params:,} parameters" + (f"; {note})" if note else ")"))
     return 2 if bad else 0
 
 
@@ -126,6 +129,36 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from slotrun.sweep import plan, prepare, run_sweep, write_summary
+    from slotrun.sweep.runner import worker_devices
+    from slotrun.sweep.summary import markdown
+
+    if args.summary is not None:
+        given = [n for n, v in (("RECIPE", args.recipe), ("KEY=VALUE", args.items), ("--seeds", args.seeds),
+                                ("--dir", args.dir), ("--jobs", args.jobs)) if v not in (None, [])]
+        if given:
+            raise UserError(f"sweep --summary DIR only rebuilds DIR's summary: drop {', '.join(given)}")
+        folder = Path(args.summary)
+    elif args.recipe is None:
+        raise UserError("sweep: name a recipe (slotrun sweep RECIPE.toml KEY=V1,V2 ... [--seeds N]) or --summary DIR")
+    else:
+        worker_devices(args.jobs)  # a bad --jobs is refused before the sweep directory is made
+        plugins = _plugins(args)
+        sweep = plan(args.recipe, args.items, seeds=args.seeds, sweep_dir=args.dir, plugins=plugins)
+        prepare(sweep)
+        folder = sweep.dir
+        try:
+            run_sweep(sweep, plugins, jobs=args.jobs)
+        except KeyboardInterrupt:
+            write_summary(folder)  # what is finished so far; re-running the sweep resumes the rest
+            raise
+    summary = write_summary(folder)
+    print(f"slotrun: {summary['plot']}; summary in {summary['files']['markdown']} (and .json, .csv)", file=sys.stderr)
+    sys.stdout.write(markdown(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slotrun",
@@ -140,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("check", help="validate recipes fully (structure + build the model); trains nothing")
+    p = sub.add_parser("check", help="validate recipes fully (structure, the model, the dataset when it is on "
+                                     "disk); trains nothing")
     p.add_argument("items", nargs="+", metavar="RECIPE.toml|KEY=VALUE")
     p.set_defaults(func=cmd_check)
 
@@ -177,6 +211,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=256, help="hidden units of the probe MLP (default 256)")
     p.add_argument("--seed", type=int, default=0, help="the probe's initialisation and shuffling (default 0)")
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("sweep", help="train settings x seeds as named runs under one directory (resumable), "
+                                     "then summarise them: mean ± std over seeds (Markdown, JSON, CSV, PNG)")
+    p.add_argument("recipe", nargs="?", help="the recipe; its [sweep] table (seeds, grid) adds to the command line")
+    p.add_argument("items", nargs="*", metavar="KEY=V1,V2|KEY=VALUE",
+                   help="an axis (its values separated by commas) or an override of every run")
+    p.add_argument("--seeds", type=int, default=None, metavar="N", help="N seeds per setting: train.seed S, ..., "
+                                                                       "S+N-1 (S: the recipe's)")
+    p.add_argument("--dir", default=None, help="the sweep directory (default sweeps/RECIPE_NAME)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="N worker processes, one run each at a time (default: one per GPU when there are "
+                        "several, else the runs go one after another in this process)")
+    p.add_argument("--summary", metavar="DIR", default=None,
+                   help="only rebuild the summary of DIR: a sweep directory, or any folder of run directories")
+    p.set_defaults(func=cmd_sweep)
 
     from slotrun.data.cli import add_commands
 

@@ -108,7 +108,7 @@ def scalar_at(value: float | ScalarSchedule, step: int) -> float:
     return value.at(step) if isinstance(value, ScalarSchedule) else float(value)
 
 
-Schedule = Literal["constant", "slot_attention", "onecycle"]
+Schedule = Literal["constant", "slot_attention", "exp_decay_after_warmup", "onecycle"]
 
 
 @_frozen
@@ -127,8 +127,9 @@ class ParamGroupConfig:
 @_frozen
 class TrainConfig:
     """Optimisation. lr(t) = lr * min(1, t / warmup_steps) * 0.5 ** (t / decay_steps) for the
-    "slot_attention" schedule; "constant" keeps lr after warmup; "onecycle" is torch's OneCycleLR shape
-    (cosine up from lr/25 over onecycle_pct of the steps, then cosine down to lr/25e4).
+    "slot_attention" schedule; "exp_decay_after_warmup" (OCLF's, DINOSAUR's) decays from the end of warmup:
+    lr * 0.5 ** ((t - warmup_steps) / decay_steps) after it; "constant" keeps lr after warmup; "onecycle" is
+    torch's OneCycleLR shape (cosine up from lr/25 over onecycle_pct of the steps, then cosine down to lr/25e4).
     `compile = true` runs the training forward through torch.compile (same numbers within float tolerance;
     the first steps pay the compile time; evaluation uses the uncompiled module)."""
 
@@ -292,7 +293,9 @@ def structure(data: Mapping[str, Any], plugins: Any, source: str | None = None, 
 def load(path: str | Path, overrides: Sequence[str] = (), *, plugins: Any, stored: bool = False) -> Recipe:
     """Read, extend, override and validate a recipe. Touches no data and builds nothing. `stored`: `path` is
     a run directory's recipe.toml (see structure)."""
-    data = apply_overrides(load_data(path), overrides)
+    data = load_data(path)
+    data.pop("sweep", None)  # the grid `slotrun sweep` expands; one run of the recipe is the recipe without it
+    data = apply_overrides(data, overrides)
     return structure(data, plugins, source=str(path), stored=stored)
 
 

@@ -2,26 +2,12 @@
 it and its distribution; everything else keeps working."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+from installed_plugins import install_fake_dist
+from installed_plugins import slotrun_cli as run
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def install_fake_dist(site: Path, name: str, module_source: str) -> None:
-    (site / f"{name}.py").write_text(module_source)
-    info = site / f"{name.replace('_', '-')}-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[slotrun]\n{name} = {name}\n")
-
-
-def run(site: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(site))
-    return subprocess.run([sys.executable, "-m", "slotrun.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=300)
 
 
 def test_plugin_that_fails_to_import(tmp_path):

@@ -2,12 +2,10 @@
 plugin or component; a clash between two third-party plugins disables the later one, naming both."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from installed_plugins import install_dist, slotrun_cli
 
 from slotrun.plugins import load_plugins
 from slotrun.registry import SINGULAR
@@ -36,18 +34,7 @@ def register_{kind}(register):
 
 
 def install(site: Path, dist: str, entry_point: str, kind: str, name: str) -> None:
-    module = dist.replace("-", "_")
-    (site / f"{module}.py").write_text(COMPONENT.format(kind=kind, name=name))
-    info = site / f"{module}-1.0.dist-info"  # a dist-info folder names its distribution up to the first "-"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[slotrun]\n{entry_point} = {module}\n")
-
-
-def slotrun_cli(site: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(site))
-    return subprocess.run([sys.executable, "-m", "slotrun.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=300)
+    install_dist(site, dist, entry_point, COMPONENT.format(kind=kind, name=name))
 
 
 @pytest.fixture(scope="module")

@@ -313,3 +313,9 @@ def test_resuming_a_run_that_predates_a_setting_names_the_setting_and_its_two_va
         "$.model.grouper.padding: 'symmetric' -> 'tf_same'"]
     pinned = R.structure(R.apply_overrides(stored, ['model.grouper.padding="symmetric"']), plugins)
     assert diff_data(with_earlier_defaults(stored, pinned), R.to_data(pinned)) == []  # resumable with the old value
+
+
+def test_a_sweep_table_is_left_to_slotrun_sweep(fake, base, tmp_path):
+    path = tmp_path / "swept.toml"
+    path.write_text(f'extends = "{base}"\n[sweep]\nseeds = 3\n[sweep.grid]\n"model.grouper.num_slots" = [3, 4]\n')
+    assert R.load(path, plugins=fake) == R.load(base, plugins=fake)  # train / check / show run the recipe itself

@@ -18,37 +18,11 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
+from tiny_recipe import MODEL
 
 # About 40 steps/s on one CPU thread; a checkpoint every 2 steps (2 kept), an evaluation (with pictures) every 6.
 STEPS, EVAL_EVERY, KEEP = 24, 6, 2
-RECIPE = """
-[run]
-dir = "runs/unused"
-
-[data]
-type = "shapes"
-image_size = 16
-num_train = 64
-num_val = 8
-num_test = 8
-cache_dir = "{cache}"
-
-[model.encoder]
-type = "sa_cnn"
-channels = 8
-
-[model.grouper]
-type = "slot_attention"
-num_slots = 3
-iters = 2
-slot_dim = 16
-mlp_hidden = 16
-
-[model.decoder]
-type = "spatial_broadcast"
-broadcast_size = 8
-channels = 8
-
+RECIPE = MODEL.replace("{num_train}", "64") + """
 [train]
 steps = {steps}
 batch_size = 4
