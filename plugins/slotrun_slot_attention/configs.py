@@ -24,7 +24,8 @@ from slotrun_slot_attention.broadcast_decoder import SpatialBroadcastDecoder
 from slotrun_slot_attention.encoder import SlotAttentionEncoder
 from slotrun_slot_attention.grouper import SlotAttention
 from slotrun_slot_attention.keras_init import WEIGHT_INITS
-from slotrun_slot_attention.set_prediction import SetPredictionDecoder
+from slotrun_slot_attention.pytorch_code_init import GROUPER_WEIGHT_INITS
+from slotrun_slot_attention.set_prediction import HEADS as SET_PREDICTION_HEADS, SetPredictionDecoder
 from slotrun_slot_attention.slot_init import INIT_KINDS
 from slotrun_slot_attention.soft_kmeans import SoftKMeans
 from slotrun_slot_attention.tf_padding import PADDINGS
@@ -106,8 +107,9 @@ class SlotAttentionConfig:
     # LayerNorm -> MLP on the tokens before the attention, as widths (DINOSAUR: [768, 256]); [] = none.
     input_mlp: tuple[int, ...] = field(default=(), converter=tuple,
                                        validator=[v.max_len(MAX_LAYERS), v.deep_iterable(size(MAX_WIDTH))])
-    weight_init: Literal["torch", "keras"] = field(default="keras", validator=_weight_init,
-                                                  metadata=earlier_default("torch"))
+    # also "slate" / "oclf": SLATE's and OCLF's PyTorch initialisers (slotrun_slot_attention.pytorch_code_init)
+    weight_init: Literal["torch", "keras", "slate", "oclf"] = field(
+        default="keras", validator=v.in_(GROUPER_WEIGHT_INITS), metadata=earlier_default("torch"))
 
     def build(self, inputs: GrouperInputs) -> SlotAttention:
         return SlotAttention(
@@ -177,10 +179,17 @@ class SpatialBroadcastConfig:
 
 @_frozen
 class SetPredictionConfig:
-    """Set property prediction head: per-slot MLP + sigmoid, Hungarian-matched Huber loss "set"."""
+    """Set property prediction head: per-slot MLP(s), Hungarian-matched Huber loss "set"."""
 
     hidden: int = field(default=64, validator=size(MAX_WIDTH))
+    # "single": Slot Attention's code, one MLP with a sigmoid on every column; "split": the SMM code's
+    # SetPredictor, one MLP for the coordinates (sigmoid) and one for the rest, softmax over each categorical
+    # group of the layout and sigmoid on the other columns (presence, continuous attributes)
+    heads: Literal["single", "split"] = field(default="single", validator=v.in_(SET_PREDICTION_HEADS))
     coord_scale: float = field(default=1.0, validator=[_num, v.gt(0.0)])  # weight of coordinates in the loss
+    # the coordinate target of absent objects (presence 0, padding): None = the data's zeros (Slot Attention's
+    # code); 0.5 = the middle of the layout's [0, 1], where the SMM code's zero padding of [-1, 1] coordinates lies
+    absent_coords: float | None = field(default=None, validator=v.optional([_num, v.ge(0.0), v.le(1.0)]))
     huber_delta: float = field(default=1.0, validator=[_num, v.gt(0.0)])
     stepwise: bool = field(default=False, validator=_bool)  # the loss after every grouper iteration, averaged
     weight_init: Literal["torch", "keras"] = field(default="keras", validator=_weight_init,
@@ -195,7 +204,8 @@ class SetPredictionConfig:
                 "spatial_broadcast, or a dataset with properties"
             )
         return SetPredictionDecoder(
-            inputs.slot_dim, layout.dim, hidden=self.hidden, coord_columns=tuple(layout.coords),
-            coord_scale=self.coord_scale, huber_delta=self.huber_delta, stepwise=self.stepwise,
-            weight_init=self.weight_init,
+            inputs.slot_dim, layout.dim, hidden=self.hidden, heads=self.heads, coord_columns=tuple(layout.coords),
+            categorical=[(start, stop) for _, start, stop in layout.categorical], coord_scale=self.coord_scale,
+            absent_coords=self.absent_coords, presence=layout.presence, huber_delta=self.huber_delta,
+            stepwise=self.stepwise, weight_init=self.weight_init,
         )

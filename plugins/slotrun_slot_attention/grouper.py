@@ -26,7 +26,13 @@ from slotrun.blocks import TokenMLP, mlp
 
 from slotrun_slot_attention.deferred_grad import DeferredInputGrad, attend_pool, collect_input_grad
 from slotrun_slot_attention.iterative import IterativeGrouper
-from slotrun_slot_attention.keras_init import apply_weight_init
+from slotrun_slot_attention.keras_init import keras_init_
+from slotrun_slot_attention.pytorch_code_init import (
+    GROUPER_WEIGHT_INITS,
+    kaiming_before_relu_,
+    xavier_per_block_,
+    zero_linear_biases_,
+)
 from slotrun_slot_attention.slot_init import SlotInit
 
 
@@ -60,7 +66,8 @@ class SlotAttention(IterativeGrouper):
     """Features [B, N, in_dim] -> Slots [B, K, slot_dim] by `iters` rounds of attention normalised over slots,
     a GRU update and a residual MLP. See `iterative` for the `iters` / `implicit_diff` semantics.
     `input_mlp`: widths of an MLP (after a LayerNorm) applied to the tokens first, DINOSAUR's 768 -> 768 -> 256
-    is [768, 256]; the attention then works on its output. `query_side`: None = pick the cheaper equivalent form per call (module docstring), True / False = force it."""
+    is [768, 256]; the attention then works on its output. `query_side`: None = pick the cheaper equivalent form per call (module docstring), True / False = force it.
+    `weight_init`: "keras" (the TF code's), "torch" (PyTorch's defaults), "slate" or "oclf" (pytorch_code_init)."""
 
     def __init__(
         self,
@@ -96,10 +103,26 @@ class SlotAttention(IterativeGrouper):
         self.gru = nn.GRUCell(slot_dim, slot_dim)
         self.norm_mlp = nn.LayerNorm(slot_dim, eps=layer_norm_eps)
         self.mlp = mlp(slot_dim, [mlp_hidden], slot_dim)
-        apply_weight_init(self, weight_init)  # "keras": the official code's initialisation (keras_init)
-        if weight_init == "keras":  # the official k and v are two Dense layers: glorot over [in_dim, slot_dim] each
-            for half in self.project_kv.weight.data.split(slot_dim):
-                nn.init.xavier_uniform_(half)
+        self._initialise(weight_init)
+
+    def _initialise(self, weight_init: str) -> None:
+        """"torch": PyTorch's defaults; "keras": the TF code's (keras_init); "slate", "oclf": those PyTorch
+        code bases' (pytorch_code_init). Those codes have only the Gaussian slot init: learned slots keep SlotInit's
+        draw, and the fps projection is initialised as any other Linear."""
+        if weight_init not in GROUPER_WEIGHT_INITS:
+            raise ValueError(f"unknown weight_init '{weight_init}' (known: {', '.join(GROUPER_WEIGHT_INITS)})")
+        if weight_init in ("keras", "slate"):  # xavier / glorot Linears with zero biases, GRU xavier + orthogonal
+            keras_init_(self)
+            xavier_per_block_(self.project_kv.weight, self.slot_dim)  # the official k and v are two layers
+        mlps = [self.mlp] if self.input_mlp is None else [self.mlp, self.input_mlp.mlp]
+        for seq in mlps:
+            if weight_init == "slate":  # the token MLP as SLATE's before its Slot Attention
+                kaiming_before_relu_(seq)
+            if weight_init == "oclf":  # build_mlp: PyTorch's weights, zero biases
+                zero_linear_biases_(seq)
+        if weight_init in ("slate", "oclf") and self.init.kind == "gaussian":
+            nn.init.xavier_uniform_(self.init.mu)  # torch's fans of [1, 1, D]: U(+-sqrt(3 / D))
+            nn.init.xavier_uniform_(self.init.log_sigma)
 
     def use_query_side(self, in_dim: int, num_slots: int, iters: int) -> bool:
         if self.query_side is not None:

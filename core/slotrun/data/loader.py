@@ -26,9 +26,10 @@ last good one); elsewhere such a batch is left out.
 
 Load-time conventions (per sample, after decoding, before flipping): `crop` ("none"; "center": the largest
 centred square; "clevr": rows 29:221, cols 64:256 of a 240x320 CLEVR-with-masks image, as in Slot Attention),
-then a resize to `size` when given (images bilinear without antialiasing, like TF's tf.image.resize; masks and
-ignore maps nearest, or left at the stored resolution with resize_masks=False: COCO's protocol scores masks at
-320 px while the model sees 224 px). Samples carrying categories (COCO) fill Batch.categories [B, M], padded with 0 to the
+then a resize to `size` when given (images bilinear without antialiasing, like TF's tf.image.resize, or bicubic
+as torchvision resizes float images: `interpolation`, see resize_image; masks and ignore maps nearest, or left
+at the stored resolution with resize_masks=False: COCO's protocol scores masks at 320 px while the model sees
+224 px). Samples carrying categories (COCO) fill Batch.categories [B, M], padded with 0 to the
 index's max_categories; samples carrying an ignore map fill Batch.ignore [B, H, W] (flipped with the image).
 
 Why plain tarfile rather than webdataset's pipeline: the order above must be computed without reading, and the
@@ -58,6 +59,7 @@ _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 CROPS = ("none", "center", "clevr")
+INTERPOLATIONS = ("bilinear", "bicubic", "bicubic_antialias")
 CLEVR_CROP = (29, 221, 64, 256)  # top, bottom, left, right of a 240x320 CLEVR (with masks) image
 CLEVR_SHAPE = (240, 320)
 
@@ -78,15 +80,26 @@ def crop_box(height: int, width: int, crop: str) -> tuple[int, int, int, int]:
     raise ValueError(f"crop must be one of {', '.join(CROPS)}, got {crop!r}")
 
 
-def resize_image(image: np.ndarray, size: tuple[int, int], *, antialias: bool = False) -> np.ndarray:
-    """uint8 [H, W, C] -> uint8 [h, w, C], bilinear with half-pixel centres (TF2 tf.image.resize's convention;
-    no antialiasing unless asked)."""
+def resize_image(image: np.ndarray, size: tuple[int, int], *, interpolation: str = "bilinear") -> np.ndarray:
+    """uint8 [H, W, C] -> [h, w, C] with half-pixel centres.
+
+    bilinear: no antialiasing (TF2 tf.image.resize's convention), rounded back to uint8.
+    bicubic, bicubic_antialias: torchvision's Resize(BICUBIC) of the float image (ToTensor then Resize, as OCLF's
+    DINOSAUR preprocessing): without antialiasing, which is what torchvision < 0.17 (OCLF pins 0.15.1) does for
+    tensors, or with it, torchvision >= 0.17's default. Clamped to [0, 255] (OCLF clamps to [0, 1]: bicubic
+    overshoots) and returned as float32 without rounding, since OCLF normalises the resized floats directly.
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
     if tuple(image.shape[:2]) == tuple(size):
         return image
     t = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None].float()
-    t = torch.nn.functional.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False,
-                                        antialias=antialias)
-    return t[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+    mode = "bilinear" if interpolation == "bilinear" else "bicubic"
+    t = torch.nn.functional.interpolate(t, size=tuple(size), mode=mode, align_corners=False,
+                                        antialias=interpolation == "bicubic_antialias")[0].permute(1, 2, 0)
+    if interpolation == "bilinear":
+        return t.round_().clamp_(0, 255).to(torch.uint8).numpy()
+    return t.clamp_(0, 255).contiguous().numpy()
 
 
 def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -100,9 +113,9 @@ def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def transform_sample(sample: Sample, crop: str = "none", size: tuple[int, int] | None = None, *,
-                     resize_masks: bool = True) -> Sample:
+                     resize_masks: bool = True, interpolation: str = "bilinear") -> Sample:
     """`sample` cropped by `crop` then resized to `size` (image, mask and ignore alike unless not
-    `resize_masks`: then those are only cropped; properties untouched)."""
+    `resize_masks`: then those are only cropped; properties untouched; the image by `interpolation`)."""
     h, w = sample.image.shape[:2]
     top, bottom, left, right = crop_box(h, w, crop)
     cropped = (bottom - top, right - left)
@@ -114,7 +127,8 @@ def transform_sample(sample: Sample, crop: str = "none", size: tuple[int, int] |
     def labels(a: np.ndarray | None) -> np.ndarray | None:
         return None if a is None else resize_labels(a[top:bottom, left:right], label_size)
 
-    return attrs.evolve(sample, image=resize_image(sample.image[top:bottom, left:right], out),
+    return attrs.evolve(sample, image=resize_image(sample.image[top:bottom, left:right], out,
+                                                   interpolation=interpolation),
                         mask=labels(sample.mask), ignore=labels(sample.ignore))
 
 
@@ -194,9 +208,10 @@ class _Stream(IterableDataset):
 
     def __init__(self, index: Index, plan: EpochPlan, *, skip: int, value_range: str,
                  load_properties: bool, flip_coords: bool, crop: str = "none",
-                 size: tuple[int, int] | None = None, resize_masks: bool = True) -> None:
+                 size: tuple[int, int] | None = None, resize_masks: bool = True,
+                 interpolation: str = "bilinear") -> None:
         self.index, self.plan, self.skip = index, plan, skip
-        self.crop, self.size, self.resize_masks = crop, size, resize_masks
+        self.crop, self.size, self.resize_masks, self.interpolation = crop, size, resize_masks, interpolation
         self.value_range, self.load_properties, self.flip_coords = value_range, load_properties, flip_coords
         self.last_good: tuple[Sample, bool] | None = None
 
@@ -311,7 +326,8 @@ class _Stream(IterableDataset):
                 int(sample.mask.max()) > len(sample.categories):
             raise ValueError(f"instance id {int(sample.mask.max())} has no category")
         if self.crop != "none" or self.size is not None:
-            sample = transform_sample(sample, self.crop, self.size, resize_masks=self.resize_masks)
+            sample = transform_sample(sample, self.crop, self.size, resize_masks=self.resize_masks,
+                                      interpolation=self.interpolation)
         return sample
 
     def check_properties(self, props: np.ndarray | None) -> None:
@@ -384,13 +400,16 @@ class ShardLoader:
 
     def __init__(self, index: Index, *, value_range: str = "minus_one_one", flip: bool = False,
                  shuffle_buffer: int = 1000, workers: int = 0, load_properties: bool = True, crop: str = "none",
-                 size: tuple[int, int] | None = None, resize_masks: bool = True) -> None:
+                 size: tuple[int, int] | None = None, resize_masks: bool = True,
+                 interpolation: str = "bilinear") -> None:
         if value_range not in VALUE_RANGES:
             raise ValueError(f"value_range must be one of {', '.join(VALUE_RANGES)}, got {value_range!r}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
         crop_box(index.height, index.width, crop)  # checks that the crop applies to these images
         self.index = index
         self.crop, self.size = crop, (None if size is None else (int(size[0]), int(size[1])))
-        self.resize_masks = resize_masks
+        self.resize_masks, self.interpolation = resize_masks, interpolation
         self.value_range, self.flip, self.buffer, self.workers = value_range, flip, shuffle_buffer, workers
         self.load_properties = load_properties and index.properties is not None
         self.skipped = 0
@@ -412,7 +431,7 @@ class ShardLoader:
         stream = _Stream(self.index, plan, skip=max(0, skip), value_range=self.value_range,
                          load_properties=self.load_properties,
                          flip_coords=bool(self.index.meta.get("image_coords", False)), crop=self.crop,
-                         size=self.size, resize_masks=self.resize_masks)
+                         size=self.size, resize_masks=self.resize_masks, interpolation=self.interpolation)
         if self.workers > 0 and len(plan) - skip > 1:
             items: Iterator[tuple] = iter(DataLoader(stream, batch_size=None, num_workers=self.workers))
         else:
@@ -429,5 +448,5 @@ class ShardLoader:
         self.messages = (self.messages + list(messages))[-100:]
 
 
-__all__ = ["CLEVR_CROP", "CROPS", "VALUE_RANGES", "EpochPlan", "ShardLoader", "buffer_shuffle", "crop_box",
-           "num_batches", "resize_image", "resize_labels", "transform_sample"]
+__all__ = ["CLEVR_CROP", "CROPS", "INTERPOLATIONS", "VALUE_RANGES", "EpochPlan", "ShardLoader", "buffer_shuffle",
+           "crop_box", "num_batches", "resize_image", "resize_labels", "transform_sample"]

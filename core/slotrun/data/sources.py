@@ -18,7 +18,7 @@ import attrs
 from attrs import field
 from attrs import validators as v
 
-from slotrun.data.loader import CROPS, VALUE_RANGES, ShardLoader, crop_box
+from slotrun.data.loader import CROPS, INTERPOLATIONS, VALUE_RANGES, ShardLoader, crop_box
 from slotrun.data.shapes import PROPERTY_LAYOUT, SceneConfig, floor_row, generate
 from slotrun.data.shards import Index, Sample, read_index, write_dataset
 from slotrun.errors import UserError
@@ -179,7 +179,7 @@ class ShardsSource(_Source):
         size = config.image_size
         super().__init__(value_range=config.value_range, flip=config.flip, shuffle_buffer=config.shuffle_buffer,
                          workers=config.workers, crop=config.crop, size=(size, size) if config.resize else None,
-                         resize_masks=config.resize_masks)
+                         resize_masks=config.resize_masks, interpolation=config.resize_interpolation)
         self.config = config
         self.image = ImageSpec(channels=3, height=config.image_size, width=config.image_size)
         self.properties = LAYOUTS[config.layout]
@@ -289,6 +289,11 @@ class ShardsData:
     resize: bool = field(default=False, validator=_bool)  # at load time: resize (after the crop) to image_size
     # false: masks and ignore maps keep the stored (cropped) resolution, so metrics score at it (COCO: 320 px)
     resize_masks: bool = field(default=True, validator=_bool)
+    # how data.resize resizes images: "bilinear" (no antialiasing, TF's tf.image.resize), or torchvision's
+    # bicubic of the float image, clamped, unrounded: "bicubic" (OCLF's DINOSAUR COCO preprocessing under its
+    # pinned torchvision 0.15.1, which does not antialias tensors) or "bicubic_antialias" (the same config
+    # under torchvision >= 0.17)
+    resize_interpolation: str = field(default="bilinear", validator=v.in_(INTERPOLATIONS))
     value_range: str = _loader_fields["value_range"]()
     flip: bool = _loader_fields["flip"]()
     shuffle_buffer: int = _loader_fields["shuffle_buffer"]()

@@ -22,10 +22,14 @@ def lr_factor(
 ) -> Callable[[int], float]:
     """The multiplier of the base lr at step t.
 
-    slot_attention: min(1, t / warmup) * 0.5 ** (t / decay_steps)   (Locatello et al. 2020)
-    constant:       min(1, t / warmup)
-    onecycle:       cosine from 1/25 up to 1 over onecycle_pct * total_steps, then cosine down to 1/25e4
-                    (torch.optim.lr_scheduler.OneCycleLR's defaults, as the SMM set-prediction code uses)
+    slot_attention:         min(1, t / warmup) * 0.5 ** (t / decay_steps)   (Locatello et al. 2020)
+    exp_decay_after_warmup: t / warmup during warmup, then 0.5 ** ((t - warmup) / decay_steps)
+                            (OCLF's exponential_decay_after_optional_warmup, DINOSAUR's schedule: the decay
+                            starts when warmup ends, so the peak lr is the base lr)
+    constant:               min(1, t / warmup)
+    onecycle:               cosine from 1/25 up to 1 over onecycle_pct * total_steps, then cosine down to
+                            1/25e4 (torch.optim.lr_scheduler.OneCycleLR's defaults, as the SMM set-prediction
+                            code uses)
     """
 
     def warmup(t: int) -> float:
@@ -33,6 +37,8 @@ def lr_factor(
 
     if schedule == "slot_attention":
         return lambda t: warmup(t) * 0.5 ** (t / decay_steps)
+    if schedule == "exp_decay_after_warmup":
+        return lambda t: warmup(t) * 0.5 ** (max(0, t - warmup_steps) / decay_steps)
     if schedule == "constant":
         return warmup
     if schedule == "onecycle":

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from conftest import ENV, NAMES, sweep_command
 from slotrun import engine, recipe
 from slotrun.cli import main
+from slotrun.engine.checkpoint import is_complete
 from slotrun.sweep import plan, prepare
 
 METRICS = ["loss", "loss_recon", "fg_ari", "fg_ari_frac_above_0.9", "mse"]
@@ -113,9 +114,10 @@ def test_killed_sweep_resumes_to_identical_results(reference: Path, tiny: Path, 
     # SIGKILL the sweep once its second run has a checkpoint (and has not finished).
     with open(tmp_path / "stderr.txt", "w") as err:
         proc = subprocess.Popen(sweep_command(tiny, folder), env=ENV, stdout=subprocess.DEVNULL, stderr=err)
-        marker = folder / NAMES[1] / "checkpoints" / "step_0000002" / "COMPLETE"
+        second = folder / NAMES[1] / "checkpoints" / "step_0000002"
         deadline = time.monotonic() + 300
-        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        # complete, not merely present: the marker file exists a moment before its content is written
+        while not is_complete(second) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
         proc.kill()
         assert proc.wait(timeout=60) == -9, (tmp_path / "stderr.txt").read_text()[-2000:]

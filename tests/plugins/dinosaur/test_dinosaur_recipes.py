@@ -54,7 +54,7 @@ def test_headline_recipe_settings(plugins) -> None:
         "vicreg", "identity", "p", "batch")
     assert (reg.config.gamma, reg.config.covariance_weight, reg.config.variance_weight) == (1.0, 1.0, 1.0)
     assert r.train.loss_weights == {"vicreg": 1.0}
-    assert r.model.grouper.config.weight_init == "torch"  # OCLF's Slot Attention: PyTorch's initialisation
+    assert r.model.grouper.config.weight_init == "oclf"  # OCLF's Slot Attention initialisation
     assert (r.train.batch_size, r.train.steps, r.train.decay_steps) == (64, 500000, 100000)
 
 
