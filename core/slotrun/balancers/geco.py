@@ -9,7 +9,7 @@ With the error err (e.g. the summed NLL) and the KL terms of a VAE:
     c      = goal - ema
     beta  <- clamp(beta * exp(eta * s * c), beta_min, beta_max),  s = speedup (10) if c > 0 else 1
 
-Sign convention (methods.md section 4, the GENESIS code SRI reuses, SRI appendix A.4.2): beta multiplies the
+Sign convention (the GENESIS code SRI reuses, SRI appendix A.4.2): beta multiplies the
 KL, so it is 1 / lambda of the paper's Lagrange multiplier on the constraint err - goal <= 0. While the error is
 above the goal (c < 0), beta shrinks: the KL is pushed aside until reconstructions are good enough. Once the
 goal is reached (c > 0), beta grows, `speedup` times faster ("once the GECO target is reached the learning rate

@@ -1,4 +1,4 @@
-"""Feature probe of a trained model's slots (Dittadi et al. 2021; Stange et al. Table 2, methods.md section 5).
+"""Feature probe of a trained model's slots (Dittadi et al. 2021; Stange et al. Table 2).
 
 The trained model is frozen; its slots are computed for a train and a test split of the run's dataset (which must
 carry per-object properties). A one-hidden-layer MLP maps every slot to a prediction of the object's properties:

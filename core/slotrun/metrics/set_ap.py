@@ -1,4 +1,4 @@
-"""Average precision for set property prediction (Slot Attention's CLEVR protocol, methods.md section 1).
+"""Average precision for set property prediction (Slot Attention's CLEVR protocol).
 
 The computation is that of the authors' `utils.average_precision_clevr` (google-research/slot_attention):
 

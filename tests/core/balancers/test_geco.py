@@ -1,4 +1,4 @@
-"""GECO as methods.md section 4 states it: the loss, the exact beta update (speedup below the goal), the EMA,
+"""GECO as the GENESIS code SRI reuses computes it: the loss, the exact beta update (speedup below the goal), the EMA,
 the bounds, training-only updates and the state round trip (checkpoints)."""
 
 from __future__ import annotations
