@@ -24,6 +24,33 @@ from slotrun.errors import UserError
 from slotrun.types import Features
 
 
+def _pretrained_timm_model(name: str, create_kwargs: Mapping[str, Any]) -> nn.Module:
+    """timm's pretrained model: from the local cache without touching the network, else downloaded once the
+    Hugging Face hub answers (offline, huggingface_hub would retry for about a minute before failing)."""
+    import socket
+    from urllib.parse import urlparse
+
+    import timm
+    from huggingface_hub import constants
+
+    offline = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True  # read at call time by huggingface_hub: the cache or an error, no request
+    try:
+        return timm.create_model(name, pretrained=True, **create_kwargs)
+    except Exception:  # noqa: BLE001 - not in the cache (or not a hub model): try the network below
+        if offline:
+            raise OSError("HF_HUB_OFFLINE is set and the weights are not in the local cache") from None
+    finally:
+        constants.HF_HUB_OFFLINE = offline
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as exc:
+        raise OSError(f"the weights are not in the local cache and {host} cannot be reached "
+                      f"({exc.strerror or exc})") from None
+    return timm.create_model(name, pretrained=True, **create_kwargs)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
@@ -176,16 +203,14 @@ class TimmEncoder(nn.Module):
                             f"({'; '.join(parts)})")
 
     def _load_timm(self) -> None:
-        import timm
-
         try:
             with torch.random.fork_rng(devices=[]):  # a second init must not shift the run's random stream
-                source = timm.create_model(self.name, pretrained=True, **self.create_kwargs)
+                source = _pretrained_timm_model(self.name, self.create_kwargs)
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001 - offline, missing cache, hub errors: all end the same way
             raise UserError(
-                f"could not get pretrained weights for timm model '{self.name}' ({_first_line(exc)[:160]}); "
+                f"could not get pretrained weights for timm model '{self.name}' ({_first_line(exc)}); "
                 f"download them once while online (timm caches them), or point at a local file with "
                 f"model.encoder.checkpoint=/path/to/weights.safetensors, or set model.encoder.pretrained=false "
                 f"for a random init"

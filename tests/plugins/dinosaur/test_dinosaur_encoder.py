@@ -157,10 +157,18 @@ def _offline(monkeypatch) -> list[str]:
         calls.append("download")
         raise OSError("We couldn't connect to 'https://huggingface.co' (offline)")
 
+    import socket
+
     import timm.models._builder as builder
 
     for name in ("load_state_dict_from_hf", "load_state_dict_from_url", "download_cached_file"):
         monkeypatch.setattr(builder, name, fail)
+
+    def unreachable(address, timeout=None):
+        calls.append(f"connect {address[0]}")
+        raise OSError(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
     return calls
 
 
@@ -171,8 +179,9 @@ def test_offline_download_failure_is_one_line_saying_how_to_fix(monkeypatch) -> 
     with pytest.raises(UserError) as info:
         enc(torch.randn(1, 3, 32, 32))
     message = str(info.value)
-    assert calls == ["download"]
+    assert calls == ["download", "connect huggingface.co"]  # the cache, then one quick look: no retries
     assert "\n" not in message
+    assert "huggingface.co cannot be reached (Name or service not known)); download them once while online" in message
     assert NAME in message
     assert "model.encoder.checkpoint=/path/to/weights.safetensors" in message
     assert "model.encoder.pretrained=false" in message
@@ -236,3 +245,25 @@ def test_config_validation_and_defaults() -> None:
     with pytest.raises(UserError, match="model_kwargs"):
         TimmEncoderConfig(name=NAME, pretrained=False, model_kwargs={"no_such_arg": 1}).build(
             __import__("slotrun").ImageSpec(channels=3, height=32, width=32))
+
+
+def test_cached_weights_load_without_the_network(monkeypatch) -> None:
+    """The first attempt runs with huggingface_hub's offline mode on: a cached model never waits on the hub."""
+    from huggingface_hub import constants
+
+    donor = timm.create_model(NAME, pretrained=False, num_classes=0, img_size=32, **TINY)
+    seen: list[bool] = []
+
+    def cached_create(name, pretrained=False, **kwargs):
+        if pretrained:
+            seen.append(constants.HF_HUB_OFFLINE)
+            return donor
+        return real_create(name, pretrained=False, **kwargs)
+
+    real_create = timm.create_model
+    calls = _offline(monkeypatch)
+    monkeypatch.setattr(timm, "create_model", cached_create)
+    before = constants.HF_HUB_OFFLINE
+    tiny(pretrained=True).load_pretrained()
+    assert seen == [True] and calls == []  # found in the cache: no connection attempt
+    assert constants.HF_HUB_OFFLINE == before  # the offline switch is put back
