@@ -29,3 +29,17 @@ class RecipeError(UserError):
 
 class PluginError(UserError):
     """A plugin that cannot be loaded or registers something invalid; the message names the plugin."""
+
+
+class ComponentFault(Exception):
+    """A bug in a plugin's component, not the user's mistake: it failed to build or run, or broke its kind's
+    contract. `line` names the component, its plugin and distribution; the command line prints it on one line
+    and exits with status 1, and under --debug also the traceback, whose chained cause reaches into the
+    plugin's code."""
+
+    def __init__(self, line: str) -> None:
+        self.line = line
+        super().__init__(line)
+
+    def lines(self) -> list[str]:
+        return [self.line]

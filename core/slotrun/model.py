@@ -8,6 +8,7 @@ recipe's train.loss_weights (numbers, or schedules the engine evaluates before e
 
 from __future__ import annotations
 
+import importlib.metadata as md
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -15,7 +16,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from slotrun.errors import RecipeError
+from slotrun.errors import ComponentFault, RecipeError, UserError
 from slotrun.protocols import BalancerInputs, DecoderInputs, GrouperInputs, PriorInputs, RegulariserInputs
 from slotrun.recipe import ModelConfig, ScalarSchedule, scalar_at
 from slotrun.structure import Spec
@@ -155,13 +156,50 @@ def sample_decoder_of(model: nn.Module) -> nn.Module | None:
 
 
 def _build(spec: Spec, inputs: Any, path: str) -> Any:
-    """spec.build(inputs); a ValueError from build() (settings that do not fit the shapes they receive, e.g. a
-    decoder that cannot reach the image size) is the recipe's mistake, reported with the table's path."""
+    """spec.build(inputs). A ValueError from build() (settings that do not fit the shapes they receive, e.g. a
+    decoder that cannot reach the image size) is the recipe's mistake, reported with the table's path. Any
+    other exception is a bug in the component's plugin: a ComponentFault naming it, chained to the exception
+    so that --debug shows the traceback into the plugin's code."""
     try:
         return spec.build(inputs)
+    except (UserError, ComponentFault):  # already said whose it is
+        raise
     except ValueError as exc:
-        text = str(exc).strip().splitlines()
-        raise RecipeError([f"{text[0] if text else type(exc).__name__} @ {path}"]) from None
+        raise RecipeError([f"{first_line(exc) or type(exc).__name__} @ {path}"]) from exc
+    except Exception as exc:  # noqa: BLE001 - whatever a plugin's code raises is that plugin's fault
+        raise ComponentFault(f"{component_label(spec, path)} failed to build: {type(exc).__name__}: "
+                             f"{first_line(exc)} {BUG}") from exc
+
+
+BUG = "(a bug in the plugin, not in your recipe; --debug shows the traceback)"
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else ""
+
+
+def component_label(spec: Spec, path: str) -> str:
+    """"grouper 'slot_attention' from plugin 'slot_attention' (slotrun 0.1)" for the component table at `path`
+    ($.model.grouper); a regulariser or balancer also names its key."""
+    parts = path.split(".")
+    kind = parts[2] if len(parts) > 2 else parts[-1]
+    singular = kind[:-1] if kind.endswith("s") else kind
+    key = f" '{parts[3]}' (type '{spec.type}')" if len(parts) > 3 else f" '{spec.type}'"
+    return f"{singular}{key} from {provider_of(type(spec.config))}"
+
+
+def provider_of(config_cls: type) -> str:
+    """The plugin and distribution that registered `config_cls` ("plugin 'p' (dist 1.0)"); for a class no
+    installed plugin registers (one registered in-process), its module and the distribution holding it."""
+    from slotrun.plugins import load_plugins
+
+    for entry in load_plugins().registry:
+        if entry.config_cls is config_cls:
+            return entry.provider
+    module = config_cls.__module__
+    dists = md.packages_distributions().get(module.split(".")[0], [])
+    return f"module '{module}'" + (f" ({dists[0]} {md.version(dists[0])})" if dists else "")
 
 
 def _term_path(spec: Spec, term: str, base: str) -> str:
