@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import engine_fakes as ef
+from tiny_recipe import MODEL
 from slotrun import engine
 from slotrun import recipe as R
 from slotrun.engine.run_dir import RunDir, diff_data
@@ -82,26 +83,7 @@ def test_logs_after_the_checkpoint_are_forgotten(tmp_path: Path) -> None:
     assert ef.read_jsonl(run.evals) == [{"step": 3, "mse": 1.0, "overrides": []}]
 
 
-TINY_SHAPES = """
-[data]
-type = "shapes"
-image_size = 16
-num_train = 8
-num_val = 4
-num_test = 4
-[model.encoder]
-type = "sa_cnn"
-channels = 8
-[model.grouper]
-type = "slot_attention"
-num_slots = 2
-iters = 1
-slot_dim = 8
-mlp_hidden = 8
-[model.decoder]
-type = "spatial_broadcast"
-broadcast_size = 8
-channels = 8
+TINY_SHAPES = MODEL.replace("{num_train}", "8") + """
 [train]
 batch_size = 2
 [eval]
@@ -111,14 +93,14 @@ metrics = ["mse"]
 
 
 def test_a_launch_that_fails_before_training_leaves_the_directory_free(tmp_path: Path, plugins) -> None:
-    (tmp_path / "tiny.toml").write_text(TINY_SHAPES)
+    (tmp_path / "tiny.toml").write_text(TINY_SHAPES.replace("{cache}", str(tmp_path / "c")))
     missing = R.load(tmp_path / "tiny.toml", [f'run.dir="{tmp_path / "run"}"', 'data.type="shards"',
                                               f'data.path="{tmp_path / "no_such_data"}"', "data.image_size=16"],
                      plugins=plugins)
     with pytest.raises(UserError, match="no_such_data"):
         engine.train(missing, plugins)
     assert not (tmp_path / "run" / "recipe.toml").exists()
-    fixed = R.load(tmp_path / "tiny.toml", [f'run.dir="{tmp_path / "run"}"', f'data.cache_dir="{tmp_path / "c"}"',
-                                            "train.steps=1", "eval.every=1"], plugins=plugins)
+    fixed = R.load(tmp_path / "tiny.toml", [f'run.dir="{tmp_path / "run"}"', "train.steps=1", "eval.every=1"],
+                   plugins=plugins)
     engine.train(fixed, plugins)  # the corrected command is a new run, not "a different recipe"
     assert R.load(tmp_path / "run" / "recipe.toml", plugins=plugins, stored=True) == fixed
