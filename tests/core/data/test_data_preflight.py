@@ -76,7 +76,8 @@ def test_check_passes_matching_data_and_notes_data_not_there_yet(recipe, tmp_pat
     data = shards(tmp_path / "data", {"train": 8, "val": 4})
     assert main(["check", str(recipe), *overrides(data, tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"ok   {recipe} (") and out.endswith(" parameters)\n") and "data not" not in out
+    assert out.startswith(f"ok   {recipe} (") and out.endswith(" parameters; ran on 2 synthetic images)\n")
+    assert "data not" not in out
     assert main(["check", str(recipe), *overrides(tmp_path / "nowhere", tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"ok   {recipe} (") and f"; data not checked: no dataset at {tmp_path / 'nowhere'} " \
