@@ -4,14 +4,15 @@ notes and fixtures lives beside the repository, not in a clone)."""
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OUTSIDE = ("../shared", "shared/reference", "shared/papers", "shared/fixtures", "methods.md")
+SHARED = "shared"  # spelled apart so that this file does not itself match
+OUTSIDE = ("../" + SHARED, SHARED + "/reference", SHARED + "/papers", SHARED + "/fixtures", "methods" + ".md")
 TEXT = {".py", ".toml", ".md", ".json", ".txt", ".cfg", ".yaml", ".yml", ""}
 
 
 def _files():
     for folder in ("core", "plugins", "recipes", "bench", "docs", "examples", "tests", ".ci"):
         for path in (ROOT / folder).rglob("*"):
-            if path.is_file() and path.suffix in TEXT and "__pycache__" not in path.parts and path != Path(__file__):
+            if path.is_file() and path.suffix in TEXT and "__pycache__" not in path.parts:
                 yield path
     yield from (ROOT / name for name in ("README.md", "CONTRIBUTING.md", "pyproject.toml", "Makefile"))
 
