@@ -1,4 +1,4 @@
-"""Fuzzing every shipped recipe (issue 10 item 1): wrong types, missing and extra keys, unknown types,
+"""Fuzzing every shipped recipe: wrong types, missing and extra keys, unknown types,
 out-of-range numbers, broken TOML, extends cycles and bad overrides. Whatever the mistake, the command line
 never shows a traceback: it exits 0 (the mutation happened to be valid) or 2 with one line per problem naming
 the key path (`@ $.a.b`) or the file (and the line, for TOML syntax). Mutations that are always wrong must exit 2.

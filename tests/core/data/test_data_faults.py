@@ -1,4 +1,4 @@
-"""Damaged datasets (issue 10, item 3): every fault is either skipped and counted, with a warning naming the
+"""Damaged datasets: every fault is either skipped and counted, with a warning naming the
 shard, or a one-line UserError naming the shard or path; never a hang and never a raw exception.
 
 Tests run as root, so permissions cannot make a file unreadable: an unreadable path is simulated with a

@@ -1,4 +1,4 @@
-"""Run directories from someone else (issue 10 item 5): a checkpoint state file holding a pickle with code is
+"""Run directories from someone else: a checkpoint state file holding a pickle with code is
 never executed (evaluation reads only safetensors weights; resuming refuses the file), and a recipe.toml naming
 an unknown component is a one-line error per problem, exit status 2."""
 
