@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,14 +60,17 @@ def test_not_installed_means_unknown(tmp_path):
 
 
 @pytest.mark.slow
-def test_installed_plugin_passes_the_conformance_suite(installed):
-    """What CONTRIBUTING tells plugin authors to run, on the shipped example."""
-    script = ("from slotrun.testing import check_entry, entries\n"
-              "found = entries(plugin='example')\n"
-              "assert {e.name for e in found} == {'cross_attention', 'attention_entropy'}, found\n"
-              "for e in found:\n"
-              "    check_entry(e)\n"
-              "print('ok', len(found))\n")
-    out = subprocess.run([sys.executable, "-c", script], env=installed, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok 2"
+def test_installed_plugin_passes_the_conformance_kit_as_contributing_shows(installed, tmp_path):
+    """CONTRIBUTING's conformance test, run by pytest on the installed example: every property of both components."""
+    contributing = (ROOT / "CONTRIBUTING.md").read_text()
+    snippet = re.search(r"```python\n(import pytest\nfrom slotrun\.testing import check, params\n.*?)```",
+                        contributing, re.S).group(1)
+    test = tmp_path / "test_example_conformance.py"
+    test.write_text(snippet)
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                          "--rootdir", str(tmp_path), "-rA", str(test)],
+                         env=installed, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "2 passed" in out.stdout
+    assert "PASSED test_example_conformance.py::test_conformance[example/grouper/cross_attention[default]]" in \
+        out.stdout

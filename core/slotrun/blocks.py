@@ -51,6 +51,17 @@ def coordinate_grid(height: int, width: int, device: torch.device | None = None)
     return torch.stack([y, x, 1.0 - y, 1.0 - x], dim=-1)
 
 
+def token_positions(grid: tuple[int, int], batch: int, *, device: torch.device | None = None,
+                    dtype: torch.dtype | None = None) -> Tensor:
+    """[batch, h * w, 2] Features.positions of a row-major (h, w) token grid: (y, x) of each cell's centre in
+    [-1, 1]. One [h * w, 2] table expanded over the batch (a view, no copy per image)."""
+    h, w = grid
+    ys = (torch.arange(h, device=device, dtype=dtype or torch.float32) + 0.5) * (2.0 / h) - 1.0
+    xs = (torch.arange(w, device=device, dtype=dtype or torch.float32) + 0.5) * (2.0 / w) - 1.0
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([y, x], dim=-1).reshape(1, h * w, 2).expand(batch, -1, -1)
+
+
 class SoftPositionEmbed(nn.Module):
     """Adds Linear(4 -> D) of the coordinate ramps to a channels-last feature map [B, H, W, D]."""
 

@@ -27,7 +27,8 @@ Register = Callable[[str, type], None]
 @hookspec
 def register_encoders(register: Register) -> None:
     """Register encoders: `config.build(ImageSpec)` returns an nn.Module mapping images [B, C, H, W] to
-    `slotrun.types.Features`, with attribute `out_dim` (token channels) and method `grid_for(h, w)`. An encoder
+    `slotrun.types.Features`, with attribute `out_dim` (token channels) and method `grid_for(h, w)`; Features
+    carry each token's position (`positions` [B, N, 2], (y, x) in [-1, 1]). An encoder
     that trains its own objective (SLATE's dVAE) returns it in Features.losses and names every term in its
     attribute `loss_terms`; one whose Features carry a reconstruction target states its width in `target_dim`."""
 
@@ -36,8 +37,11 @@ def register_encoders(register: Register) -> None:
 def register_groupers(register: Register) -> None:
     """Register groupers: `config.build(GrouperInputs)` returns an nn.Module mapping Features to
     `slotrun.types.Slots`, with attributes `slot_dim` and `num_slots` and keyword-only call arguments
-    `num_slots` and `iters` that override the configured values for one call. It must be invariant to the
-    order of input tokens and equivariant to the order of slots."""
+    `num_slots` and `iters` that override the configured values for one call (one that cannot change its slot
+    count raises ValueError naming num_slots). It must be invariant to the order of input tokens (with their
+    positions) and equivariant to the order of slots. An iterative grouper (attribute `iters`) fills
+    Slots.history; one with `initial_slots(features, num_slots=)` also accepts `slots_init=` (see
+    `slotrun.protocols.SeededGrouper`), through which the conformance kit checks slot-order equivariance."""
 
 
 @hookspec
@@ -52,16 +56,17 @@ def register_decoders(register: Register) -> None:
 @hookspec
 def register_priors(register: Register) -> None:
     """Register slot priors: `config.build(PriorInputs)` returns an nn.Module called like a decoder, as
-    `prior(slots, features, batch)` -> {term: scalar tensor} (names listed in `loss_terms`), with
-    `sample(n, num_slots, temperature)` returning slot vectors [n, K, D] for generation. A prior may build a
+    `prior(slots, features, batch)` -> {term: scalar tensor} (names listed in `loss_terms`), and, to generate,
+    `sample(n, num_slots, temperature)` returning slot vectors [n, K, D]. A prior may build a
     decoder of its own from `PriorInputs.decoder` and keep it as its attribute `decoder`: samples are then
     decoded with it (`decode_slots`) instead of the model's decoder."""
 
 
 @hookspec
 def register_regularisers(register: Register) -> None:
-    """Register slot regularisers: `config.build(RegulariserInputs)` returns an nn.Module called as
-    `reg(slots)` -> one scalar tensor, during training only. The loss term is named by the regulariser's key
+    """Register slot regularisers: `config.build(RegulariserInputs)` (slot size, slot count, token grid) returns
+    an nn.Module called as `reg(slots, features)` -> one scalar tensor, during training only (Features.positions
+    place the tokens the attention maps cover). The loss term is named by the regulariser's key
     in the recipe's [model.regularisers] table; its weight comes from the recipe's train.loss_weights."""
 
 

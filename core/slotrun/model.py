@@ -87,7 +87,7 @@ class SlotModel(nn.Module):
             losses.update(self.prior(slots, features, batch))
         if self.training:  # regularisers shape training only; evaluation reports the task losses
             for name, regulariser in self.regularisers.items():
-                losses[name] = regulariser(slots)
+                losses[name] = regulariser(slots, features)
         total = torch.zeros((), device=batch.image.device)
         claimed: set[str] = set()
         for balancer in self.balancers.values():
@@ -126,7 +126,7 @@ def build_model(
         prior = _build(config.prior, PriorInputs(slot_dim=grouper.slot_dim, num_slots=grouper.num_slots,
                                                  decoder=decoder_inputs), "$.model.prior")
     regularisers = {
-        name: _build(spec, RegulariserInputs(slot_dim=grouper.slot_dim, num_slots=grouper.num_slots),
+        name: _build(spec, RegulariserInputs(slot_dim=grouper.slot_dim, num_slots=grouper.num_slots, grid=grid),
                      f"$.model.regularisers.{name}")
         for name, spec in config.regularisers.items()
     }

@@ -46,8 +46,13 @@ class DecoderInputs:
 
 @_frozen
 class RegulariserInputs:
+    """slot_dim/num_slots: the grouper's; grid: the encoder's token grid (h, w), which the attention maps
+    Slots.attn [B, K, h * w] cover (None outside build_model). Each call also gets the Features, whose
+    `positions` place every token, for a spatial regulariser (e.g. a compactness penalty on the maps)."""
+
     slot_dim: int
     num_slots: int
+    grid: tuple[int, int] | None = None
 
 
 @_frozen
@@ -79,6 +84,9 @@ class MetricInputs:
 
 
 # ---- what build() returns ----------------------------------------------------------------------------------
+# slotrun.testing's conformance kit checks every member of these Protocols (missing_members) and the behaviour
+# their docstrings promise. A Protocol that extends another names an optional capability: a component that has
+# its extra member is held to the extended contract.
 
 
 @runtime_checkable
@@ -89,7 +97,12 @@ class Component(Protocol):
 
 
 class Encoder(Protocol):
-    """nn.Module: images [B, C, H, W] -> Features. `out_dim` = token channels, `grid_for(h, w)` = token grid."""
+    """nn.Module: images [B, C, H, W] -> Features. `out_dim` = token channels, `grid_for(h, w)` = token grid.
+
+    Features.tokens [B, h * w, out_dim] over that grid, Features.positions [B, N, 2] each token's (y, x) in
+    [-1, 1]. Optional: `loss_terms` (the names of Features.losses, for an encoder with an objective of its own)
+    and `target_dim` (the width of Features.target [B, N, target_dim]).
+    """
 
     out_dim: int
 
@@ -99,7 +112,13 @@ class Encoder(Protocol):
 
 
 class Grouper(Protocol):
-    """nn.Module: Features -> Slots. `num_slots` and `iters` may be changed per call (evaluation studies)."""
+    """nn.Module: Features -> Slots [B, num_slots, slot_dim], attention maps normalised over slots.
+
+    `num_slots` and `iters` may be changed per call (evaluation studies) without changing the module; a grouper
+    that cannot run with another slot count (one learned vector per slot) raises ValueError naming num_slots.
+    Invariant to the order of the tokens (their positions travel with them), equivariant to the order of the
+    slots: permuting the initial slots permutes every per-slot output alike.
+    """
 
     slot_dim: int
     num_slots: int
@@ -109,38 +128,65 @@ class Grouper(Protocol):
     ) -> Slots: ...
 
 
-class Decoder(Protocol):
-    """nn.Module: (Slots, Features, images) -> DecoderOutput with named loss terms.
+class IterativeGrouper(Grouper, Protocol):
+    """A grouper that refines its slots `iters` times: Slots.attn holds one map and Slots.history the slots
+    after each of the `iters` updates (the last is Slots.slots); `iters=` per call changes that count."""
 
-    `loss_terms` names every key its DecoderOutput.losses can hold (recipes weight them by name).
+    iters: int
+
+
+class SeededGrouper(Grouper, Protocol):
+    """A grouper whose initial state can be drawn and passed back: `initial_slots(features, num_slots=)` ->
+    [B, K, ...] what forward() starts from (with the same random state, the same draw), and
+    `forward(features, slots_init=...)` starts from a given one. Slot-order equivariance is checked through it."""
+
+    def initial_slots(self, features: Features, *, num_slots: int | None = None) -> Tensor: ...
+
+
+class Decoder(Protocol):
+    """nn.Module: (Slots, Features, batch) -> DecoderOutput with named loss terms.
+
+    `loss_terms` names exactly the keys its DecoderOutput.losses holds in training (recipes weight them by name).
+    `recon` is the image [B, C, H, W] or the target features [B, N, Dt]; `masks` [B, K, h, w] sum to one over K.
     """
 
     loss_terms: ClassVar[tuple[str, ...]] | tuple[str, ...]
 
     def __call__(self, slots: Slots, features: Features, batch: Batch) -> DecoderOutput: ...
 
-    # Optional (generative models): decode slots alone, e.g. samples of a prior.
-    # def decode_slots(self, slots: Tensor) -> DecoderOutput: ...
+
+class GenerativeDecoder(Decoder, Protocol):
+    """A decoder that renders slots alone (samples of a prior): DecoderOutput with recon [B, C, H, W] and, when
+    given, masks [B, K, H', W'] summing to one over K and per_slot [B, K, C, H, W]; no loss terms needed."""
+
+    def decode_slots(self, slots: Tensor) -> DecoderOutput: ...
 
 
 class Regulariser(Protocol):
-    """nn.Module: Slots -> one scalar loss, called in training only. Its term name is its key in the recipe's
+    """nn.Module: (Slots, Features) -> one scalar loss, called in training only. Features.positions and the
+    build-time RegulariserInputs.grid serve a spatial regulariser. Its term name is its key in the recipe's
     [model.regularisers] table, so one regulariser type can be used twice under different names."""
 
-    def __call__(self, slots: Slots) -> Tensor: ...
+    def __call__(self, slots: Slots, features: Features) -> Tensor: ...
 
 
 class Prior(Protocol):
-    """nn.Module called like a decoder, (Slots, Features, batch) -> named loss terms; `sample(n, num_slots,
-    temperature)` -> [n, K, D].
+    """nn.Module called like a decoder, (Slots, Features, batch) -> {term: scalar tensor}, exactly the terms
+    `loss_terms` names.
 
     Optional: an attribute `decoder` (not None), the prior's own decoder of p(x | z) (SRI's); generation then
-    decodes the prior's samples with it instead of the model's decoder (SlotModel.sample_decoder).
+    decodes the prior's samples with it instead of the model's decoder (SlotModel.sample_decoder). It must be
+    a GenerativeDecoder.
     """
 
     loss_terms: tuple[str, ...]
 
     def __call__(self, slots: Slots, features: Features, batch: Batch) -> Mapping[str, Tensor]: ...
+
+
+class SamplingPrior(Prior, Protocol):
+    """A prior that generates: `sample(n, num_slots, temperature)` -> slot vectors [n, num_slots, slot_dim]
+    (`slotrun sample`, fid, sample pictures)."""
 
     def sample(self, n: int, num_slots: int, temperature: float = 1.0) -> Tensor: ...
 
@@ -202,3 +248,20 @@ class Metric(Protocol):
     def state(self) -> Tensor: ...
 
     def load_state(self, state: Tensor) -> None: ...
+
+
+def protocol_members(protocol: type) -> tuple[str, ...]:
+    """The attributes and methods `protocol` (and the Protocols it extends) declare, `__call__` included."""
+    names: list[str] = []
+    for cls in reversed(protocol.__mro__):
+        if cls in (object, Protocol) or not getattr(cls, "_is_protocol", False):
+            continue
+        declared = [*vars(cls).get("__annotations__", {}),
+                    *(n for n, v in vars(cls).items() if callable(v) and (n == "__call__" or not n.startswith("_")))]
+        names += [n for n in declared if n not in names]
+    return tuple(names)
+
+
+def missing_members(obj: object, protocol: type) -> list[str]:
+    """The members of `protocol` that `obj` lacks."""
+    return [name for name in protocol_members(protocol) if not hasattr(obj, name)]

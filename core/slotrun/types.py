@@ -91,6 +91,11 @@ class Features:
 
     tokens: [B, N, D] input set for the grouper.
     grid: (h, w) with h * w == N, so masks over tokens can be reshaped to images.
+    positions: [B, N, 2] where each token sits in the image, (y, x) of the centre of its grid cell in [-1, 1]
+        ((-1, -1) the top-left corner, (1, 1) the bottom-right; `slotrun.blocks.token_positions` makes the
+        row-major grid's), or None when the tokens have no place. They travel with the tokens: whoever
+        reorders tokens reorders positions alike, so a grouper using relative positions (Invariant Slot
+        Attention) stays invariant to the order of the tokens.
     target: [B, N, Dt] detached features a feature-reconstruction decoder rebuilds (DINOSAUR: ViT features;
         SLATE: one-hot dVAE tokens), or None.
     losses: named scalar loss terms of an encoder that trains its own objective (SLATE's dVAE), else empty.
@@ -98,6 +103,7 @@ class Features:
 
     tokens: Tensor
     grid: tuple[int, int]
+    positions: Tensor | None = None
     target: Tensor | None = None
     losses: Mapping[str, Tensor] = dataclasses.field(default_factory=dict)
 

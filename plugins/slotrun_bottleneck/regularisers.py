@@ -1,4 +1,5 @@
 """Slot regularisers: each maps Slots to one scalar. Plain nn.Modules, usable without slotrun recipes.
+They take slotrun's (slots, features) call and use the slot vectors alone.
 
 Covariance and variance treat every slot vector of the batch as one sample (N = B * K), optionally after a
 projection head, or (`over="slots"`) compare the slots of each image over their features; cosine compares the
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slotrun.types import Slots
+from slotrun.types import Features, Slots
 
 NORMS = ("layernorm", "batchnorm", "none")
 
@@ -123,7 +124,7 @@ class CovarianceRegulariser(nn.Module):
         self.head = ProjectionHead(slot_dim, proj_dim, norm=norm, identity=identity, num_slots=num_slots)
         self.normalise = normalise
 
-    def forward(self, slots: Slots) -> Tensor:
+    def forward(self, slots: Slots, features: Features | None = None) -> Tensor:
         return covariance_loss(self.head(_tensor(slots)), self.normalise)
 
 
@@ -136,7 +137,7 @@ class VarianceRegulariser(nn.Module):
         self.head = ProjectionHead(slot_dim, proj_dim, norm=norm, identity=identity, num_slots=num_slots)
         self.gamma, self.eps = gamma, eps
 
-    def forward(self, slots: Slots) -> Tensor:
+    def forward(self, slots: Slots, features: Features | None = None) -> Tensor:
         return variance_loss(self.head(_tensor(slots)), self.gamma, self.eps)
 
 
@@ -157,7 +158,7 @@ class VICRegRegulariser(nn.Module):
         return {"covariance": covariance_loss(z, self.normalise, self.over),
                 "variance": variance_loss(z, self.gamma, self.eps, self.over)}
 
-    def forward(self, slots: Slots) -> Tensor:
+    def forward(self, slots: Slots, features: Features | None = None) -> Tensor:
         t = self.terms(slots)
         return self.covariance_weight * t["covariance"] + self.variance_weight * t["variance"]
 
@@ -169,5 +170,5 @@ class CosineRegulariser(nn.Module):
         super().__init__()
         self.margin, self.reduction = margin, reduction
 
-    def forward(self, slots: Slots) -> Tensor:
+    def forward(self, slots: Slots, features: Features | None = None) -> Tensor:
         return cosine_loss(_tensor(slots), self.margin, self.reduction)

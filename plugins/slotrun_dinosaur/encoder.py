@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from slotrun.blocks import token_positions
 from slotrun.errors import UserError
 from slotrun.types import Features
 
@@ -264,7 +265,9 @@ class TimmEncoder(nn.Module):
             fmap = self.feature_map(images)
         h, w = fmap.shape[-2:]
         tokens = fmap.flatten(2).transpose(1, 2)
-        return Features(tokens=tokens, grid=(int(h), int(w)), target=tokens.detach())
+        grid = (int(h), int(w))
+        positions = token_positions(grid, tokens.shape[0], device=tokens.device)
+        return Features(tokens=tokens, grid=grid, positions=positions, target=tokens.detach())
 
 
 def _restored(module: TimmEncoder, state_dict: Mapping[str, Any], prefix: str, *_: Any) -> None:

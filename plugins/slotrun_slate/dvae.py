@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slotrun.blocks import mlp
+from slotrun.blocks import mlp, token_positions
 from slotrun.types import Features
 
 
@@ -271,7 +271,8 @@ class SlateEncoder(nn.Module):
         _, h, w = indices.shape
         target = F.one_hot(indices.reshape(b, h * w), self.vocab_size).float()
         tokens, decoder_input = self._embed(indices)
-        return SlateFeatures(tokens=tokens, grid=(h, w), target=target, losses={"dvae_recon": loss},
+        return SlateFeatures(tokens=tokens, grid=(h, w), positions=token_positions((h, w), b, device=tokens.device),
+                             target=target, losses={"dvae_recon": loss},
                              decode_tokens=self.decode_tokens, decoder_input=decoder_input,
                              embed_decoder=self.embed_decoder if self.tie_embeddings else None)
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from slotrun.blocks import SoftPositionEmbed, mlp
+from slotrun.blocks import SoftPositionEmbed, mlp, token_positions
 from slotrun.types import Features
 
 from slotrun_slot_attention.keras_init import apply_weight_init
@@ -90,4 +90,4 @@ class SlotAttentionEncoder(nn.Module):
         b, c, h, w = x.shape
         x = self.pos(x.permute(0, 2, 3, 1))  # the embedding is channels-last: [B, h, w, C]
         tokens = self.mlp(self.norm(x.reshape(b, h * w, c)))
-        return Features(tokens=tokens, grid=(h, w))
+        return Features(tokens=tokens, grid=(h, w), positions=token_positions((h, w), b, device=tokens.device))

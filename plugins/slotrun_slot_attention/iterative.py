@@ -59,6 +59,18 @@ class IterativeGrouper(nn.Module):
     def step(self, slots: Tensor, prepared: Any) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    def initial_slots(self, features: Features, *, num_slots: int | None = None) -> Tensor:
+        """[B, K, slot_dim] the initial slots forward() would start from (fresh noise for a Gaussian init);
+        `forward(features, slots_init=...)` accepts them back."""
+        tokens = features.tokens if self.input_mlp is None else self.input_mlp(features.tokens)
+        return self._initial(tokens, num_slots)
+
+    def _initial(self, tokens: Tensor, num_slots: int | None) -> Tensor:
+        k = self.num_slots if num_slots is None else num_slots
+        if k < 1:
+            raise ValueError(f"num_slots must be >= 1, got {k}")
+        return self.init(tokens.shape[0], k, tokens=tokens)
+
     def forward(
         self,
         features: Features,
@@ -73,13 +85,7 @@ class IterativeGrouper(nn.Module):
         iters = self.iters if iters is None else iters
         if iters < 1:
             raise ValueError(f"iters must be >= 1, got {iters}")
-        if slots_init is None:
-            k = self.num_slots if num_slots is None else num_slots
-            if k < 1:
-                raise ValueError(f"num_slots must be >= 1, got {k}")
-            slots = self.init(tokens.shape[0], k, tokens=tokens)
-        else:
-            slots = slots_init
+        slots = self._initial(tokens, num_slots) if slots_init is None else slots_init
         init = slots
         prepared = self.prepare_for(tokens, slots.shape[1], iters)
         attns: list[Tensor] = []

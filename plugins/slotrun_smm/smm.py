@@ -378,6 +378,11 @@ class SlotMixtureModule(nn.Module):
 
     # ---- the loop -----------------------------------------------------------------------------------------
 
+    def initial_slots(self, features: Features, *, num_slots: int | None = None) -> Tensor:
+        """[B, K, 2D] the initial [mean ; log-std] forward() would start from (fresh noise); `forward(features,
+        slots_init=...)` accepts them back."""
+        return self.sample_init(features.tokens, num_slots)
+
     def sample_init(self, tokens: Tensor, num_slots: int | None = None) -> Tensor:
         """[B, K, 2D] initial [mean ; log-std], fresh noise each call (tokens: raw encoder tokens)."""
         return self.init(self._transform(tokens), self._num_slots(num_slots))[0]

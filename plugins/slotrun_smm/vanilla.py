@@ -64,12 +64,19 @@ class _Clustering(nn.Module):
         if iters < 1:
             raise ValueError(f"iters must be >= 1, got {iters}")
         x = tokens.float()
-        if slots_init is not None:
-            return x, slots_init.float(), iters
+        return x, self._initial(x, num_slots) if slots_init is None else slots_init.float(), iters
+
+    def _initial(self, x: Tensor, num_slots: int | None) -> Tensor:
         k = self.num_slots if num_slots is None else num_slots
         if k < 1:
             raise ValueError(f"num_slots must be >= 1, got {k}")
-        return x, order_free_init(x, k, self.init), iters
+        return order_free_init(x, k, self.init)
+
+    def initial_slots(self, features: Features, *, num_slots: int | None = None) -> Tensor:
+        """[B, K, D] the initial centres forward() would start from (fresh noise for "gaussian");
+        `forward(features, slots_init=...)` accepts them back."""
+        with torch.autocast(device_type=features.tokens.device.type, enabled=False):
+            return self._initial(features.tokens.float(), num_slots)
 
 
 class VanillaGMM(_Clustering):
@@ -92,6 +99,7 @@ class VanillaGMM(_Clustering):
             var = x.var(dim=1, keepdim=True, unbiased=False).expand(b, k, d) + self.var_eps
             log_pi = torch.full((b, k), -math.log(k), device=x.device)
             attns: list[Tensor] = []
+            means: list[Tensor] = []  # after each EM step (Slots.history)
             for _ in range(iters):
                 log_density = -0.5 * (sq_distance(x, mu, 1.0 / var) + var.log().sum(-1, keepdim=True))
                 gamma = torch.softmax(log_density + log_pi.unsqueeze(-1), dim=1)  # [B, K, N] over slots
@@ -102,8 +110,10 @@ class VanillaGMM(_Clustering):
                 weights = weights / weights.sum(dim=2, keepdim=True)
                 mu, var = weighted_moments(weights, x)
                 var = var + self.var_eps
-        out = Slots(slots=mu.to(features.tokens.dtype), attn=tuple(attns),
-                    mixture=Gaussian(mean=mu, std=var.sqrt()))
+                means.append(mu)
+        history = tuple(m.to(features.tokens.dtype) for m in means)
+        out = Slots(slots=history[-1], attn=tuple(attns), mixture=Gaussian(mean=mu, std=var.sqrt()),
+                    history=history)
         return out, pi
 
     def forward(self, features: Features, *, num_slots: int | None = None, iters: int | None = None,
@@ -127,6 +137,7 @@ class KMeansGrouper(_Clustering):
         with torch.autocast(device_type=features.tokens.device.type, enabled=False):
             x, mu, iters = self._start(features.tokens, num_slots, iters, slots_init)
             attns: list[Tensor] = []
+            centres: list[Tensor] = []  # after each step (Slots.history)
             for _ in range(iters):
                 dist = sq_distance(x, mu)  # [B, K, N]
                 if self.soft:
@@ -138,4 +149,6 @@ class KMeansGrouper(_Clustering):
                     count = attn.sum(dim=2, keepdim=True)
                     mu = torch.where(count > 0, (attn @ x) / count.clamp_min(1.0), mu)
                 attns.append(attn)
-        return Slots(slots=mu.to(features.tokens.dtype), attn=tuple(attns))
+                centres.append(mu)
+        history = tuple(m.to(features.tokens.dtype) for m in centres)
+        return Slots(slots=history[-1], attn=tuple(attns), history=history)

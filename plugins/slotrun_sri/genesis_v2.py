@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from slotrun.blocks import token_positions
 from slotrun.types import Features, Slots
 
 KERNELS = ("gaussian", "laplacian", "epanechnikov")
@@ -156,7 +157,7 @@ class GenesisV2Encoder(nn.Module):
         if priority is None:
             priority = torch.rand(batch, 1, height, width, device=images.device, dtype=images.dtype)
         tokens = torch.cat([features, colour, priority], dim=1).flatten(2).transpose(1, 2)
-        return Features(tokens=tokens, grid=grid)
+        return Features(tokens=tokens, grid=grid, positions=token_positions(grid, batch, device=tokens.device))
 
 
 def initial_sigma(kernel: str, num_slots: int) -> float:

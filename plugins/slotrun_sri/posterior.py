@@ -12,6 +12,8 @@ Heads (`head`), from a slot h to (mean, std):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -58,10 +60,21 @@ class GaussianSlotPosterior(nn.Module):
     def iters(self) -> int | None:
         return getattr(self.inner, "iters", None)
 
-    def forward(self, features: Features, *, num_slots: int | None = None, iters: int | None = None) -> Slots:
-        out = self.inner(features, num_slots=num_slots, iters=iters)
+    @property
+    def initial_slots(self) -> Callable[..., Tensor] | None:
+        """The inner grouper's `initial_slots(features, *, num_slots=None)` (its initial state, which
+        `forward(features, slots_init=...)` passes on), or None when the inner grouper has none."""
+        return getattr(self.inner, "initial_slots", None)
+
+    def forward(self, features: Features, *, num_slots: int | None = None, iters: int | None = None,
+                slots_init: Tensor | None = None) -> Slots:
+        """`slots_init`: the inner grouper's initial state (see `initial_slots`)."""
+        extra = {} if slots_init is None else {"slots_init": slots_init}  # inner groupers without it work too
+        out = self.inner(features, num_slots=num_slots, iters=iters, **extra)
         mean, raw = self.head(out.slots).chunk(2, dim=-1)
         std = positive_std(raw) if self.head_type == "linear" else genesis_v2_std(raw)
         posterior = Gaussian(mean=mean, std=std)
         z = posterior.sample() if (self.training or self.eval_sample) else mean
-        return Slots(slots=z, attn=out.attn, mixture=out.mixture, posterior=posterior)
+        # the earlier iterations' slots as posterior means, then the decoded z (Slots.history's last is slots)
+        history = (*(self.head(h)[..., :self.slot_dim] for h in out.history[:-1]), z) if out.history else ()
+        return Slots(slots=z, attn=out.attn, mixture=out.mixture, posterior=posterior, history=history)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from slotrun.types import Slots
+from slotrun.types import Features, Slots
 
 
 class AttentionEntropy(nn.Module):
@@ -15,7 +15,8 @@ class AttentionEntropy(nn.Module):
         super().__init__()
         self.eps = eps
 
-    def forward(self, slots: Slots) -> Tensor:
+    def forward(self, slots: Slots, features: Features | None = None) -> Tensor:
+        """slotrun calls regularisers as `reg(slots, features)`; the entropy needs the attention maps alone."""
         if not slots.attn:
             raise ValueError("attention_entropy needs a grouper that returns attention maps")
         attn = slots.attn[-1]  # [B, K, N], sums to 1 over K

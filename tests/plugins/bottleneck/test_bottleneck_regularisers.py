@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from slotrun.protocols import RegulariserInputs
-from slotrun.testing import check_entry, entries
 from slotrun.types import Slots
 from slotrun_bottleneck.configs import CosineConfig, CovarianceConfig, VarianceConfig, VICRegConfig
 from slotrun_bottleneck.regularisers import (
@@ -192,8 +191,3 @@ def test_config_defaults_and_validation() -> None:
         VICRegConfig(norm="layer")
     with pytest.raises(ValueError):
         VICRegConfig(covariance_weight=-1.0)
-
-
-@pytest.mark.parametrize("entry", entries(plugin="bottleneck") + entries(plugin="dinosaur"), ids=str)
-def test_conformance(entry) -> None:
-    check_entry(entry)
