@@ -1,6 +1,6 @@
 """`python -m bench probe`: how a grouper's attention and slots evolve early in training (issue 5's diagnosis of
-the coloured-background collapse). Trains a recipe through the same loop as `bench quality` and, every `every`
-steps, runs the model on one fixed probe batch and records:
+the coloured-background collapse). Trains a recipe through the engine's Trainer, as `bench quality` does, and,
+every `every` steps (at most train.steps), runs the model on one fixed probe batch and records:
 
 - loss on the probe batch;
 - attention entropy: of the last iteration's attention over slots, per token, divided by log K (1 = uniform: every
@@ -13,12 +13,14 @@ steps, runs the model on one fixed probe batch and records:
 from __future__ import annotations
 
 import math
+import tempfile
 from typing import Any
 
 import torch
 
 from bench.common import md_table
-from bench.quality import Trainer
+from bench.quality import BenchTrainer
+from slotrun.engine import rng
 from slotrun.types import ModelOutput
 
 DEFAULT_RECIPE = "recipes/quickstart.toml"
@@ -42,21 +44,22 @@ def probe_stats(out: ModelOutput) -> dict[str, float]:
 def run(*, recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None, steps: int = 800, every: int = 100
         ) -> dict[str, Any]:
     overrides = list(overrides or [])
-    trainer = Trainer(recipe, overrides)
-    model = trainer.model
-    probe = next(iter(trainer.source.batches("test", trainer.rec.train.batch_size, seed=0, epoch=0, shuffle=False,
-                                             drop_last=False)))
+    rows: list[dict[str, float]] = []
 
-    def measure(step: int) -> dict[str, float]:
-        torch.manual_seed(trainer.rec.train.seed + 1)  # the same initial-slot noise at every probe
-        with torch.no_grad():
-            return {"step": step, **probe_stats(model(probe))}
+    def measure(trainer: BenchTrainer) -> None:
+        step = trainer.step
+        if step != 0 and step % every != 0 and step != steps:
+            return
+        # the same initial-slot noise at every probe, drawn apart from training's random stream
+        with torch.no_grad(), rng.isolated(trainer.config.seed + 1, trainer.device):
+            rows.append({"step": step, **probe_stats(trainer.raw(probe))})
 
-    rows = [measure(0)]
-    for step in range(1, steps + 1):
-        trainer.step()
-        if step % every == 0 or step == steps:
-            rows.append(measure(step))
+    with tempfile.TemporaryDirectory() as run_dir, BenchTrainer(recipe, overrides, run_dir, measure) as trainer:
+        trainer.setup()
+        probe = next(iter(trainer.source.batches("test", trainer.config.batch_size, seed=0, epoch=0, shuffle=False,
+                                                 drop_last=False)))
+        measure(trainer)
+        trainer.fit(steps=steps)
     command = f"python -m bench probe --recipe {recipe} --steps {steps}" + "".join(f" {o}" for o in overrides)
     return {"recipe": recipe, "overrides": overrides, "steps": steps, "rows": rows, "command": command}
 

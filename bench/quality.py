@@ -7,7 +7,9 @@ default)."""
 from __future__ import annotations
 
 import math
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +17,10 @@ import torch
 
 from bench.common import md_table
 from slotrun.api import load_recipe, load_run
-from slotrun.engine import checkpoint
-from slotrun.engine.schedules import build_optimizer, build_scheduler, loss_weights_at
-from slotrun.engine.trainer import DataStream
+from slotrun.engine import StepStats, Trainer, checkpoint
 from slotrun.metrics import adjusted_rand_index, best_overlap
 from slotrun.metrics.components import masks_for_comparison
 from slotrun.metrics.set_ap import ap_from_records, set_ap_records
-from slotrun.model import build_model
 
 DEFAULT_RECIPE = "recipes/quickstart.toml"
 AP_THRESHOLDS = (math.inf, 1.0, 0.5, 0.25, 0.125)  # the Slot Attention paper's set-prediction distances
@@ -73,38 +72,30 @@ def summary(fg_ari: torch.Tensor, mbo: torch.Tensor, mbo_objects: torch.Tensor, 
             "background_share": mean(bg_share)}
 
 
-class Trainer:
-    """A recipe's model, data and optimiser as the engine builds them, stepped by hand (bench quality, probe).
-    `train.seed` seeds both the model's initialisation and the data order, as in `slotrun train`."""
+class BenchTrainer(Trainer):
+    """The engine's Trainer in a throw-away run directory, with the engine's evaluation left out: the benchmarks
+    score the trained model themselves. `after_step(trainer)`, if given, runs after every optimiser step."""
 
-    def __init__(self, recipe: str, overrides: list[str]) -> None:
-        self.rec = load_recipe(recipe, overrides)
-        cfg = self.rec.train
-        self.source = self.rec.data.build(None)
-        self.source.prepare()
-        torch.manual_seed(cfg.seed)
-        self.model = build_model(self.rec.model, self.source.image, properties=self.source.properties,
-                                 loss_weights=cfg.loss_weights)
-        self.optimizer = build_optimizer(self.model, cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.data = DataStream(self.source, cfg.batch_size, seed=cfg.seed, rank=0, world_size=1)
-        self.clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf
-        self.norm = math.inf if cfg.grad_clip_norm == "inf" else 2.0
-        self.steps = 0  # optimiser steps taken
+    def __init__(self, recipe: str, overrides: list[str], run_dir: str,
+                 after_step: Callable[[BenchTrainer], None] | None = None, on_log: Any = None) -> None:
+        # eval.split=test: the split the benchmarks score, so the preflight check asks for no other one
+        super().__init__(load_recipe(recipe, [*overrides, "eval.split=test", f'run.dir="{run_dir}"']),
+                         on_log=on_log)
+        self.after_step = after_step
+        self.losses: list[float] = []
 
-    def step(self) -> float:
-        """One training step on the next batch; returns its loss."""
-        self.model.loss_weights.update(loss_weights_at(self.rec.train, self.steps))  # scheduled weights, as the engine
-        self.steps += 1
-        self.model.train()
-        out = self.model(self.data.next())
-        self.optimizer.zero_grad(set_to_none=True)
-        out.loss.float().backward()
-        torch.nn.utils.clip_grad_norm_(self.params, self.clip, norm_type=self.norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        return float(out.loss.detach())
+    def train_step(self) -> StepStats:
+        stats = super().train_step()
+        self.losses.append(stats.loss)
+        if self.after_step is not None:
+            self.after_step(self)
+        return stats
+
+    def setup_metrics(self, source: Any) -> list[Any]:
+        return []  # no engine evaluation, so no metric weights (fid's Inception) to load either
+
+    def evaluate(self) -> dict[str, float]:
+        return {}
 
 
 def one_background_slot(masks: torch.Tensor, true_ids: torch.Tensor) -> torch.Tensor:
@@ -211,18 +202,20 @@ def evaluate(model: torch.nn.Module, source: Any) -> dict[str, Any]:
 
 def run(*, recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None, budget_s: float = 1800.0,
         eval_images: int = 320) -> dict[str, Any]:
-    """Train `recipe` for `budget_s` seconds of wall clock (or train.steps, whichever ends first), then evaluate."""
+    """Train `recipe` through the engine's Trainer for `budget_s` seconds of wall clock (train.max_minutes; or
+    train.steps, whichever ends first), then evaluate."""
     overrides = list(overrides or [])
-    trainer = Trainer(recipe, [f"data.num_test={eval_images}", *overrides])
-    start, losses = time.perf_counter(), []
-    while time.perf_counter() - start < budget_s and trainer.steps < trainer.rec.train.steps:
-        losses.append(trainer.step())
-    train_s = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as run_dir, \
+            BenchTrainer(recipe, [f"data.num_test={eval_images}", *overrides], run_dir) as trainer:
+        start = time.perf_counter()
+        trainer.fit(minutes=budget_s / 60)
+        train_s, losses = time.perf_counter() - start, trainer.losses
+        scored = evaluate(trainer.raw, trainer.source)
     command = f"python -m bench quality --recipe {recipe} --budget-min {budget_s / 60:g}" + "".join(
         f" {o}" for o in overrides)
-    return {"recipe": recipe, "overrides": overrides, "budget_s": budget_s, "train_s": train_s, "steps": trainer.steps,
+    return {"recipe": recipe, "overrides": overrides, "budget_s": budget_s, "train_s": train_s, "steps": trainer.step,
             "final_loss": (sum(losses[-20:]) / len(losses[-20:])) if losses else None,
-            **evaluate(trainer.model, trainer.source), "command": command}
+            **scored, "command": command}
 
 
 def score_run(run_dir: str) -> dict[str, Any]:

@@ -9,8 +9,8 @@ baseline and each ablation (no scene variable, no order alignment, no KL_rollout
 2. Relate + Imagine, per SRI variant (towers.toml, towers_no_scene, towers_no_order, towers_no_kl_rollout, and
    the segregation posterior's own variances instead of the paper's posterior LSTM as an extra row): the same
    encoder, segregation head and decoder, frozen, and only the prior and SRI's own decoder (the paper's second
-   decoder, of the re-ordered samples z_ord: term nll_sri) trained for --prior-steps steps on the train split's
-   segregation posteriors (computed once) and images, on nll_sri + kl_scene + kl_slot + kl_rollout (GECO_SRI's
+   decoder, of the re-ordered samples z_ord: term nll_sri) trained for --prior-steps steps (the engine's Trainer,
+   everything else frozen) on the frozen segregation posteriors of the training images, on nll_sri + kl_scene + kl_slot + kl_rollout (GECO_SRI's
    beta held at 1, like the segregation GECO's). The joint recipe trains the same parameters with the same
    gradients up to the GECOs' betas: SRI's terms never reach the segregation model (detach_means, segregation
    stds taken as they are), so freezing it changes nothing for them, and every variant is compared on the very
@@ -30,23 +30,20 @@ Writes bench/results/sri.json and sri.md, and docs/sri_towers_samples.png (sampl
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from bench.common import md_table
-from slotrun.api import load_recipe
+from bench.quality import BenchTrainer
 from slotrun.engine.sample import structural_accuracy
-from slotrun.engine.schedules import build_optimizer, build_scheduler
-from slotrun.engine.trainer import DataStream
 from slotrun.metrics import adjusted_rand_index
 from slotrun.metrics.components import masks_for_comparison
 from slotrun.metrics.fid import FeatureStats, build_feature_net, feature_distance
-from slotrun.model import build_model
-from slotrun.types import Batch, Gaussian, Slots
+from slotrun.types import Batch, Slots
 
 from slotrun_sri.metrics import NegativeELBOBitsPerDim
 
@@ -87,93 +84,89 @@ PAPER = {"SRI": (75.0, 0.829, 72.0), "no scene variable": (132.9, 0.836, 31.7),
          "no order alignment": (123.2, 0.845, 43.7), "no KL_rollout": (106.3, 0.833, 61.3)}
 
 
-def _recipe(file: str, extra: list[str], overrides: list[str], tiny: bool) -> Any:
+def _overrides(file: str, extra: list[str], overrides: list[str], tiny: bool) -> list[str]:
     independent = "independent" in file
     sri = [] if independent else [*BENCH_SRI, *(TINY_PRIOR if tiny else [])]
-    return load_recipe(str(RECIPES / file), [*BENCH, *(TINY if tiny else []), *sri, *overrides, *extra])
+    return [*BENCH, *(TINY if tiny else []), *sri, *overrides, *extra]
 
 
-def _build(recipe: Any, source: Any, seed: int) -> Any:
-    torch.manual_seed(seed)
-    return build_model(recipe.model, source.image, properties=source.properties,
-                       loss_weights=recipe.train.loss_weights)
+class PriorTrainer(BenchTrainer):
+    """Stage 2 through the engine's Trainer: the model starts from the segregation weights (`shared`, and SRI's
+    decoder from the segregation decoder: `warm`), everything but the prior (with SRI's decoder) is frozen, and
+    the prior learns from the frozen segregation posterior of each training batch."""
 
+    def __init__(self, *args: Any, shared: dict[str, torch.Tensor], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.shared = shared
 
-def train_segregation(recipe: Any, source: Any, steps: int, seed: int) -> tuple[Any, dict[str, Any]]:
-    """Stage 1: the independent-prior slot VAE, trained as the engine does (Adam, GECO update per step)."""
-    cfg = recipe.train
-    model = _build(recipe, source, seed)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg)
-    data = DataStream(source, cfg.batch_size, seed=cfg.seed, rank=0, world_size=1)
-    log: list[dict[str, float]] = []
-    sums: dict[str, float] = {}
-    start = time.perf_counter()
-    model.train()
-    for step in range(1, steps + 1):
-        batch = data.next()
-        out = model(batch)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        optimizer.step()
-        scheduler.step()
-        values = {k: float(v.detach()) for k, v in out.losses.items()}
-        model.update_balancers(values)
-        values["mse"] = float((out.decoded.recon.detach() - batch.image).pow(2).mean())
-        for k, v in values.items():
-            sums[k] = sums.get(k, 0.0) + v
-        every = max(1, min(100, steps // 10))
-        if step % every == 0 or step == steps:
-            n = every if step % every == 0 else step % every
-            record = {"step": step, **{k: v / n for k, v in sums.items()}, **model.balancer_scalars(),
-                      "seconds": time.perf_counter() - start}
-            log.append(record)
-            sums = {}
-            print("segregation " + " ".join(f"{k} {v:.4g}" for k, v in record.items()), flush=True)
-    return model.eval(), {"steps": steps, "train_s": time.perf_counter() - start, "log": log}
+    def setup_model(self, source: Any) -> Any:
+        model = super().setup_model(source)
+        own = getattr(model.prior, "decoder", None) is not None
+        warm = {f"prior.{k}": v for k, v in self.shared.items() if own and k.startswith("decoder.")}
+        missing, unexpected = model.load_state_dict({**self.shared, **warm}, strict=False)
+        assert not unexpected and all(k.startswith(("prior.", "balancers.")) for k in missing), (missing, unexpected)
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith("prior."))
+        return model
 
-
-@torch.no_grad()
-def posteriors(model: Any, source: Any, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The segregation posterior (mean, std) [N, K, D] of every image of a split (eval mode: deterministic)."""
-    means, stds = [], []
-    for batch in source.batches(split, 64, seed=0, epoch=0, shuffle=False, drop_last=False):
-        slots = model.grouper(model.encoder(batch.image))
-        means.append(slots.posterior.mean)
-        stds.append(slots.posterior.std)
-    return torch.cat(means), torch.cat(stds)
-
-
-def train_prior(model: Any, cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor], steps: int, batch_size: int,
-                lr: float, seed: int) -> dict[str, Any]:
-    """Stage 2: only the prior and its own decoder (SRI's), on posterior samples of the cached segregation
-    posteriors and their images."""
-    mean, std, images = cache
-    prior = model.prior
-    prior.train()
-    optimizer = torch.optim.Adam(prior.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    start = time.perf_counter()
-    sums: dict[str, float] = {}
-    log: list[dict[str, float]] = []
-    every = max(1, min(250, steps // 8))
-    for step in range(1, steps + 1):
-        idx = torch.randint(0, len(mean), (batch_size,), generator=gen)
-        post = Gaussian(mean=mean[idx], std=std[idx])
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        model = self.raw
+        with torch.no_grad():  # the segregation posterior, deterministic in eval mode
+            model.encoder.eval()
+            model.grouper.eval()
+            post = model.grouper(model.encoder(batch.image)).posterior
         # features=None: SRI's mog_broadcast decoder reads only the image
-        losses = prior(Slots(slots=post.sample(), posterior=post), None, Batch(image=images[idx]))
-        loss = sum(v for k, v in losses.items() if k != "kl_seg")  # kl_seg does not depend on the prior
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
-        if step % every == 0:
-            log.append({"step": step, **{k: v / every for k, v in sums.items()}})
-            sums = {}
-    prior.eval()
-    return {"prior_steps": steps, "prior_train_s": time.perf_counter() - start, "prior_log": log}
+        return model.prior(Slots(slots=post.sample(), posterior=post), None, batch)
+
+    def compute_loss(self, batch: Batch, output: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        return sum(v for k, v in output.items() if k != "kl_seg"), output  # kl_seg does not depend on the prior
+
+
+class SegregationTrainer(BenchTrainer):
+    """Stage 1 through the engine's Trainer, logging the reconstruction MSE beside the loss terms."""
+
+    def compute_loss(self, batch: Batch, output: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        total, terms = super().compute_loss(batch, output)
+        return total, {**terms, "mse": (output.decoded.recon.detach() - batch.image).pow(2).mean()}
+
+
+def _log_every(steps: int) -> int:
+    return max(1, min(100, steps // 10))
+
+
+def train_segregation(file: str, overrides: list[str], steps: int, seed: int, run_dir: str
+                      ) -> tuple[Any, Any, dict[str, Any]]:
+    """Stage 1: the independent-prior slot VAE, trained by the engine (GECO update per step). Returns the
+    model in eval mode, its data source and the training summary."""
+    log: list[dict[str, float]] = []
+    start = time.perf_counter()
+
+    def record(r: dict[str, Any]) -> None:
+        log.append({**r, "seconds": time.perf_counter() - start})
+        print("segregation " + " ".join(f"{k} {v:.4g}" for k, v in log[-1].items() if isinstance(v, float)),
+              flush=True)
+
+    trainer = SegregationTrainer(str(RECIPES / file), [*overrides, f"train.seed={seed}",
+                                                       f"train.log_every={_log_every(steps)}"], run_dir, on_log=record)
+    with trainer:
+        trainer.fit(steps=steps)
+    return trainer.raw.eval(), trainer.source, {"steps": trainer.step, "train_s": time.perf_counter() - start,
+                                                "log": log}
+
+
+def train_prior(file: str, overrides: list[str], shared: dict[str, torch.Tensor], steps: int, seed: int,
+                run_dir: str) -> tuple[Any, dict[str, Any]]:
+    """Stage 2: only the prior and its own decoder (SRI's), on posterior samples of the frozen segregation
+    model's posteriors of the training images."""
+    start = time.perf_counter()
+    log: list[dict[str, float]] = []
+    trainer = PriorTrainer(str(RECIPES / file), [*overrides, f"train.seed={seed}",
+                                                 f"train.log_every={max(1, min(250, steps // 8))}"],
+                           run_dir, on_log=log.append, shared=shared)
+    with trainer:
+        trainer.fit(steps=steps)
+    return trainer.raw.eval(), {"prior_steps": trainer.step, "prior_train_s": time.perf_counter() - start,
+                                "prior_log": log}
 
 
 @torch.no_grad()
@@ -255,17 +248,13 @@ def run(*, seg_steps: int = 4500, prior_steps: int = 1000, samples: int = 1000, 
         seg_steps, prior_steps, samples = min(seg_steps, 3), min(prior_steps, 3), min(samples, 8)
     counts = [f"data.num_val={samples}", f"data.num_test={samples}"] if not tiny else []
     started = time.perf_counter()
-    base_recipe = _recipe(BASELINE[1], [], [*counts, *overrides], tiny)
-    source = base_recipe.data.build(None)
-    source.prepare()
     net = build_feature_net(features_name, weights=weights)
-    torch.manual_seed(seed)
-    segregation, seg_info = train_segregation(base_recipe, source, seg_steps, seed)
+    work = tempfile.TemporaryDirectory()  # the stages' throw-away run directories
+    segregation, source, seg_info = train_segregation(
+        BASELINE[1], _overrides(BASELINE[1], [], [*counts, *overrides], tiny), seg_steps, seed, f"{work.name}/seg")
     seg_info["fg_ari"] = fg_ari(segregation, source, seed)
+    # the prior stages start from these weights; SRI's decoder from the segregation decoder's (see the module doc)
     shared = {k: v for k, v in segregation.state_dict().items() if not k.startswith(("prior.", "balancers."))}
-    # SRI's decoder starts as the trained segregation decoder (same architecture; see the module doc)
-    warm = {f"prior.{k}": v for k, v in shared.items() if k.startswith("decoder.")}
-    cache = (*posteriors(segregation, source, "train"), split_images(source, "train")[0])
 
     real, real_ids = split_images(source, "test")
     val, _ = split_images(source, "val")
@@ -288,16 +277,12 @@ def run(*, seg_steps: int = 4500, prior_steps: int = 1000, samples: int = 1000, 
 
     pictures: list[tuple[str, torch.Tensor, torch.Tensor]] = [("real", real, one_hot(real_ids))]
     rows = [score(BASELINE[0], BASELINE[1], segregation, {"prior_steps": 0, "extra": []})]
-    for name, file, extra in VARIANTS:
-        recipe = _recipe(file, extra, [*counts, *overrides], tiny)
-        model = _build(recipe, source, seed)
-        own = getattr(model.prior, "decoder", None) is not None
-        missing, unexpected = model.load_state_dict({**shared, **(warm if own else {})}, strict=False)
-        assert not unexpected and all(k.startswith(("prior.", "balancers.")) for k in missing), (missing, unexpected)
-        model.eval()
-        info = train_prior(model, cache, prior_steps, recipe.train.batch_size, recipe.train.lr, seed)
+    for index, (name, file, extra) in enumerate(VARIANTS):
+        model, info = train_prior(file, _overrides(file, extra, [*counts, *overrides], tiny), shared, prior_steps,
+                                  seed, f"{work.name}/prior{index}")
         info["extra"] = extra
         rows.append(score(name, file, model, info))
+    work.cleanup()
     fig = save_figure(pictures, figure) if figure is not None else None
     cmd = "python -m bench sri" + ("" if seg_steps == 4500 else f" --seg-steps {seg_steps}") + (
         "" if prior_steps == 1000 else f" --prior-steps {prior_steps}") + (

@@ -3,6 +3,8 @@ dense matmul FLOP/s, measured alternately in the same process, for the quickstar
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -10,9 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from bench.common import alternate, fmt_ratio, matmul_fn, md_table, paired_ratios, saved_bytes, spread
-from slotrun.api import load_recipe
-from slotrun.engine.schedules import build_optimizer
-from slotrun.model import build_model
+from bench.quality import BenchTrainer
 from slotrun.types import Batch
 
 # (name, recipe, overrides, CPU batch). Each paper recipe runs at its paper image size on the built-in synthetic
@@ -30,6 +30,7 @@ RECIPES: list[tuple[str, str, list[str], int]] = [
      ["data.type=shapes", "data.image_size=64"], 4),
 ]
 
+NEVER = 10**9  # steps: the benchmark calls train_step itself and never reaches a log line or checkpoint
 TINY_OVERRIDES = {
     "quickstart": ["data.image_size=16", "model.encoder.channels=8", "model.decoder.channels=8",
                    "model.grouper.slot_dim=16", "model.decoder.broadcast_size=4"],
@@ -53,33 +54,49 @@ class CountFlops(TorchDispatchMode):
         return out
 
 
+class FixedBatches:
+    """A data source that yields one fixed batch forever: a step's compute does not depend on the pixels, and no
+    dataset is generated."""
+
+    def __init__(self, like: Any, batch: Batch) -> None:
+        self.image, self.properties, self.batch = like.image, like.properties, batch
+
+    def prepare(self) -> None:
+        pass
+
+    def num_samples(self, split: str) -> int:
+        return self.batch.size
+
+    def batches(self, split: str, batch_size: int, **kwargs: Any) -> Iterator[Batch]:
+        while True:
+            yield self.batch
+
+
+class StepTrainer(BenchTrainer):
+    """The engine's training step on FixedBatches."""
+
+    def __init__(self, recipe: str, overrides: list[str], batch: int, seed: int) -> None:
+        self.work = tempfile.TemporaryDirectory()  # removed with the trainer
+        super().__init__(recipe, [*overrides, f"train.seed={seed}", f"train.batch_size={batch}", "train.grad_accum=1",
+                                  f"train.steps={NEVER}", f"train.log_every={NEVER}",
+                                  f"train.checkpoint_every={NEVER}"], self.work.name)
+        self.batch_images, self.seed = batch, seed
+
+    def setup_data(self) -> FixedBatches:
+        like = self.recipe.data.build(None)
+        img = like.image
+        g = torch.Generator().manual_seed(self.seed)
+        images = torch.rand(self.batch_images, img.channels, img.height, img.width, generator=g) * 2 - 1
+        return FixedBatches(like, Batch(image=images))
+
+
 def build(recipe_path: str, overrides: list[str], batch: int, seed: int = 0, compiled: bool = False):
-    """(model, optimizer, batch, step): one training step as the engine takes it, the forward through
+    """(model, optimizer, batch, step): the engine's training step (Trainer.train_step), the forward through
     torch.compile when `compiled`; the same seed gives the same model either way."""
-    recipe = load_recipe(recipe_path, overrides)
-    source = recipe.data.build(None)
-    torch.manual_seed(seed)
-    model = build_model(recipe.model, source.image, properties=source.properties,
-                        loss_weights=recipe.train.loss_weights)
-    model.train()
-    optimizer = build_optimizer(model, recipe.train)
-    img = source.image
-    g = torch.Generator().manual_seed(seed)
-    data = Batch(image=torch.rand(batch, img.channels, img.height, img.width, generator=g) * 2 - 1)
-    params = [p for p in model.parameters() if p.requires_grad]
-    clip = recipe.train.grad_clip
-
-    forward = torch.compile(model) if compiled else model
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        out = forward(data)
-        out.loss.float().backward()
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        optimizer.step()
-
-    return model, optimizer, data, step
+    trainer = StepTrainer(recipe_path, [*overrides, f"train.compile={str(compiled).lower()}"], batch, seed)
+    trainer.setup()
+    # the bound train_step keeps the trainer, and so its run directory, alive as long as the caller holds it
+    return trainer.raw, trainer.optimizer, trainer.source.batch, trainer.train_step
 
 
 def measure(name: str, recipe_path: str, overrides: list[str], batch: int, repeats: int) -> dict[str, Any]:

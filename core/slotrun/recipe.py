@@ -157,6 +157,8 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     max_nonfinite: int = field(default=20, validator=v.ge(1))
     compile: bool = field(default=False, validator=v.instance_of(bool))
+    # wall-clock minutes of training in all, across resumptions; 0 = no limit (then a checkpoint and evaluation)
+    max_minutes: float = field(default=0.0, validator=v.ge(0.0))
 
 
 @_frozen

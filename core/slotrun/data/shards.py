@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from slotrun.errors import UserError
+from slotrun.files import fsync_files
 from slotrun.types import PropertyLayout
 
 FORMAT = "slotrun-shards"
@@ -321,7 +322,7 @@ def write_dataset(
         if has_categories or has_ignore:  # only then: older readers see exactly the index they know
             index.update(has_categories=has_categories, has_ignore=has_ignore, max_categories=max_categories)
         (tmp / INDEX).write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
-        _fsync_dir(tmp)
+        fsync_files(tmp)
         if out.exists() and overwrite:
             trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(out, trash)
@@ -336,12 +337,6 @@ def write_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _fsync_dir(path: Path) -> None:
-    for f in path.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
 
 
 # ---- reading --------------------------------------------------------------------------------------------

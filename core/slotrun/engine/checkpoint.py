@@ -26,27 +26,13 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from slotrun.errors import UserError
+from slotrun.files import fsync_dir, fsync_file
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
 MARKER = "COMPLETE"
 FORMAT = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        _fsync_file(path)
-    except OSError:
-        pass  # some file systems cannot fsync a directory; the marker still orders the write
 
 
 def save(folder: Path, step: int, model: nn.Module, state: dict[str, Any]) -> Path:
@@ -62,18 +48,18 @@ def save(folder: Path, step: int, model: nn.Module, state: dict[str, Any]) -> Pa
         with open(tmp / STATE, "wb") as f:
             torch.save({"format": FORMAT, "step": step, **state}, f)
         for name in (WEIGHTS, STATE):
-            _fsync_file(tmp / name)
+            fsync_file(tmp / name)
         sizes = {name: (tmp / name).stat().st_size for name in (WEIGHTS, STATE)}
         if final.exists():  # a leftover without its marker, or the same step written again
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         marker = final / MARKER
         with open(marker, "w", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, "files": sizes}) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(final)
+        fsync_dir(final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if final.exists() and not (final / MARKER).exists():

@@ -24,6 +24,7 @@ from slotrun.engine.distributed import gather, make_accelerator
 from slotrun.engine.pictures import render, render_samples
 from slotrun.engine.run_dir import RunDir, step_name, write_atomic, json_safe
 from slotrun.errors import UserError
+from slotrun.files import write_png
 from slotrun.model import SlotModel, build_model, sample_decoder_of
 from slotrun.protocols import DataSource, MetricInputs
 from slotrun.recipe import EvalConfig, Recipe, load
@@ -134,14 +135,6 @@ def save_pictures(model: nn.Module, source: DataSource, config: EvalConfig, acce
     image = render(batch, output, config.pictures)
     write_png(image, path)
     return image
-
-
-def write_png(image: Any, path: Path) -> None:
-    """Save a PIL image as PNG through a temporary file: a reader (TensorBoard, a person) never sees half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
 
 
 def can_sample(model: nn.Module) -> bool:

@@ -37,7 +37,7 @@ KNOWN_ENTRIES = {
 # report, never the numbers a step produces.
 RESUMABLE_KEYS = {
     ("run", "dir"), ("train", "steps"), ("train", "log_every"), ("train", "checkpoint_every"),
-    ("train", "keep_checkpoints"), ("train", "max_nonfinite"), ("eval",),
+    ("train", "keep_checkpoints"), ("train", "max_nonfinite"), ("train", "max_minutes"), ("eval",),
     ("train", "compile"),  # changes the arithmetic only within float tolerance (tests/core/engine/test_engine_compile.py)
 }
 

@@ -15,6 +15,7 @@ run continues exactly where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from torch import nn
 
 from slotrun.data.preflight import check_dataset
 from slotrun.engine import checkpoint, rng
@@ -36,7 +38,7 @@ from slotrun.engine.progress import Progress
 from slotrun.engine.run_dir import RunDir, read_jsonl, step_name
 from slotrun.engine.schedules import build_optimizer, build_scheduler, loss_weights_at, scheduled_weights
 from slotrun.errors import UserError
-from slotrun.model import build_model, load_pretrained
+from slotrun.model import SlotModel, build_model, load_pretrained
 from slotrun.protocols import DataSource
 from slotrun.recipe import Recipe
 from slotrun.types import Batch
@@ -125,58 +127,89 @@ def train(recipe: Recipe, plugins: Any, *, on_log: LogHook | None = None) -> dic
     """Train `recipe` in recipe.run.dir, resuming from its newest complete checkpoint; returns the final
     evaluation's metrics (every rank gets the same). `on_log`, if given, receives every logged record on
     every rank (tests and notebooks; files are written by the main process only)."""
-    accelerator = make_accelerator(recipe.train.mixed_precision)
-    run = RunDir(recipe.run.dir)
-    error = None
-    if accelerator.is_main_process:
-        try:
-            run.open(recipe, plugins.versions())
-        except UserError as exc:
-            error = str(exc)
-        except OSError as exc:  # an unwritable run.dir: the user's to fix, and every rank must hear of it
-            error = f"cannot use run.dir {run.path}: {exc.strerror or exc}"
-    raise_together(accelerator, error)
-    try:
-        return _Trainer(recipe, accelerator, run, on_log, plugins.versions()).run()
-    finally:
-        if accelerator.is_main_process:
-            run.close()
+    with Trainer(recipe, versions=plugins.versions(), on_log=on_log) as trainer:
+        return trainer.fit()
 
 
 def _compile_probe(x: torch.Tensor) -> torch.Tensor:
     return x * 2 + 1
 
 
-class _Trainer:
-    def __init__(self, recipe: Recipe, accelerator: Accelerator, run: RunDir, on_log: LogHook | None,
-                 versions: dict[str, str]) -> None:
-        self.recipe, self.accelerator, self.rundir, self.on_log = recipe, accelerator, run, on_log
-        self.versions = versions
-        self.config = recipe.train
-        self.main = accelerator.is_main_process
-        self.rank, self.world = accelerator.process_index, accelerator.num_processes
-        self.device = accelerator.device
-        self.fp16 = accelerator.mixed_precision == "fp16"
+@dataclasses.dataclass(frozen=True)
+class StepStats:
+    """One optimiser step as every rank agreed on it (means over micro-batches and processes)."""
+
+    step: int  # the step number after this update
+    loss: float
+    terms: dict[str, float]
+    grad_norm: float
+    finite: bool  # False: the update was skipped
+    stop: bool  # some rank received SIGINT/SIGTERM
+    out_of_time: bool  # the time budget (fit's minutes / train.max_minutes) is spent
+
+
+class Trainer:
+    """The training engine as named steps; subclass it and override one to change that step.
+
+        trainer = Trainer(recipe, versions=plugins.versions())
+        with trainer:
+            metrics = trainer.fit()              # or fit(steps=N), fit(minutes=M)
+
+    setup() calls, in order: setup_accelerator, open_run_dir, setup_data, setup_model, setup_metrics,
+    setup_optimizer, setup_scheduler, then loads the newest checkpoint (resume) and prepares the model.
+    fit() repeats train_step (forward -> compute_loss -> backward over grad_accum micro-batches -> clip ->
+    one cross-rank reduction -> balancer update -> optimiser step) and calls save and evaluate on the
+    recipe's schedules. Attributes after setup: recipe, config (recipe.train), accelerator, source, model
+    (prepared), raw (unwrapped), metrics, optimizer, scheduler, data, step, rundir.
+    """
+
+    def __init__(self, recipe: Recipe, *, versions: Mapping[str, str] | None = None,
+                 on_log: LogHook | None = None, accelerator: Accelerator | None = None) -> None:
+        self.recipe, self.config, self.on_log = recipe, recipe.train, on_log
+        self.versions = dict(versions or {})
+        self.accelerator: Accelerator = accelerator  # type: ignore[assignment]
+        self.rundir = RunDir(recipe.run.dir)
         self.writer: Any = None
+        self.progress: Progress | None = None
+        self.stop = StopFlag()
+        self.deadline_s: float | None = None
+        self.train_seconds = 0.0  # training wall clock of earlier invocations (from the checkpoint)
+        self._since: float | None = None
+        self._weights: tuple[int, dict[str, float]] | None = None
+        self.step_weights: dict[str, float] = {}
+        self._opened = self._ready = False
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def clock(self) -> float:
+        """Seconds on a monotonic clock; max_minutes is measured with it (tests replace it)."""
+        return time.monotonic()
 
     # ---- setup --------------------------------------------------------------------------------------------
 
-    def run(self) -> dict[str, float]:
-        cfg, acc = self.config, self.accelerator
-        source = self.recipe.data.build(None)
-        with acc.main_process_first():
-            source.prepare()
-        check_dataset(self.recipe, source)  # before step 0, not at the first evaluation
-        self.source = source
-        batch_size = per_rank_batch(cfg.batch_size, self.world)
-
+    def setup(self) -> None:
+        """Build everything and position it at the newest complete checkpoint (idempotent)."""
+        if self._ready:
+            return
+        cfg = self.config
+        if self.accelerator is None:
+            self.accelerator = self.setup_accelerator()
+        acc = self.accelerator
+        self.main = acc.is_main_process
+        self.rank, self.world = acc.process_index, acc.num_processes
+        self.device = acc.device
+        self.fp16 = acc.mixed_precision == "fp16"
+        self.open_run_dir()
+        self.source = self.setup_data()
         rng.seed_all(cfg.seed)  # one seed fixes the initialisation
-        model = build_model(self.recipe.model, source.image, properties=source.properties,
-                            loss_weights=cfg.loss_weights)
-        self.metrics = build_metrics(self.recipe, source)
-        optimizer = build_optimizer(model, cfg)
-        scheduler = build_scheduler(optimizer, cfg)
-
+        model = self.setup_model(self.source)
+        self.metrics = self.setup_metrics(self.source)
+        optimizer = self.setup_optimizer(model)
+        scheduler = self.setup_scheduler(optimizer)
         found = broadcast(acc, str(checkpoint.latest(self.rundir.checkpoints) or "") if self.main else None)
         state: dict[str, Any] = {}
         if found:
@@ -196,6 +229,50 @@ class _Trainer:
         if self.main:
             self.rundir.bind(self.recipe, self.versions)
         acc.wait_for_everyone()
+        self._prepare(model, optimizer, scheduler)
+        self.resume(state, found or None)
+        self._setup_logging()
+        self._ready = True
+
+    def setup_accelerator(self) -> Accelerator:
+        return make_accelerator(self.config.mixed_precision)
+
+    def open_run_dir(self) -> None:
+        """Lock and initialise run.dir; a problem there is every rank's one-line error."""
+        error = None
+        if self.main:
+            try:
+                self.rundir.open(self.recipe, self.versions)
+                self._opened = True
+            except UserError as exc:
+                error = str(exc)
+            except OSError as exc:  # an unwritable run.dir: the user's to fix, and every rank must hear of it
+                error = f"cannot use run.dir {self.rundir.path}: {exc.strerror or exc}"
+        raise_together(self.accelerator, error)
+
+    def setup_data(self) -> DataSource:
+        source = self.recipe.data.build(None)
+        with self.accelerator.main_process_first():
+            source.prepare()
+        check_dataset(self.recipe, source)  # before step 0, not at the first evaluation
+        return source
+
+    def setup_model(self, source: DataSource) -> SlotModel:
+        return build_model(self.recipe.model, source.image, properties=source.properties,
+                           loss_weights=self.config.loss_weights)
+
+    def setup_metrics(self, source: DataSource) -> list[Any]:
+        return build_metrics(self.recipe, source)
+
+    def setup_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """Over the trainable parameters (requires_grad) by train.param_groups."""
+        return build_optimizer(model, self.config)
+
+    def setup_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        return build_scheduler(optimizer, self.config)
+
+    def _prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+        cfg, acc = self.config, self.accelerator
         model, optimizer = acc.prepare(model, optimizer)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.raw = acc.unwrap_model(model)
@@ -209,7 +286,7 @@ class _Trainer:
         # the training forward, keeps a third-party component that dynamo cannot trace (e.g. one creating attrs
         # instances, whose generated __init__ is an internal dynamo error, not a graph break) running: those
         # frames run eagerly, the rest still compiles. Numbers are unchanged either way.
-        self.forward: Callable[[Batch], Any] = model
+        self._forward: Callable[[Batch], Any] = model
         self.compile_config: tuple[Any, Any] = (nullcontext(), nullcontext())  # re-enterable, once per step
         if cfg.compile:
             import torch._dynamo
@@ -228,19 +305,28 @@ class _Trainer:
             # so a compiled run samples the same numbers as an uncompiled one and checkpoints' RNG state holds.
             self.compile_config = (torch._dynamo.config.patch(suppress_errors=True),
                                    torch._inductor.config.patch(fallback_random=True))
-            self.forward = torch.compile(model)
+            self._forward = torch.compile(model)
 
+    def resume(self, state: Mapping[str, Any], found: str | None) -> None:
+        """Restore optimiser, scheduler, counters, this rank's RNG and data position from a checkpoint's state
+        (empty: a fresh run). Weights are already loaded."""
+        cfg = self.config
         self.step = 0
         self.nonfinite_total = self.nonfinite_run = 0
         position = {"epoch": 0, "index": 0}
         window_state = None
+        if state and "optimizer" not in state:  # written by `slotrun import`: weights and their provenance only
+            raise UserError(f"{self.rundir.path}: {Path(str(found)).name} holds imported weights without "
+                            "training state; score or sample it (slotrun eval / sample), training on from it is "
+                            "not supported")
         if state:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
             self.step = int(state["step"])
             counters = state["counters"]
             self.nonfinite_total = int(counters["nonfinite_total"])
             self.nonfinite_run = int(counters["nonfinite_run"])
+            self.train_seconds = float(counters.get("train_seconds", 0.0))  # absent before max_minutes existed
             window_state = state["window"]
             ranks = state["ranks"]
             if len(ranks) != self.world and self.main:
@@ -253,20 +339,24 @@ class _Trainer:
             else:
                 rng.seed_all(rng.derived_seed(cfg.seed, TRAIN_SALT, self.rank, self.step))
             if self.main:
-                print(f"slotrun: resuming {self.rundir.path} from {Path(found).name}", file=sys.stderr)
+                print(f"slotrun: resuming {self.rundir.path} from {Path(str(found)).name}", file=sys.stderr)
         else:
             rng.seed_all(rng.derived_seed(cfg.seed, TRAIN_SALT, self.rank))
-        self.data = DataStream(source, batch_size, seed=cfg.seed, rank=self.rank, world_size=self.world,
+        batch_size = per_rank_batch(cfg.batch_size, self.world)
+        self.data = DataStream(self.source, batch_size, seed=cfg.seed, rank=self.rank, world_size=self.world,
                                **position)
         self.window = Window(window_state)
-        self.last_checkpoint = found or None
+        self.last_checkpoint = found
 
+    def _setup_logging(self) -> None:
+        cfg, acc = self.config, self.accelerator
         # A checkpoint at an evaluation step is written before that evaluation, so a run stopped or killed in
         # between resumes with the evaluation unfinished: it is done again before the next step, and the final
         # one always is. Its old record goes, so the logs hold one per evaluation, as an uninterrupted run's do.
         self.redo_eval = bool(broadcast(acc, self._unfinished_eval() if self.main else None))
+        final = self.step >= cfg.steps or self._spent(cfg.max_minutes)
         if self.main:
-            self.rundir.truncate_logs(self.step, redo_eval=self.redo_eval or self.step >= cfg.steps)
+            self.rundir.truncate_logs(self.step, redo_eval=self.redo_eval or final)
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.rundir.tb), purge_step=self.step + 1 if self.step else None)
@@ -275,39 +365,72 @@ class _Trainer:
             print(f"slotrun: training {params:,} parameters for {cfg.steps - self.step} steps on "
                   f"{self.world} x {self.device.type}; run directory {self.rundir.path}", file=sys.stderr)
         self.progress = Progress(cfg.steps, self.step, every=cfg.log_every, enabled=self.main)
-        try:
-            return self._loop()
-        finally:
+
+    def close(self) -> None:
+        """Close the progress line and TensorBoard writer and release run.dir (idempotent)."""
+        if self.progress is not None:
             self.progress.close()
-            if self.writer is not None:
-                self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self._opened:
+            self.rundir.close()
+            self._opened = False
 
     # ---- the loop -----------------------------------------------------------------------------------------
 
-    def _loop(self) -> dict[str, float]:
-        cfg = self.config
-        every = self.recipe.eval.every
-        if self.step >= cfg.steps and self.main:
+    def elapsed_s(self) -> float:
+        """Training wall clock of this run so far, across resumptions."""
+        return self.train_seconds + (0.0 if self._since is None else self.clock() - self._since)
+
+    def _spent(self, minutes: float | None) -> bool:
+        return bool(minutes) and self.elapsed_s() >= minutes * 60  # type: ignore[operator]
+
+    def fit(self, *, steps: int | None = None, minutes: float | None = None) -> dict[str, float]:
+        """Train until `steps` (default, and at most, train.steps) or until the run has trained `minutes` of
+        wall clock in all (default train.max_minutes; 0 = no limit), then save a checkpoint, evaluate and return
+        the metrics. A later fit (or `slotrun` again) with a larger limit continues exactly."""
+        self.setup()
+        cfg, every = self.config, self.recipe.eval.every
+        end = cfg.steps if steps is None else min(steps, cfg.steps)
+        budget = cfg.max_minutes if minutes is None else minutes
+        self.deadline_s = budget * 60 if budget else None
+        spent = self._spent(budget)
+        if self.main and self.step >= cfg.steps:
             print(f"slotrun: {self.rundir.path} is already trained to step {self.step} (train.steps={cfg.steps}); "
                   "evaluating", file=sys.stderr)
-        if self.step < cfg.steps and self.redo_eval:
-            self._evaluate()
-        with stop_on_signals(announce=self.main) as stop:
-            while self.step < cfg.steps:
-                stopping = self._step(stop)
-                if self.nonfinite_run >= cfg.max_nonfinite:
-                    self._give_up()
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or stopping:
-                    self._save()
-                if stopping:
-                    self.progress.close()
-                    error = TrainingInterrupted(stop.signum or 2, self.step, self.last_checkpoint)
-                    if self.main:
-                        print(f"slotrun: {error}", file=sys.stderr)
-                    raise error
-                if every and self.step % every == 0 and self.step < cfg.steps:
-                    self._evaluate()
-        return self._evaluate()
+        elif self.main and spent:
+            print(f"slotrun: {self.rundir.path} has trained {self.elapsed_s() / 60:.3g} min, its "
+                  f"train.max_minutes={budget:g}; evaluating (raise it to continue)", file=sys.stderr)
+        if self.step < end and self.redo_eval and not spent:
+            self.evaluate()
+        self._since = self.clock()
+        try:
+            with stop_on_signals(announce=self.main) as stop:
+                self.stop = stop
+                while self.step < end and not spent:
+                    stats = self.train_step()
+                    spent = stats.out_of_time
+                    if self.nonfinite_run >= cfg.max_nonfinite:
+                        self._give_up()
+                    if self.step % cfg.checkpoint_every == 0 or self.step == end or stats.stop or spent:
+                        self.save()
+                    if stats.stop:
+                        if self.progress is not None:
+                            self.progress.close()
+                        error = TrainingInterrupted(stop.signum or 2, self.step, self.last_checkpoint)
+                        if self.main:
+                            print(f"slotrun: {error}", file=sys.stderr)
+                        raise error
+                    if every and self.step % every == 0 and self.step < end and not spent:
+                        self.evaluate()
+                if spent and self.step < end and self.main and self._since is not None:
+                    print(f"slotrun: train.max_minutes={budget:g} reached at step {self.step}; checkpoint saved "
+                          f"to {self.last_checkpoint}; raise it and re-run to continue", file=sys.stderr)
+        finally:
+            self.train_seconds, self._since = self.elapsed_s(), None
+            self.stop = StopFlag()
+        return self.evaluate()
 
     def _unfinished_eval(self) -> bool:
         """Whether the run resumes at a scheduled evaluation step whose record or pictures are missing."""
@@ -321,10 +444,39 @@ class _Trainer:
             expected.append(f"samples_{step_name(step)}.png")
         return not (done and all((self.rundir.pictures / name).exists() for name in expected))
 
-    def _step(self, stop: StopFlag) -> bool:
-        """One optimiser step; returns whether any rank was asked to stop."""
+    def apply_loss_weights(self, step: int) -> dict[str, float]:
+        """The one place the train.loss_weights schedule is evaluated: the weights at optimiser step `step`,
+        set on the model (computed once per step; evaluation at step t reuses step t's)."""
+        if self._weights is None or self._weights[0] != step:
+            self._weights = (step, loss_weights_at(self.config, step))
+        self.raw.loss_weights.update(self._weights[1])
+        return self._weights[1]
+
+    def forward(self, batch: Batch) -> Any:
+        """The training forward of one micro-batch (through torch.compile with train.compile)."""
+        with self.compile_config[0], self.compile_config[1]:
+            return self._forward(batch)
+
+    def compute_loss(self, batch: Batch, output: Any) -> tuple[torch.Tensor, Mapping[str, torch.Tensor]]:
+        """(the scalar to minimise, the named terms to log) of one micro-batch. The model's total already holds
+        the loss weights and balancers; a subclass adding a term returns it in both."""
+        return output.loss, output.losses
+
+    def clip_gradients(self) -> torch.Tensor:
+        """Clip by train.grad_clip (none: infinity) and return the norm before clipping."""
+        cfg = self.config
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+        norm_type = math.inf if cfg.grad_clip_norm == "inf" else 2.0
+        grad_norm = self.accelerator.clip_grad_norm_(params, max_norm, norm_type=norm_type)
+        if grad_norm is None:  # some Accelerate backends (FSDP/DeepSpeed) clip without reporting
+            grad_norm = torch.tensor(float("nan"), device=self.device)
+        return grad_norm
+
+    def train_step(self) -> StepStats:
+        """One optimiser step over train.grad_accum micro-batches per rank."""
         cfg, acc, model = self.config, self.accelerator, self.model
-        self.raw.loss_weights.update(loss_weights_at(cfg, self.step))  # scheduled weights at step t
+        self.step_weights = self.apply_loss_weights(self.step)
         model.train()
         accum = cfg.grad_accum
         terms: list[str] = []
@@ -335,38 +487,33 @@ class _Trainer:
             images += batch.size
             sync = nullcontext() if micro == accum - 1 else acc.no_sync(model)
             with sync:
-                with self.compile_config[0], self.compile_config[1]:
-                    output = self.forward(batch)
-                loss = output.loss.float()
+                output = self.forward(batch)
+                total, named = self.compute_loss(batch, output)
+                loss = total.float()
                 acc.backward(loss / accum)
-            terms = sorted(output.losses)
-            row = torch.stack([loss.detach(), *(output.losses[t].detach().float() for t in terms)])
+            terms = sorted(named)
+            row = torch.stack([loss.detach(), *(named[t].detach().float() for t in terms)])
             values = row if values is None else values + row
         assert values is not None
-        params = [p for p in model.parameters() if p.requires_grad]
-        max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
-        norm_type = math.inf if cfg.grad_clip_norm == "inf" else 2.0
-        grad_norm = acc.clip_grad_norm_(params, max_norm, norm_type=norm_type)
-        if grad_norm is None:  # some Accelerate backends (FSDP/DeepSpeed) clip without reporting
-            grad_norm = torch.tensor(float("nan"), device=self.device)
+        grad_norm = self.clip_gradients()
+        late = self.deadline_s is not None and self.elapsed_s() >= self.deadline_s
         shared = torch.cat([values / accum, grad_norm.detach().float().reshape(1).to(values.device),
-                            torch.tensor([float(stop.requested)], device=values.device)])
-        if self.world > 1:
+                            torch.tensor([float(self.stop.requested), float(late)], device=values.device)])
+        if self.world > 1:  # one reduction: every rank takes the same decisions from the same numbers
             shared = acc.reduce(shared, reduction="mean")
         numbers = shared.cpu().tolist()
-        loss_value, grad_value, stopping = numbers[0], numbers[-2], numbers[-1] > 0
+        loss_value, grad_value = numbers[0], numbers[-3]
+        term_values = dict(zip(terms, numbers[1:-3], strict=True))
         finite_loss = math.isfinite(loss_value)
         bad = not finite_loss if self.fp16 else not (finite_loss and math.isfinite(grad_value))
 
         if not bad and len(self.raw.balancers):
             # Balancers (GECO) adapt once per optimiser step from the step's mean term values, the same on
             # every process; a skipped non-finite step leaves them unchanged.
-            self.raw.update_balancers(dict(zip(terms, numbers[1:-2], strict=True)))
+            self.raw.update_balancers(term_values)
         lr = float(self.scheduler.get_last_lr()[0])
-        if bad and not self.fp16:
-            pass  # skip the update; the gradients are dropped below
-        else:
-            self.optimizer.step()  # under fp16 the GradScaler itself skips steps with inf/NaN gradients
+        if not (bad and not self.fp16):  # under fp16 the GradScaler itself skips steps with inf/NaN gradients
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
@@ -376,13 +523,15 @@ class _Trainer:
         else:
             self.nonfinite_run = 0
 
-        named = {"loss": loss_value, **{self._key(t): v for t, v in zip(terms, numbers[1:-2], strict=True)},
-                 "grad_norm": grad_value}
-        self.window.add(named, finite=not bad, images=images * self.world)
-        self.progress.update(self.step, loss_value if finite_loss else None)
+        named_values = {"loss": loss_value, **{self._key(t): v for t, v in term_values.items()},
+                        "grad_norm": grad_value}
+        self.window.add(named_values, finite=not bad, images=images * self.world)
+        if self.progress is not None:
+            self.progress.update(self.step, loss_value if finite_loss else None)
         if self.step % cfg.log_every == 0 or self.step == cfg.steps:
             self._log(lr)
-        return stopping
+        return StepStats(step=self.step, loss=loss_value, terms=term_values, grad_norm=grad_value,
+                         finite=not bad, stop=numbers[-2] > 0, out_of_time=numbers[-1] > 0)
 
     @staticmethod
     def _key(term: str) -> str:
@@ -392,10 +541,9 @@ class _Trainer:
         means = self.window.means()
         elapsed = max(time.perf_counter() - self.window.started, 1e-9)
         skipped = gather(self.accelerator, skipped_samples(self.source))
-        weights = loss_weights_at(self.config, self.step - 1)  # the weights the last step used
         record: dict[str, Any] = {
             "step": self.step, **means, **self.raw.balancer_scalars(),
-            **{f"weight.{n}": weights[n] for n in scheduled_weights(self.config)}, "lr": lr,
+            **{f"weight.{n}": self.step_weights[n] for n in scheduled_weights(self.config)}, "lr": lr,
             "images_per_s": self.window.images / elapsed,
             "skipped_samples": int(sum(skipped)), "nonfinite_steps": self.nonfinite_total,
             "epoch": self.data.epoch,
@@ -423,7 +571,8 @@ class _Trainer:
 
     # ---- checkpoints and evaluation -----------------------------------------------------------------------
 
-    def _save(self) -> None:
+    def save(self) -> None:
+        """Write checkpoint `step` (every rank's RNG and data position; files by the main process)."""
         mine = {"rng": rng.capture(self.device), "data": self.data.position()}
         ranks = gather(self.accelerator, mine)
         error = None
@@ -431,7 +580,8 @@ class _Trainer:
             state = {
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "counters": {"nonfinite_total": self.nonfinite_total, "nonfinite_run": self.nonfinite_run},
+                "counters": {"nonfinite_total": self.nonfinite_total, "nonfinite_run": self.nonfinite_run,
+                             "train_seconds": self.elapsed_s()},
                 "window": self.window.state(),
                 "ranks": ranks,
                 "world_size": self.world,
@@ -446,12 +596,14 @@ class _Trainer:
         raise_together(self.accelerator, error)
         self.last_checkpoint = broadcast(self.accelerator, self.last_checkpoint)
 
-    def _evaluate(self) -> dict[str, float]:
+    def evaluate(self) -> dict[str, float]:
+        """The recipe's metrics on the eval split at the current step (logged), plus pictures and samples."""
         seed = self.config.seed
-        self.raw.loss_weights.update(loss_weights_at(self.config, self.step))  # as `slotrun eval` will
+        self.apply_loss_weights(self.step)  # the weights `slotrun eval` builds this checkpoint with
         results = evaluate(self.raw, self.source, self.metrics, self.recipe.eval, self.accelerator, seed)
         if self.main:
-            self.progress.write(format_metrics(self.step, results))
+            if self.progress is not None:
+                self.progress.write(format_metrics(self.step, results))
             self.rundir.append(self.rundir.evals, {"step": self.step, **results})
             for key, value in results.items():
                 self.writer.add_scalar(f"eval/{key}", value, self.step)

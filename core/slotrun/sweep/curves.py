@@ -3,12 +3,13 @@ step) inside a band of ±1 std. Drawn with Pillow, a core dependency, so every s
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
+
+from slotrun.files import write_png
 
 PANEL_W, PANEL_H, COLUMNS = 360, 240, 3
 MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 58, 12, 24, 30
@@ -43,9 +44,7 @@ def draw_curves(series: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
         colour = COLOURS[j % len(COLOURS)]
         draw.rectangle([12, y + 3, 36, y + 11], fill=(*colour, 90), outline=colour)
         draw.text((44, y), setting, fill="black", font=font)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    image.convert("RGB").save(tmp, format="PNG")
-    os.replace(tmp, path)
+    write_png(image.convert("RGB"), path)
     return f"curves of {len(drawn)} metric(s) in {path}"
 
 
