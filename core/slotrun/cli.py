@@ -16,7 +16,7 @@ from pathlib import Path
 
 from slotrun.errors import ComponentFault, RecipeError, UserError
 
-COMMANDS = ("train", "check", "show", "plugins", "eval", "sample", "data", "probe", "sweep")
+COMMANDS = ("train", "check", "show", "plugins", "eval", "sample", "data", "probe", "sweep", "import")
 
 
 def _plugins(args: argparse.Namespace):  # noqa: ANN202 - Plugins, imported lazily for a fast --help
@@ -138,6 +138,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from slotrun.importers import import_checkpoint
+
+    run_dir = import_checkpoint(args.format, args.checkpoint, args.run_dir, args.settings, _plugins(args))
+    print(f"slotrun: imported {args.checkpoint} as {run_dir}; score it with: slotrun eval {run_dir}",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from slotrun.sweep import plan, prepare, run_sweep, write_summary
     from slotrun.sweep.runner import worker_devices
@@ -239,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", metavar="DIR", default=None,
                    help="only rebuild the summary of DIR: a sweep directory, or any folder of run directories")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("import", help="write a run directory from a released checkpoint (see docs/import.md)")
+    p.add_argument("format", help="the checkpoint's format, e.g. ftdinosaur")
+    p.add_argument("checkpoint", help="the released weights (safetensors, or torch loaded with weights_only)")
+    p.add_argument("run_dir", help="a new (or empty) run directory")
+    p.add_argument("settings", nargs="*", metavar="KEY=VALUE", help="the format's settings (docs/import.md)")
+    p.set_defaults(func=cmd_import)
 
     from slotrun.data.cli import add_commands
 

@@ -96,6 +96,8 @@ class DinosaurMLPConfig:
     # the MLP's Linear biases start at "zeros" (OCLF's build_mlp) or PyTorch's default uniform ("torch")
     bias_init: Literal["zeros", "torch"] = field(default="zeros", validator=v.in_(BIAS_INITS),
                                                   metadata=earlier_default("torch"))
+    # decode only the top_k slots of the grouper's attention at each patch (FT-DINOSAUR); 0 = every slot
+    top_k: int = field(default=0, validator=[_int, v.ge(0)])
 
     @classmethod
     def conformance(cls) -> DinosaurMLPConfig:
@@ -104,7 +106,7 @@ class DinosaurMLPConfig:
     def build(self, inputs: DecoderInputs) -> MLPFeatureDecoder:
         target_dim = _needs_target(inputs, "dinosaur_mlp")
         return MLPFeatureDecoder(inputs.slot_dim, target_dim, inputs.grid, hidden=self.hidden,
-                                 pos_init_std=self.pos_init_std, bias_init=self.bias_init)
+                                 pos_init_std=self.pos_init_std, bias_init=self.bias_init, top_k=self.top_k)
 
 
 @_frozen

@@ -48,8 +48,9 @@ class MLPFeatureDecoder(nn.Module):
 
     def __init__(self, slot_dim: int, target_dim: int, grid: tuple[int, int], *,
                  hidden: Sequence[int] = (2048, 2048, 2048), pos_init_std: float = 0.02,
-                 bias_init: str = "zeros") -> None:
+                 bias_init: str = "zeros", top_k: int = 0) -> None:
         super().__init__()
+        self.top_k = int(top_k)
         if bias_init not in BIAS_INITS:
             raise ValueError(f"bias_init must be one of {BIAS_INITS}, got {bias_init!r}")
         self.grid = (int(grid[0]), int(grid[1]))
@@ -70,11 +71,27 @@ class MLPFeatureDecoder(nn.Module):
         x = s.unsqueeze(2) + pos.unsqueeze(1).to(s.dtype)  # [B, K, N, D]
         out = self.mlp(x)
         feats, alpha = out[..., :-1], out[..., -1]
+        if 0 < self.top_k < k:
+            alpha = self._keep_top_k(alpha, slots)
         weights = alpha.softmax(dim=1)  # [B, K, N], over slots
         recon = (weights.unsqueeze(-1) * feats).sum(dim=1)  # [B, N, Dt]
         loss = F.mse_loss(recon.float(), target.float())
         masks = weights.reshape(b, k, grid[0], grid[1])
         return DecoderOutput(losses={LOSS: loss}, recon=recon, masks=masks)
+
+    def _keep_top_k(self, alpha: Tensor, slots: Slots) -> Tensor:
+        """Top-k decoding (Didolkar et al. 2025, "On the Transfer of Object-Centric Representation Learning",
+        FT-DINOSAUR): at each patch only the k slots with the largest grouper attention compete in the alpha
+        softmax; the others get mask 0. Equal to decoding only those k (the selection carries no gradient)."""
+        if not slots.attn:
+            raise ValueError("dinosaur_mlp top_k selects slots by the grouper's attention; this grouper reports "
+                             "none (use top_k = 0)")
+        attn = slots.attn[-1].detach()  # [B, K, N]
+        if attn.shape != alpha.shape:
+            raise ValueError(f"dinosaur_mlp top_k: the grouper's attention {tuple(attn.shape)} is not on the "
+                             f"decoder's patches {tuple(alpha.shape)}")
+        keep = torch.zeros_like(alpha, dtype=torch.bool).scatter_(1, attn.topk(self.top_k, dim=1).indices, True)
+        return alpha.masked_fill(~keep, float("-inf"))
 
 
 class _Block(nn.Module):

@@ -1,0 +1,153 @@
+"""What every import format shares: reading a released checkpoint without running its code, checking that every
+parameter lands, and writing a run directory that `slotrun eval` / `sample` load like a trained run's."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from slotrun.errors import UserError
+
+# Top-level keys under which training frameworks nest the model's state dict.
+_NESTED = ("state_dict", "model", "model_state_dict")
+
+
+@dataclass(frozen=True)
+class Mapped:
+    """A format's reading of one checkpoint: the recipe data it implies and the weights under slotrun's names."""
+
+    recipe: dict[str, Any]
+    weights: dict[str, Tensor]
+    implied: dict[str, Any] = field(default_factory=dict)  # the architecture settings read from the checkpoint
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    summary: str
+    settings: Mapping[str, Any]  # KEY=VALUE the command accepts -> its default
+    convert: Callable[[dict[str, Tensor], dict[str, Any]], Mapped]
+
+
+def read_state(path: Path) -> dict[str, Tensor]:
+    """A checkpoint's tensors: safetensors, or a torch file loaded with weights_only=True (never unpickled code)."""
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+            raise UserError(f"cannot read {path} as safetensors: {_first(exc)}") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - weights_only refuses pickled code with an UnpicklingError
+        raise UserError(f"refusing {path}: it does not load with torch.load(weights_only=True), i.e. it needs "
+                        f"pickled code or is not a PyTorch file ({_first(exc)[:160]})") from None
+    for key in _NESTED:
+        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
+            state = state[key]
+            break
+    if not isinstance(state, Mapping) or not state:
+        raise UserError(f"{path} holds no state dict of tensors")
+    bad = [str(k) for k, v in state.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise UserError(f"{path}: entry '{bad[0]}' is not a tensor (expected a state dict of tensors)")
+    return {str(k): v for k, v in state.items()}
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def parse_settings(fmt: Format, items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE settings of a format, typed like their defaults; an unknown key names the known ones."""
+    from slotrun.recipe import parse_override
+
+    out = dict(fmt.settings)
+    for item in items:
+        keys, value = parse_override(item)
+        key = ".".join(keys)
+        if key not in fmt.settings:
+            known = ", ".join(sorted(fmt.settings)) or "none"
+            raise UserError(f"import {fmt.name}: unknown setting '{key}' (known: {known})")
+        default = fmt.settings[key]
+        if default is not None and not isinstance(value, type(default)):
+            raise UserError(f"import {fmt.name}: setting '{key}' must be {type(default).__name__}, got {value!r}")
+        out[key] = value
+    return out
+
+
+class Taker:
+    """Pops released parameters by name so that whatever is left over at the end is reported, one key a line."""
+
+    def __init__(self, fmt: str, state: Mapping[str, Tensor]) -> None:
+        self.fmt = fmt
+        self.left = dict(state)
+
+    def has(self, key: str) -> bool:
+        return key in self.left
+
+    def take(self, key: str) -> Tensor:
+        if key not in self.left:
+            raise UserError(f"{self.fmt} checkpoint: missing parameter '{key}'")
+        return self.left.pop(key)
+
+    def prefix(self, prefix: str) -> dict[str, Tensor]:
+        found = {k[len(prefix):]: self.left.pop(k) for k in [k for k in self.left if k.startswith(prefix)]}
+        if not found:
+            raise UserError(f"{self.fmt} checkpoint: no parameters under '{prefix}'")
+        return found
+
+    def finish(self) -> None:
+        if self.left:
+            first = sorted(self.left)[0]
+            more = f" (and {len(self.left) - 1} more)" if len(self.left) > 1 else ""
+            raise UserError(f"{self.fmt} checkpoint: parameter '{first}'{more} does not map onto slotrun's "
+                            "components")
+
+
+def write_run(fmt: Format, mapped: Mapped, run_dir: Path, plugins: Any, source: Path) -> Path:
+    """Build the implied recipe's model, load every mapped weight into it (no missing, unused or misshapen key)
+    and write RUN_DIR as a run whose newest checkpoint holds the imported weights."""
+    from slotrun.api import build_from_recipe
+    from slotrun.engine import checkpoint
+    from slotrun.engine.run_dir import RunDir
+    from slotrun.recipe import structure
+
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise UserError(f"RUN_DIR {run_dir} exists and is not empty; import into a new directory")
+    recipe = structure({**mapped.recipe, "run": {"dir": str(run_dir)}}, plugins, source=f"import {fmt.name}")
+    model = build_from_recipe(recipe, plugins)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(mapped.weights))
+    if missing:
+        raise UserError(f"import {fmt.name}: slotrun parameter '{missing[0]}' has no value in the checkpoint")
+    unused = sorted(set(mapped.weights) - set(own))
+    if unused:
+        raise UserError(f"import {fmt.name}: mapped parameter '{unused[0]}' has no place in the slotrun model")
+    for key, value in mapped.weights.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise UserError(f"import {fmt.name}: parameter '{key}' has shape {tuple(value.shape)} in the "
+                            f"checkpoint, slotrun's model needs {tuple(own[key].shape)}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in mapped.weights.items()}, strict=True)
+    run = RunDir(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create RUN_DIR {run_dir}: {exc.strerror or exc}") from None
+    run.bind(recipe, plugins.versions())
+    # Step 0 and no optimiser state: the run is for evaluation and sampling, not for resuming training.
+    checkpoint.save(run.checkpoints, 0, model, {"imported": {"format": fmt.name, "checkpoint": str(source)}})
+    (run_dir / "imported.json").write_text(
+        json.dumps({"format": fmt.name, "checkpoint": str(source), "implied": mapped.implied}, indent=2,
+                   sort_keys=True) + "\n", encoding="utf-8")
+    return run_dir

@@ -1,0 +1,145 @@
+"""FT-DINOSAUR (Didolkar et al. 2025, "On the Transfer of Object-Centric Representation Learning", released as
+rw-ocrl/ftdinosaur-inference) and DINOSAUR with DINOv2 (Seitzer et al. 2023) in the same layout.
+
+The released state dict: `encoder.*` a DINOv2 ViT (timm's names, no final norm), `slot_init.slots_mu` /
+`slots_logsigma`, `slot_attention.feature_transform.{0,1,3}` (LayerNorm, Linear, ReLU, Linear),
+`slot_attention.slot_attention.{to_q,to_k,to_v,gru,norm_input,norm_slots,ff_mlp.module.{0,1,3}}` (one head,
+no projection biases, residual MLP after the GRU), `decoder.pos_embed` [1, P, D] and `decoder.decoder.{0,2,4,6}`
+(MLP 2048 x 3 -> features + alpha). The architecture settings are read from the shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from slotrun.errors import UserError
+from slotrun.importers.common import Format, Mapped, Taker
+
+NAME = "ftdinosaur"
+# timm architecture per (width, register tokens); DINOv2 ViTs have patch 14.
+_TIMM = {(384, 0): ("vit_small_patch14_dinov2", 6), (768, 0): ("vit_base_patch14_dinov2", 12),
+         (384, 4): ("vit_small_patch14_reg4_dinov2", 6), (768, 4): ("vit_base_patch14_reg4_dinov2", 12)}
+SETTINGS: dict[str, Any] = {
+    "num_slots": 7,  # the released models: 7 slots on COCO
+    "iters": 3,
+    "top_k": 3,  # decoder top-k of the released "topk3" models; 0 decodes every slot at every patch
+    "heads": 0,  # the ViT's attention heads; 0 = DINOv2's for the width (6 for ViT-S, 12 for ViT-B)
+    "image_size": 224,  # the model's input size (the released models: 224 or 518)
+    "data_path": "data/coco2017",
+}
+
+
+def _encoder(take: Taker, heads: int) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    enc = take.prefix("encoder.")
+    width = int(enc["cls_token"].shape[-1])
+    regs = int(enc["reg_token"].shape[1]) if "reg_token" in enc else 0
+    depth = len({k.split(".")[1] for k in enc if k.startswith("blocks.")})
+    patch = tuple(enc["patch_embed.proj.weight"].shape[-2:])
+    if patch != (14, 14):
+        raise UserError(f"{NAME} checkpoint: encoder.patch_embed.proj.weight has patch {patch}; DINOv2 uses 14")
+    if "norm.weight" in enc:
+        raise UserError(f"{NAME} checkpoint: parameter 'encoder.norm.weight' (a final norm) does not map: "
+                        "slotrun's DINOSAUR reads the tokens before the final norm")
+    # timm's register ViTs embed only the patches; the others the class token too
+    positions = enc["pos_embed"].shape[1] - (0 if regs else 1)
+    grid = math.isqrt(positions)
+    if grid * grid != positions:
+        raise UserError(f"{NAME} checkpoint: encoder.pos_embed {tuple(enc['pos_embed'].shape)} is not a square "
+                        "grid of patch positions")
+    name, default_heads = _TIMM.get((width, regs), (None, 0))
+    if name is None:  # another width: the same family, sized by the checkpoint
+        name = "vit_small_patch14_reg4_dinov2" if regs == 4 else "vit_small_patch14_dinov2"
+        if regs not in (0, 4):
+            raise UserError(f"{NAME} checkpoint: encoder.reg_token has {regs} register tokens; timm's DINOv2 "
+                            "ViTs have 0 or 4")
+    heads = heads or default_heads
+    if not heads:
+        raise UserError(f"{NAME}: encoder width {width} is not ViT-S/B; pass heads=N (the ViT's attention heads)")
+    if width % heads:
+        raise UserError(f"{NAME}: heads={heads} does not divide the encoder width {width}")
+    kwargs: dict[str, Any] = {"img_size": grid * 14, "dynamic_img_size": True}  # resample like the release
+    if (width, depth, heads) != {384: (384, 12, 6), 768: (768, 12, 12)}.get(width):
+        kwargs.update(embed_dim=width, depth=depth, num_heads=heads)
+    enc["norm.weight"] = torch.ones(width)  # timm's final norm: built but never applied (norm=False)
+    enc["norm.bias"] = torch.zeros(width)
+    table = {"type": "timm", "name": name, "pretrained": False, "frozen": True, "block": -1,
+             "model_kwargs": kwargs}
+    return table, {f"encoder.model.{k}": v for k, v in enc.items()}
+
+
+def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
+    take = Taker(NAME, state)
+    encoder, weights = _encoder(take, int(settings["heads"]))
+    sa = "slot_attention.slot_attention."
+    ft = "slot_attention.feature_transform."
+    ff = sa + "ff_mlp.module."
+    for key in (ff + "0.weight", ft + "0.weight"):
+        if not take.has(key):
+            raise UserError(f"{NAME} checkpoint: missing parameter '{key}' (the released models have a "
+                            "residual MLP after the GRU and a LayerNorm-MLP feature transform)")
+    for key in (sa + "to_q.bias", sa + "to_k.bias", sa + "to_v.bias"):
+        if take.has(key):
+            raise UserError(f"{NAME} checkpoint: parameter '{key}' does not map (slotrun's slot_attention has "
+                            "no q/k/v biases)")
+    if take.has("decoder.inp_transform.weight"):
+        raise UserError(f"{NAME} checkpoint: parameter 'decoder.inp_transform.weight' does not map "
+                        "(dinosaur_mlp has no input transform)")
+    mu = take.take("slot_init.slots_mu")
+    slot_dim = int(mu.shape[-1])
+    weights["grouper.init.mu"] = mu
+    weights["grouper.init.log_sigma"] = take.take("slot_init.slots_logsigma")
+    for src, dst in (("0", "norm"), ("1", "mlp.0"), ("3", "mlp.2")):
+        for p in ("weight", "bias"):
+            weights[f"grouper.input_mlp.{dst}.{p}"] = take.take(f"{ft}{src}.{p}")
+    weights["grouper.project_q.weight"] = take.take(sa + "to_q.weight")
+    k, v = take.take(sa + "to_k.weight"), take.take(sa + "to_v.weight")
+    if k.shape != v.shape or k.shape[0] != slot_dim:
+        raise UserError(f"{NAME} checkpoint: parameter '{sa}to_k.weight' {tuple(k.shape)} does not map (slotrun's "
+                        f"slot_attention needs keys and values of the slot width {slot_dim})")
+    weights["grouper.project_kv.weight"] = torch.cat([k, v], dim=0)
+    for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        weights[f"grouper.gru.{p}"] = take.take(f"{sa}gru.{p}")
+    for src, dst in (("norm_input", "norm_inputs"), ("norm_slots", "norm_slots"), ("ff_mlp.module.0", "norm_mlp"),
+                     ("ff_mlp.module.1", "mlp.0"), ("ff_mlp.module.3", "mlp.2")):
+        for p in ("weight", "bias"):
+            weights[f"grouper.{dst}.{p}"] = take.take(f"{sa}{src}.{p}")
+    weights["decoder.pos_embed"] = take.take("decoder.pos_embed")
+    layers = sorted({int(k.split(".")[2]) for k in take.left if k.startswith("decoder.decoder.")})
+    if not layers or layers != list(range(0, 2 * len(layers), 2)):
+        raise UserError(f"{NAME} checkpoint: decoder.decoder.* layers {layers} are not an MLP of Linear layers "
+                        "0, 2, 4, ... (ReLU between)")
+    for i in layers:
+        for p in ("weight", "bias"):
+            weights[f"decoder.mlp.{i}.{p}"] = take.take(f"decoder.decoder.{i}.{p}")
+    take.finish()
+
+    patches = int(weights["decoder.pos_embed"].shape[1])
+    size = int(settings["image_size"])
+    if size % 14 or (size // 14) ** 2 != patches:
+        raise UserError(f"{NAME}: image_size={size} gives {(size // 14) ** 2} patches, the decoder's pos_embed has "
+                        f"{patches} (the released models: 224 -> 256, 518 -> 1369); set image_size")
+    hidden = [int(weights[f"decoder.mlp.{i}.weight"].shape[0]) for i in layers[:-1]]
+    grouper = {"type": "slot_attention", "num_slots": int(settings["num_slots"]), "iters": int(settings["iters"]),
+               "slot_dim": slot_dim, "mlp_hidden": int(weights["grouper.mlp.0.weight"].shape[0]),
+               "init": "gaussian", "layer_norm_eps": 1e-5, "eps": 1e-8,
+               "input_mlp": [int(weights["grouper.input_mlp.mlp.0.weight"].shape[0]), slot_dim],
+               "weight_init": "oclf"}
+    decoder = {"type": "dinosaur_mlp", "hidden": hidden, "top_k": int(settings["top_k"])}
+    recipe = {
+        "data": {"type": "shards", "path": str(settings["data_path"]), "image_size": size, "resize": True,
+                 "resize_interpolation": "bicubic", "resize_masks": False, "value_range": "imagenet"},
+        "model": {"encoder": encoder, "grouper": grouper, "decoder": decoder},
+        # the COCO protocol of DINOSAUR / OCLF: masks scored at the shards' resolution, overlaps ignored
+        "eval": {"split": "val", "metrics": [{"type": "fg_ari", "ignore_overlaps": True},
+                                             {"type": "mbo", "ignore_overlaps": True}]},
+    }
+    implied = {"encoder": encoder, "grouper": grouper, "decoder": decoder, "image_size": size}
+    return Mapped(recipe=recipe, weights=weights, implied=implied)
+
+
+FORMAT = Format(NAME, "FT-DINOSAUR / DINOSAUR with a DINOv2 ViT (rw-ocrl/ftdinosaur-inference state dicts)",
+                SETTINGS, convert)
