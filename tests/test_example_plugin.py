@@ -56,7 +56,7 @@ def test_recipe_using_the_plugin_trains(installed, tmp_path):
 def test_not_installed_means_unknown(tmp_path):
     out = slotrun(dict(os.environ), "check", str(EXAMPLE / "recipe.toml"))
     assert out.returncode == 2
-    assert "unknown grouper 'cross_attention'" in out.stdout
+    assert "unknown grouper 'cross_attention'" in out.stderr
 
 
 @pytest.mark.slow

@@ -64,12 +64,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         except UserError as exc:
             mistakes += 1
             for problem in exc.problems if isinstance(exc, RecipeError) else [str(exc)]:
-                print(f"FAIL {path}: {problem}")
+                print(f"FAIL {path}: {problem}", file=sys.stderr)
         except ComponentFault as exc:
             faults += 1
             if args.debug:
                 traceback.print_exc()
-            print(f"FAIL {path}: {exc.line}")
+            print(f"FAIL {path}: {exc.line}", file=sys.stderr)
         else:
             params = sum(p.numel() for p in built.parameters())
             ran = "not run (--no-run)" if args.no_run else "ran on 2 synthetic images"

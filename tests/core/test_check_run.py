@@ -134,7 +134,8 @@ def test_check_names_the_component_at_fault(site, tmp_path):
     crash = write(tmp_path, "crash", SLOT_ATTENTION, 'type = "probe_decoder"\nmode = "crash"')
     out = slotrun_cli(site, "check", *map(str, (ok, tensor, as_dict, terms, crash)))
     assert out.returncode == 1, out.stderr
-    lines = out.stdout.strip().splitlines()
+    assert not any(line.startswith("FAIL ") for line in out.stdout.splitlines())  # failures go to stderr
+    lines = out.stdout.strip().splitlines() + [line for line in out.stderr.splitlines() if line.startswith("FAIL ")]
     assert len(lines) == 5, lines
     assert lines[0].startswith(f"ok   {ok} (") and "ran on 2 synthetic images" in lines[0]
     assert lines[1] == (f"FAIL {tensor}: grouper 'tensor_grouper' {PROVIDER} returned Tensor, expected "

@@ -48,10 +48,11 @@ def test_check_ok_and_fail(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text(f'extends = "{QUICKSTART}"\n[model.grouper]\nnum_slotz = 3\n')
     assert main(["check", str(QUICKSTART), str(bad)]) == 2
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"ok   {QUICKSTART}")
-    assert out[1] == (f"FAIL {bad}: unknown key 'num_slotz'; did you mean 'num_slots'? "
-                      "@ $.model.grouper.num_slotz")
+    captured = capsys.readouterr()  # verdicts on stdout, failures on stderr
+    assert captured.out.splitlines() == [line for line in captured.out.splitlines() if line.startswith("ok   ")]
+    assert captured.out.startswith(f"ok   {QUICKSTART}")
+    assert captured.err.splitlines() == [f"FAIL {bad}: unknown key 'num_slotz'; did you mean 'num_slots'? "
+                      "@ $.model.grouper.num_slotz"]
 
 
 def test_all_four_mistakes_one_run_exit_2_no_traceback(tmp_path):

@@ -145,11 +145,12 @@ def test_recipe_mistakes_are_one_line_errors(case: dict[str, Any], capsys: pytes
     if status == 0:
         return
     if command == "check":
-        problems = [line for line in out.splitlines() if line.startswith("FAIL ")]
+        problems = [line for line in err.splitlines() if line.startswith("FAIL ")]
         problems += [line for line in err.splitlines() if line.startswith("slotrun: error:")]
     else:
         problems = [line for line in err.splitlines() if line.startswith("slotrun: error:")]
-    others = [line for line in err.splitlines() if line and not line.startswith(("slotrun: error:", "slotrun: warning:"))]
+    others = [line for line in err.splitlines()
+              if line and not line.startswith(("slotrun: error:", "slotrun: warning:", "FAIL "))]
     assert problems and not others, where
     for line in problems:
         assert "@ $" in line or str(path) in line or "bad override" in line or "recipe not found" in line, where

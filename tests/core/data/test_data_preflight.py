@@ -63,7 +63,7 @@ def test_check_and_train_refuse_before_step_0(case, recipe, tmp_path, plugins, c
     data = shards(tmp_path / "data", splits, masks)
     items = overrides(data, tmp_path, *extra)
     assert main(["check", str(recipe), *items]) == 2
-    lines = capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"FAIL {recipe}: ")
     assert re.search(message, lines[0]), lines[0]
     with pytest.raises(UserError, match=message):
