@@ -1,4 +1,4 @@
-"""`python -m bench probe`: how a grouper's attention and slots evolve early in training (issue 5's diagnosis of
+"""`python -m bench probe`: how a grouper's attention and slots evolve early in training (the diagnosis of
 the coloured-background collapse). Trains a recipe through the engine's Trainer, as `bench quality` does, and,
 every `every` steps (at most train.steps), runs the model on one fixed probe batch and records:
 
@@ -65,7 +65,7 @@ def run(*, recipe: str = DEFAULT_RECIPE, overrides: list[str] | None = None, ste
 
 
 def markdown(r: dict[str, Any]) -> str:
-    lines = ["### Attention and slots early in training (issue 5's probe)", "",
+    lines = ["### Attention and slots early in training (probe)", "",
              f"`{r['command']}`: one fixed test batch, measured every few steps.", ""]
     rows = [[str(x["step"]), f"{x['loss']:.4f}", f"{x['attn_entropy']:.3f}", f"{x['slot_spread']:.3f}",
              f"{x['slots_used']:.2f}"] for x in r["rows"]]

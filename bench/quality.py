@@ -1,4 +1,4 @@
-"""The issue-5 quality benchmark: train a recipe for a wall-clock budget, then score 320 held-out images (test
+"""The quality benchmark: train a recipe for a wall-clock budget, then score 320 held-out images (test
 split) with the project's metric functions: FG-ARI (mean and share of images >= 0.9) and mBO of the decoder's masks
 and of the grouper's last attention maps, beside a fixed 2x2 grid of "slots" scored on the same images; for a
 set-prediction recipe also AP at the paper's distance thresholds. Not run by `python -m bench` (30 minutes by
@@ -234,7 +234,7 @@ def markdown(r: dict[str, Any]) -> str:
     title = "Set-prediction" if r.get("set_ap") else "Object-discovery"
     trained = (f"{r['steps']} steps in {r['train_s'] / 60:.1f} min" if r.get("train_s") is not None
                else f"the run's checkpoint at step {r['steps']}")
-    lines = [f"### {title} quality (issue 5)", "",
+    lines = [f"### {title} quality", "",
              f"`{r['command']}`: {trained}, scored on {m['images']} held-out test images with slotrun.metrics.", ""]
 
     def row(name: str, s: dict[str, float]) -> list[str]:

@@ -1,4 +1,4 @@
-"""`python -m bench smm`: the Slot Mixture Module paper's four comparisons (issue 6), side by side on the built-in
+"""`python -m bench smm`: the Slot Mixture Module paper's four comparisons, side by side on the built-in
 sprites, trained and evaluated through slotrun's own engine (`slotrun.engine.train` in a scratch run directory,
 `slotrun.engine.evaluate_run` on it, metrics from the recipes' [eval] tables on the held-out test split):
 
@@ -435,7 +435,7 @@ def _cell(summary: dict[str, float | None], digits: int = 3) -> str:
 def markdown(r: dict[str, Any]) -> str:
     b = r["budget"]
     sp, od, sl, cl = r["set_prediction"], r["discovery"], r["slate"], r["clustering"]
-    lines = ["### Slot Mixture Module vs Slot Attention on the built-in sprites (issue 6)", "",
+    lines = ["### Slot Mixture Module vs Slot Attention on the built-in sprites", "",
              f"Small CPU budgets ({r['seconds'] / 60:.0f} min on {r['threads']} thread(s) in all), batch "
              f"{b['batch']}, 64 px scenes of 2-4 sprites, the shipped recipes with only their grouper table "
              f"changed; Slot Attention gets `{' '.join(r['sa_matched'])}` so both groupers make 4 slot updates "

@@ -1,4 +1,4 @@
-"""The SRI comparison (issue 8) on the built-in stacked scenes ("towers"): SRI against the independent-prior
+"""The SRI comparison on the built-in stacked scenes ("towers"): SRI against the independent-prior
 baseline and each ablation (no scene variable, no order alignment, no KL_rollout), with one segregation model.
 
 `python -m bench sri` (about 40 minutes on one CPU thread at the default budget; `--tiny` checks the harness):
@@ -334,7 +334,7 @@ def markdown(r: dict[str, Any]) -> str:
     last = seg["log"][-1] if seg["log"] else {}
     prior_steps = r["rows"][1]["prior_steps"] if len(r["rows"]) > 1 else 0
     lines = [
-        "### SRI on the built-in towers (issue 8)", "",
+        "### SRI on the built-in towers", "",
         f"`{r['command']}`: {r['total_s'] / 60:.1f} min on one CPU thread. Stage 1, the segregation model (= the "
         f"independent-prior baseline): {seg['steps']} steps of 16 images in {seg['train_s'] / 60:.1f} min, test "
         f"FG-ARI {seg['fg_ari']:.3f}, train MSE {_fmt(last.get('mse'), '.4f')}. Stage 2: each SRI variant trains "
