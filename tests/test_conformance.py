@@ -162,14 +162,18 @@ class _DictDecoder(nn.Module):
         return {"recon": slots.slots.square().mean()}
 
 
-@attrs.frozen(kw_only=True)
-class _DictDecoderConfig:
-    def build(self, inputs):
-        return _DictDecoder()
+def _config_of(module_cls):
+    """A config class whose build() returns a `module_cls()`."""
+    @attrs.frozen(kw_only=True)
+    class Config:
+        def build(self, inputs):
+            return module_cls()
+
+    return Config
 
 
 def test_a_decoder_returning_a_dict_fails_naming_it():
-    _fails(_DictDecoderConfig, "decoders", "output type", r"returned dict, not DecoderOutput")
+    _fails(_config_of(_DictDecoder), "decoders", "output type", r"returned dict, not DecoderOutput")
 
 
 class _UndeclaredTermDecoder(_DictDecoder):
@@ -177,11 +181,5 @@ class _UndeclaredTermDecoder(_DictDecoder):
         return DecoderOutput(losses={"recon": slots.slots.square().mean(), "extra": torch.zeros(())})
 
 
-@attrs.frozen(kw_only=True)
-class _UndeclaredConfig:
-    def build(self, inputs):
-        return _UndeclaredTermDecoder()
-
-
 def test_a_decoder_with_an_undeclared_loss_term_fails():
-    _fails(_UndeclaredConfig, "decoders", "loss terms", r"undeclared: \['extra'\]")
+    _fails(_config_of(_UndeclaredTermDecoder), "decoders", "loss terms", r"undeclared: \['extra'\]")
