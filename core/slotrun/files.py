@@ -1,4 +1,4 @@
-"""Durable and atomic file writes shared by checkpoints, dataset shards, pictures and sweep plots."""
+"""Durable and atomic file writes shared by checkpoints, run files, dataset shards, pictures and sweep plots."""
 
 from __future__ import annotations
 
@@ -29,6 +29,16 @@ def fsync_files(folder: Path) -> None:
         if entry.is_file():
             fsync_file(entry)
     fsync_dir(folder)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file through a temporary file, fsynced: a crash leaves the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def write_png(image: Any, path: Path) -> None:

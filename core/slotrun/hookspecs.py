@@ -8,6 +8,7 @@ A plugin is a module listed in the entry-point group "slotrun" that implements s
 `name` is what a recipe writes in `type = "..."` (lowercase letters, digits, underscores; unique within its
 kind across all plugins). `config_cls` is a frozen, kw_only attrs class whose every field has a default and
 whose validators reject bad values; its `build(inputs)` returns the component. Register each name once.
+(`register_commands` is the exception: its `register` adds a command to the `slotrun` command line.)
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 Register = Callable[[str, type], None]
+# register(name, run, *, help, arguments=None): see register_commands
+RegisterCommand = Callable[..., None]
 
 
 @hookspec
@@ -59,7 +62,9 @@ def register_priors(register: Register) -> None:
     `prior(slots, features, batch)` -> {term: scalar tensor} (names listed in `loss_terms`), and, to generate,
     `sample(n, num_slots, temperature)` returning slot vectors [n, K, D]. A prior may build a
     decoder of its own from `PriorInputs.decoder` and keep it as its attribute `decoder`: samples are then
-    decoded with it (`decode_slots`) instead of the model's decoder."""
+    decoded with it (`decode_slots`) instead of the model's decoder. Optional: `score_samples(images, masks,
+    source)` -> {name: float}, scores of the decoded samples for the run's DataSource ({} for a dataset it has
+    no score for; `slotrun sample` reports them; see `slotrun.protocols.ScoringPrior`)."""
 
 
 @hookspec
@@ -98,3 +103,14 @@ def register_datasets(register: Register) -> None:
 def register_metrics(register: Register) -> None:
     """Register evaluation metrics: `config.build(MetricInputs)` returns a `slotrun.protocols.Metric` whose
     `compute()` returns {metric name: float} over every batch passed to `update(batch, model_output)`."""
+
+
+@hookspec
+def register_commands(register: RegisterCommand) -> None:
+    """Register commands of the `slotrun` command line: `register(name, run, help="one line", arguments=None)`
+    adds `slotrun NAME`. `arguments(parser)` adds the command's arguments to its argparse parser; `run(args)`
+    does the work with the parsed `argparse.Namespace` and returns the exit status (None: 0). A user's mistake
+    is raised as `slotrun.errors.UserError` (one line on stderr, exit 2); any other exception is reported as
+    the plugin's bug (exit 1, its traceback under --debug). Names are lowercase words (letters, digits, "-",
+    "_"); a built-in command's name is reserved (the plugin is disabled), and of two third-party plugins that
+    register one name, the later is disabled, naming both."""

@@ -7,8 +7,9 @@ that names a component of a broken plugin fails with the unknown-name error plus
 There is no module-global plugin manager: each call builds its own, so tests can build theirs.
 
 Names: the built-in plugins (distribution "slotrun") load first, and their plugin names and component names are
-reserved: a third-party plugin that takes one is disabled, and the built-in stays intact. Between third-party
-plugins, the one whose entry-point name sorts later is disabled, with a line naming both distributions.
+reserved, as are the built-in commands' names: a third-party plugin that takes one is disabled, and the built-in
+stays intact. Between third-party plugins (a component or a command), the one whose entry-point name sorts later
+is disabled, with a line naming both distributions.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from __future__ import annotations
 import importlib.metadata as md
 from collections.abc import Sequence
 from types import ModuleType
+
+import re
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import pluggy
@@ -49,14 +54,35 @@ class PluginFailure:
         return f"plugin '{self.plugin}' ({self.distribution}) is disabled: {self.message}"
 
 
+_COMMAND = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+@attrs.frozen(kw_only=True)
+class Command:
+    """A command a plugin adds to the command line (hook register_commands)."""
+
+    name: str
+    run: Callable[[Any], int | None]
+    help: str
+    arguments: Callable[[Any], None] | None
+    plugin: str
+    distribution: str
+    version: str
+
+    @property
+    def provider(self) -> str:
+        return f"plugin '{self.plugin}' ({self.distribution} {self.version})"
+
+
 @attrs.define
 class Plugins:
-    """The loaded plugins: their registry, their versions and the ones that failed."""
+    """The loaded plugins: their registry, their commands, their versions and the ones that failed."""
 
     registry: Registry
     infos: dict[str, PluginInfo]
     failures: list[PluginFailure]
     manager: pluggy.PluginManager
+    commands: dict[str, Command] = attrs.field(factory=dict)
 
     def entry(self, kind: str, name: str) -> Entry:
         """Look a component up; an unknown name lists the known ones and any plugin that failed to load."""
@@ -154,7 +180,7 @@ def _register_plugin(plugins: Plugins, info: PluginInfo, obj: object) -> None:
     ]
     if unknown:
         raise PluginError(f"implements unknown hook(s) {', '.join(sorted(unknown))} (known: "
-                          + ", ".join(f"register_{k}" for k in KINDS) + ")")
+                          + ", ".join([*(f"register_{k}" for k in KINDS), "register_commands"]) + ")")
     staged: list[Entry] = []
     for kind in KINDS:
         hook = getattr(pm.hook, f"register_{kind}")
@@ -169,6 +195,7 @@ def _register_plugin(plugins: Plugins, info: PluginInfo, obj: object) -> None:
                 )
 
             impl.function(register=register)
+    commands = _staged_commands(plugins, info, obj)
     # Commit all-or-nothing so a plugin that fails half-way leaves no entries behind.
     trial = Registry()
     for entry in plugins.registry:
@@ -182,5 +209,35 @@ def _register_plugin(plugins: Plugins, info: PluginInfo, obj: object) -> None:
                     "third-party plugin cannot replace it (register yours under another name)")
         trial.add(entry)
     plugins.registry = trial
+    plugins.commands.update(commands)
     plugins.infos[info.name] = info
+
+
+def _staged_commands(plugins: Plugins, info: PluginInfo, obj: object) -> dict[str, Command]:
+    from slotrun.cli import COMMANDS  # here, not at the top: `python -m slotrun.cli` imports this module first
+
+    staged: dict[str, Command] = {}
+    for impl in plugins.manager.hook.register_commands.get_hookimpls():
+        if impl.plugin is not obj:
+            continue
+
+        def register(name: str, run: Callable[[Any], int | None], *, help: str,  # noqa: A002 - argparse's word
+                     arguments: Callable[[Any], None] | None = None) -> None:
+            if not isinstance(name, str) or not _COMMAND.match(name):
+                raise PluginError(f"registers command {name!r}: names must be lowercase letters, digits, '-', '_'")
+            if not callable(run) or (arguments is not None and not callable(arguments)):
+                raise PluginError(f"registers command '{name}' whose run or arguments is not callable")
+            if not isinstance(help, str) or not help.strip():
+                raise PluginError(f"registers command '{name}' without a one-line help text")
+            if name in COMMANDS:
+                raise PluginError(f"command '{name}' is a built-in slotrun command; a plugin cannot replace it "
+                                  "(register yours under another name)")
+            have = plugins.commands.get(name) or staged.get(name)
+            if have is not None:
+                raise PluginError(f"command '{name}' is already registered by {have.provider}")
+            staged[name] = Command(name=name, run=run, help=" ".join(help.split()), arguments=arguments,
+                                   plugin=info.name, distribution=info.distribution, version=info.version)
+
+        impl.function(register=register)
+    return staged
 

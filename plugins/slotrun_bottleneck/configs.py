@@ -9,7 +9,7 @@ from attrs import field
 from attrs import validators as v
 
 from slotrun.protocols import RegulariserInputs
-from slotrun.recipe import MAX_WIDTH, size
+from slotrun.bounds import MAX_WIDTH, size
 
 from slotrun_bottleneck.regularisers import (
     NORMS,

@@ -10,7 +10,7 @@ from attrs import validators as v
 
 from slotrun.errors import UserError
 from slotrun.protocols import DecoderInputs
-from slotrun.recipe import MAX_LAYERS, MAX_WIDTH, size
+from slotrun.bounds import MAX_LAYERS, MAX_WIDTH, size
 from slotrun.structure import earlier_default
 from slotrun.types import ImageSpec
 

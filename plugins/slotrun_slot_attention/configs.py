@@ -15,14 +15,14 @@ from attrs import validators as v
 from slotrun.errors import UserError
 from slotrun.metrics.reconstruction import PerceptualLoss
 from slotrun.protocols import DecoderInputs, GrouperInputs
-from slotrun.recipe import MAX_IMAGE_SIZE, MAX_ITERS, MAX_LAYERS, MAX_SLOTS, MAX_WIDTH, size
-from slotrun.recipe import value_range as _value_range
+from slotrun.bounds import MAX_IMAGE_SIZE, MAX_ITERS, MAX_LAYERS, MAX_SLOTS, MAX_WIDTH, size
+from slotrun.bounds import value_range as _value_range
 from slotrun.structure import earlier_default
 from slotrun.types import ImageSpec
 
 from slotrun_slot_attention.broadcast_decoder import SpatialBroadcastDecoder
 from slotrun_slot_attention.encoder import SlotAttentionEncoder
-from slotrun_slot_attention.grouper import SlotAttention
+from slotrun_slot_attention.grouper import GRU_HIDDEN, SlotAttention
 from slotrun_slot_attention.keras_init import WEIGHT_INITS
 from slotrun_slot_attention.pytorch_code_init import GROUPER_WEIGHT_INITS
 from slotrun_slot_attention.set_prediction import HEADS as SET_PREDICTION_HEADS, SetPredictionDecoder
@@ -110,13 +110,16 @@ class SlotAttentionConfig:
     # also "slate" / "oclf": SLATE's and OCLF's PyTorch initialisers (slotrun_slot_attention.pytorch_code_init)
     weight_init: Literal["torch", "keras", "slate", "oclf"] = field(
         default="keras", validator=v.in_(GROUPER_WEIGHT_INITS), metadata=earlier_default("torch"))
+    # the GRU's hidden state: "slots" (before the LayerNorm, the paper's Algorithm 1) or "normed" (the
+    # layer-normalised slots: videosaur's SlotAttention, martius-lab/videosaur videosaur/modules/groupers.py)
+    gru_hidden: Literal["slots", "normed"] = field(default="slots", validator=v.in_(GRU_HIDDEN))
 
     def build(self, inputs: GrouperInputs) -> SlotAttention:
         return SlotAttention(
             inputs.dim, slot_dim=self.slot_dim, num_slots=self.num_slots, iters=self.iters,
             mlp_hidden=self.mlp_hidden, init=self.init, implicit_diff=self.implicit_diff,
             straight_through=self.straight_through, eps=self.eps, layer_norm_eps=self.layer_norm_eps,
-            input_mlp=self.input_mlp, weight_init=self.weight_init,
+            input_mlp=self.input_mlp, weight_init=self.weight_init, gru_hidden=self.gru_hidden,
         )
 
 

@@ -62,12 +62,18 @@ def _pool(attn: Tensor, values: Tensor, values_sum: Tensor, eps: float) -> Tenso
     return torch.baddbmm(values_sum * eps, attn, values) / denom
 
 
+GRU_HIDDEN = ("slots", "normed")
+
+
 class SlotAttention(IterativeGrouper):
     """Features [B, N, in_dim] -> Slots [B, K, slot_dim] by `iters` rounds of attention normalised over slots,
     a GRU update and a residual MLP. See `iterative` for the `iters` / `implicit_diff` semantics.
     `input_mlp`: widths of an MLP (after a LayerNorm) applied to the tokens first, DINOSAUR's 768 -> 768 -> 256
     is [768, 256]; the attention then works on its output. `query_side`: None = pick the cheaper equivalent form per call (module docstring), True / False = force it.
-    `weight_init`: "keras" (the TF code's), "torch" (PyTorch's defaults), "slate" or "oclf" (pytorch_code_init)."""
+    `weight_init`: "keras" (the TF code's), "torch" (PyTorch's defaults), "slate" or "oclf" (pytorch_code_init).
+    `gru_hidden`: the GRU's hidden state, "slots" (the slots before the LayerNorm, Locatello et al. 2020,
+    Algorithm 1) or "normed" (the layer-normalised slots, as videosaur's SlotAttention.step does:
+    martius-lab/videosaur, videosaur/modules/groupers.py, `slots = self.norm_slots(slots)` before `self.gru`)."""
 
     def __init__(
         self,
@@ -85,6 +91,7 @@ class SlotAttention(IterativeGrouper):
         query_side: bool | None = None,
         input_mlp: tuple[int, ...] = (),
         weight_init: str = "keras",
+        gru_hidden: str = "slots",
     ) -> None:
         super().__init__(slot_dim=slot_dim, num_slots=num_slots, iters=iters, implicit_diff=implicit_diff,
                          straight_through=straight_through)
@@ -92,6 +99,9 @@ class SlotAttention(IterativeGrouper):
             self.input_mlp = TokenMLP(in_dim, input_mlp, layer_norm_eps=layer_norm_eps)
             in_dim = self.input_mlp.out_dim
         self.eps = eps
+        if gru_hidden not in GRU_HIDDEN:
+            raise ValueError(f"unknown gru_hidden '{gru_hidden}' (known: {', '.join(GRU_HIDDEN)})")
+        self.gru_hidden = gru_hidden
         self.scale = slot_dim**-0.5
         self.query_side = query_side
         self.deferred_grad = True  # query-side training: x's gradient in one product (deferred_grad); False = plain
@@ -147,7 +157,8 @@ class SlotAttention(IterativeGrouper):
 
     def step(self, slots: Tensor, prepared: Any) -> tuple[Tensor, Tensor]:
         b, n_slots, d = slots.shape
-        q = self.project_q(self.norm_slots(slots)) * self.scale
+        normed = self.norm_slots(slots)
+        q = self.project_q(normed) * self.scale
         # The assignment in float32 with autocast off: a softmax over few slots is precision sensitive.
         with torch.autocast(device_type=q.device.type, enabled=False):
             if isinstance(prepared, _QuerySide):
@@ -166,7 +177,9 @@ class SlotAttention(IterativeGrouper):
             updates = F.linear(pooled.to(q.dtype), self.project_kv.weight[d:])  # (w x) Wv^T = w v
         else:
             updates = updates.to(q.dtype)
-        # The GRU's hidden state is the slots before the LayerNorm (prev), as in the paper.
+        # The GRU's hidden state is the slots before the LayerNorm (prev), as in the paper; "normed": videosaur's.
+        if self.gru_hidden == "normed":
+            slots = normed
         slots = self.gru(updates.reshape(b * n_slots, d), slots.reshape(b * n_slots, d).to(updates.dtype))
         slots = slots.reshape(b, n_slots, d)
         slots = slots + self.mlp(self.norm_mlp(slots))

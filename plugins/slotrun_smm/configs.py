@@ -10,7 +10,7 @@ from attrs import validators as v
 
 from slotrun.errors import UserError
 from slotrun.protocols import GrouperInputs
-from slotrun.recipe import MAX_ITERS, MAX_LAYERS, MAX_SLOTS, MAX_WIDTH, size
+from slotrun.bounds import MAX_ITERS, MAX_LAYERS, MAX_SLOTS, MAX_WIDTH, size
 from slotrun.structure import earlier_default
 
 from slotrun_smm.smm import SlotMixtureModule

@@ -10,7 +10,7 @@ from attrs import validators as v
 
 from slotrun.errors import UserError
 from slotrun.protocols import DecoderInputs, GrouperInputs, MetricInputs, PriorInputs
-from slotrun.recipe import MAX_IMAGE_SIZE, MAX_LAYERS, MAX_SLOTS, MAX_WIDTH, size
+from slotrun.bounds import MAX_IMAGE_SIZE, MAX_LAYERS, MAX_SLOTS, MAX_WIDTH, size
 from slotrun.types import ImageSpec
 from slotrun.structure import KIND, SHAPE, Spec, component, earlier_default
 

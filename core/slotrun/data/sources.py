@@ -22,7 +22,7 @@ from slotrun.data.loader import CROPS, INTERPOLATIONS, VALUE_RANGES, ShardLoader
 from slotrun.data.shapes import PROPERTY_LAYOUT, SceneConfig, floor_row, generate
 from slotrun.data.shards import Index, Sample, read_index, write_dataset
 from slotrun.errors import UserError
-from slotrun.recipe import MAX_IMAGE_SIZE, MAX_SAMPLES
+from slotrun.bounds import MAX_IMAGE_SIZE, MAX_SAMPLES
 from slotrun.types import Batch, ImageSpec, PropertyLayout
 
 log = logging.getLogger("slotrun.data")

@@ -4,9 +4,13 @@ lock that keeps two processes from writing into it at once.
     RUN_DIR/recipe.toml      the fully resolved recipe (a run is evaluated or resumed from it alone)
     RUN_DIR/plugins.json     plugin name -> "distribution version"
     RUN_DIR/metrics.jsonl    one JSON object per logged training step
-    RUN_DIR/eval.jsonl       one JSON object per evaluation ("overrides" marks `slotrun eval` ones)
-    RUN_DIR/eval.json        the latest `slotrun eval` result
-    RUN_DIR/tb/              TensorBoard events
+    RUN_DIR/eval.jsonl       one JSON object per evaluation, append-only ("overrides" marks `slotrun eval` ones,
+                             which also name their "checkpoint")
+    RUN_DIR/eval/            one JSON file per `slotrun eval`: step_XXXXXXX.json, or step_XXXXXXX-HASH.json
+                             with overrides (HASH: of the overrides), so no evaluation overwrites another's
+    RUN_DIR/eval.json        a copy of the latest `slotrun eval` result
+    RUN_DIR/tb/              TensorBoard events (train.log_with = ["tensorboard"], the default)
+    RUN_DIR/wandb/, mlruns/, .aim/, trackers.json   the other trackers' files and run ids (engine/trackers.py)
     RUN_DIR/checkpoints/     step_XXXXXXX/ directories (see checkpoint.py)
     RUN_DIR/pictures/        step_XXXXXXX.png grids
     RUN_DIR/.lock            held (flock) by the training process
@@ -26,20 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from slotrun.errors import UserError
-from slotrun.recipe import Recipe, to_toml
+from slotrun.files import write_atomic
+from slotrun.recipe import Recipe, resumable_paths, to_toml
 from slotrun.structure import with_earlier_defaults
 
 KNOWN_ENTRIES = {
-    "recipe.toml", "plugins.json", "metrics.jsonl", "eval.jsonl", "eval.json", "tb", "checkpoints", "pictures",
-    ".lock",
+    "recipe.toml", "plugins.json", "metrics.jsonl", "eval.jsonl", "eval.json", "eval", "tb", "checkpoints",
+    "pictures", ".lock", "trackers.json", "wandb", "mlruns", ".aim",
+    "imported.json",  # written by `slotrun import` (slotrun.importers.common.write_run)
 }
-# Keys that may change between a run and its resumption: they change when and how long we train or
-# report, never the numbers a step produces.
-RESUMABLE_KEYS = {
-    ("run", "dir"), ("train", "steps"), ("train", "log_every"), ("train", "checkpoint_every"),
-    ("train", "keep_checkpoints"), ("train", "max_nonfinite"), ("train", "max_minutes"), ("eval",),
-    ("train", "compile"),  # changes the arithmetic only within float tolerance (tests/core/engine/test_engine_compile.py)
-}
+# Keys that may change between a run and its resumption (marked on the schema's fields).
+RESUMABLE_KEYS = resumable_paths()
 
 
 def step_name(step: int) -> str:
@@ -55,15 +56,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _resumable(path: tuple[str, ...]) -> bool:
@@ -181,6 +173,7 @@ class RunDir:
         self.metrics = self.path / "metrics.jsonl"
         self.evals = self.path / "eval.jsonl"
         self.eval_json = self.path / "eval.json"
+        self.eval_dir = self.path / "eval"
         self.tb = self.path / "tb"
         self.checkpoints = self.path / "checkpoints"
         self.pictures = self.path / "pictures"
@@ -221,6 +214,8 @@ class RunDir:
         pid: only those of dead processes, as `slotrun eval` may be writing now) and the training pictures' (only
         the lock holder writes those). Half-written checkpoints go at the next checkpoint."""
         leftovers = [p for name in KNOWN_ENTRIES for p in self.path.glob(f".{name}.tmp-*") if _writer_gone(p)]
+        if self.eval_dir.is_dir():
+            leftovers += [p for p in self.eval_dir.glob(".*.json.tmp-*") if _writer_gone(p)]
         if self.pictures.is_dir():
             leftovers += [*self.pictures.glob(".step_*.png.tmp"), *self.pictures.glob(".samples_step_*.png.tmp")]
         for path in leftovers:

@@ -80,7 +80,9 @@ def parse_settings(fmt: Format, items: list[str]) -> dict[str, Any]:
             known = ", ".join(sorted(fmt.settings)) or "none"
             raise UserError(f"import {fmt.name}: unknown setting '{key}' (known: {known})")
         default = fmt.settings[key]
-        if default is not None and not isinstance(value, type(default)):
+        # bool is an int subclass: num_slots=true must not pass as 1
+        if default is not None and (not isinstance(value, type(default))
+                                    or isinstance(value, bool) != isinstance(default, bool)):
             raise UserError(f"import {fmt.name}: setting '{key}' must be {type(default).__name__}, got {value!r}")
         out[key] = value
     return out

@@ -36,7 +36,7 @@ from slotrun.metrics.mbo import mean_best_overlap
 from slotrun.metrics.reconstruction import NETS, PerceptualLoss, per_image_mse
 from slotrun.metrics.set_ap import ap_from_records, set_ap_records
 from slotrun.protocols import MetricInputs
-from slotrun.recipe import value_range as _value_range
+from slotrun.bounds import value_range as _value_range
 from slotrun.structure import earlier_default
 from slotrun.types import Batch, ModelOutput, PropertyLayout
 

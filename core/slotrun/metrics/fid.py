@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from slotrun.errors import UserError
 from slotrun.model import sample_decoder_of
 from slotrun.protocols import MetricInputs
-from slotrun.recipe import value_range as _value_range
+from slotrun.bounds import value_range as _value_range
 from slotrun.types import Batch
 
 FEATURE_NETS = ("inception", "random_cnn")

@@ -1,0 +1,219 @@
+"""videosaur's DINOSAUR image models (martius-lab/videosaur, Zadaianchuk et al. 2024; its DINOSAUR config
+`configs/dinosaur/coco_base14_dinov2.yml`, checkpoint `coco_dinosaur_base14_dinov2.ckpt`): the Lightning
+checkpoint's `state_dict` of videosaur.models.ObjectCentricModel.
+
+The released state dict (videosaur @ 5d09311, modules under videosaur/modules/):
+- `initializer.mean`, `initializer.log_std` [1, 1, D] (RandomInit: mean + exp(log_std) * N(0, I)), or
+  `initializer.slots` [1, K, D] (FixedLearnedInit);
+- `encoder.backbone.model.*`: the timm DINOv2 ViT as torchvision's feature extractor keeps it for the feature
+  `vit_block12` (blocks.11's output; the final norm is not part of that graph, so not stored); TimmExtractor
+  drops the class token only;
+- `encoder.output_transform.layers.{0,1,3}`: networks.two_layer_mlp with layer_norm (LayerNorm, Linear, ReLU,
+  Linear);
+- `processor.corrector.*`: SlotAttention (to_k/to_v/to_q without bias, norm_features, norm_slots, GRUCell whose
+  hidden state is the *normalised* slots, residual mlp.layers.{0,1,3}; eps 1e-8 added to the attention before it
+  is renormalised over the inputs; masks = the last iteration's attention, normalised over slots);
+- `decoder.pos_emb` [1, 1, P, D], `decoder.mlp.layers.{0,2,4,6}`: MLPDecoder (features + alpha, softmax over
+  slots).
+Video checkpoints (`encoder.module.*`, `processor.module.*`, with a `predictor` between frames and a
+SlotMixerDecoder) are refused.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from slotrun.errors import UserError
+from slotrun.importers.common import Format, Mapped, Taker
+from slotrun.importers.ftdinosaur import _TIMM
+
+NAME = "videosaur"
+SETTINGS: dict[str, Any] = {
+    "num_slots": 0,  # 0 = the config's 7 (RandomInit), or the stored count of a FixedLearnedInit
+    "iters": 3,  # the config's grouper n_iters
+    "block": 12,  # videosaur's encoder feature `vit_blockN` (1-based); the released config reads vit_block12
+    "heads": 0,  # the ViT's attention heads; 0 = DINOv2's for the width (6 for ViT-S, 12 for ViT-B)
+    "image_size": 224,  # the model's input size (the released config: 224 -> 16 x 16 patches)
+    "data_path": "data/coco2017",
+}
+_ENC = "encoder.backbone.model."
+_OT = "encoder.output_transform.layers."
+_SA = "processor.corrector."
+
+
+def _refuse_video(state: dict[str, Tensor]) -> None:
+    """A video model (MapOverTime / ScanOverTime wrap the per-frame modules under `.module`): refused by naming
+    the part slotrun has no counterpart for."""
+    video = sorted(k for k in state if k.startswith(("encoder.module.", "processor.module.", "decoder.module.")))
+    if not video:
+        return
+    predictor = [k for k in video if k.startswith("processor.module.predictor.")]
+    mixer = [k for k in video if k.startswith("decoder.module.") and not k.startswith("decoder.module.mlp.")
+             and k != "decoder.module.pos_emb"]
+    if predictor:
+        part = f"'{predictor[0]}' (the video model's predictor between frames)"
+    elif mixer:
+        part = f"'{mixer[0]}' (the video model's SlotMixerDecoder)"
+    else:
+        part = f"'{video[0]}' (a per-frame module of a video model)"
+    raise UserError(f"{NAME} checkpoint: parameter {part} does not map: slotrun has no video model; only "
+                    "videosaur's image (DINOSAUR) checkpoints import")
+
+
+def _encoder(take: Taker, heads: int, block: int) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    enc = take.prefix(_ENC)
+    if "cls_token" not in enc or "patch_embed.proj.weight" not in enc or "pos_embed" not in enc:
+        raise UserError(f"{NAME} checkpoint: '{_ENC}*' is not a timm ViT (no cls_token, pos_embed or "
+                        "patch_embed.proj.weight)")
+    if "reg_token" in enc:
+        raise UserError(f"{NAME} checkpoint: parameter '{_ENC}reg_token' does not map: videosaur's TimmExtractor "
+                        "drops only the class token, so its register tokens would enter the grouping, which "
+                        "slotrun's timm encoder (all prefix tokens dropped) does not reproduce")
+    if "norm.weight" in enc:
+        raise UserError(f"{NAME} checkpoint: parameter '{_ENC}norm.weight' (the ViT's final norm) does not map: "
+                        "its features are read after the final norm (vit_output), slotrun's timm encoder reads a "
+                        "block's tokens before it")
+    width = int(enc["cls_token"].shape[-1])
+    depth = len({k.split(".")[1] for k in enc if k.startswith("blocks.")})
+    patch = tuple(enc["patch_embed.proj.weight"].shape[-2:])
+    if patch != (14, 14):
+        raise UserError(f"{NAME} checkpoint: {_ENC}patch_embed.proj.weight has patch {patch}; the DINOSAUR "
+                        "configs' DINOv2 ViTs use 14")
+    if not 1 <= block <= depth:
+        raise UserError(f"{NAME}: block={block} is not a block of the checkpoint's {depth}-block ViT "
+                        f"(vit_block1..vit_block{depth})")
+    positions = enc["pos_embed"].shape[1] - 1  # timm's DINOv2 ViT embeds the class token too
+    grid = math.isqrt(positions)
+    if grid * grid != positions:
+        raise UserError(f"{NAME} checkpoint: {_ENC}pos_embed {tuple(enc['pos_embed'].shape)} is not a class "
+                        "token plus a square grid of patch positions")
+    name, default_heads = _TIMM.get((width, 0), ("vit_small_patch14_dinov2", 0))
+    heads = heads or default_heads
+    if not heads:
+        raise UserError(f"{NAME}: encoder width {width} is not ViT-S/B; pass heads=N (the ViT's attention heads)")
+    if width % heads:
+        raise UserError(f"{NAME}: heads={heads} does not divide the encoder width {width}")
+    # dynamic_img_size as in the released config: the stored (518 px) positions resampled to the input's grid
+    kwargs: dict[str, Any] = {"img_size": grid * 14, "dynamic_img_size": True}
+    if (width, depth, heads) != {384: (384, 12, 6), 768: (768, 12, 12)}.get(width):
+        kwargs.update(embed_dim=width, depth=depth, num_heads=heads)
+    enc["norm.weight"] = torch.ones(width)  # timm's final norm: built by slotrun, never applied (norm=False)
+    enc["norm.bias"] = torch.zeros(width)
+    table = {"type": "timm", "name": name, "pretrained": False, "frozen": True, "block": block - 1,
+             "model_kwargs": kwargs}
+    return table, {f"encoder.model.{k}": v for k, v in enc.items()}
+
+
+def _input_mlp(take: Taker, weights: dict[str, Tensor]) -> list[int]:
+    """encoder.output_transform (LayerNorm, Linear, ReLU, Linear) -> the grouper's input_mlp; none stored: []."""
+    if not any(k.startswith(_OT) for k in take.left):
+        return []
+    first = take.take(f"{_OT}0.weight")
+    if first.ndim != 1:
+        raise UserError(f"{NAME} checkpoint: parameter '{_OT}0.weight' {tuple(first.shape)} is a Linear, not a "
+                        "LayerNorm: slotrun's input_mlp starts with a LayerNorm (two_layer_mlp layer_norm: true)")
+    weights["grouper.input_mlp.norm.weight"] = first
+    weights["grouper.input_mlp.norm.bias"] = take.take(f"{_OT}0.bias")
+    layers = sorted({int(k[len(_OT):].split(".")[0]) for k in take.left if k.startswith(_OT)})
+    if layers != list(range(1, 2 * len(layers), 2)):
+        raise UserError(f"{NAME} checkpoint: {_OT}* layers {[0, *layers]} are not LayerNorm 0 then Linear layers "
+                        "1, 3, ... (ReLU between)")
+    widths = []
+    for i in layers:
+        for p in ("weight", "bias"):
+            weights[f"grouper.input_mlp.mlp.{i - 1}.{p}"] = take.take(f"{_OT}{i}.{p}")
+        widths.append(int(weights[f"grouper.input_mlp.mlp.{i - 1}.weight"].shape[0]))
+    return widths
+
+
+def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
+    _refuse_video(state)
+    take = Taker(NAME, state)
+    encoder, weights = _encoder(take, int(settings["heads"]), int(settings["block"]))
+    input_mlp = _input_mlp(take, weights)
+
+    num_slots = int(settings["num_slots"])
+    if take.has("initializer.slots"):  # FixedLearnedInit: one learned vector per slot
+        slots = take.take("initializer.slots")
+        stored = int(slots.shape[1])
+        if num_slots not in (0, stored):
+            raise UserError(f"{NAME}: num_slots={num_slots}, but the checkpoint's learned initial slots "
+                            f"(initializer.slots) are {stored}")
+        num_slots, init, slot_dim = stored, "learned", int(slots.shape[-1])
+        weights["grouper.init.slots"] = slots
+    else:  # RandomInit
+        mean = take.take("initializer.mean")
+        num_slots, init, slot_dim = num_slots or 7, "gaussian", int(mean.shape[-1])
+        weights["grouper.init.mu"] = mean
+        weights["grouper.init.log_sigma"] = take.take("initializer.log_std")
+
+    for key in (_SA + "mlp.layers.0.weight",):
+        if not take.has(key):
+            raise UserError(f"{NAME} checkpoint: missing parameter '{key}' (slotrun's slot_attention always has "
+                            "the residual MLP after the GRU: use_mlp true, as in the DINOSAUR config)")
+    for key in (_SA + "to_q.bias", _SA + "to_k.bias", _SA + "to_v.bias"):
+        if take.has(key):
+            raise UserError(f"{NAME} checkpoint: parameter '{key}' does not map (slotrun's slot_attention has "
+                            "no q/k/v biases)")
+    q = take.take(_SA + "to_q.weight")
+    k, v = take.take(_SA + "to_k.weight"), take.take(_SA + "to_v.weight")
+    if q.shape[0] != slot_dim or k.shape[0] != slot_dim or v.shape != k.shape:
+        raise UserError(f"{NAME} checkpoint: parameter '{_SA}to_q.weight' {tuple(q.shape)} does not map "
+                        f"(slotrun's slot_attention needs queries, keys and values of the slot width {slot_dim}: "
+                        "kvq_dim unset)")
+    weights["grouper.project_q.weight"] = q
+    weights["grouper.project_kv.weight"] = torch.cat([k, v], dim=0)
+    for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        weights[f"grouper.gru.{p}"] = take.take(f"{_SA}gru.{p}")
+    for src, dst in (("norm_features", "norm_inputs"), ("norm_slots", "norm_slots"), ("mlp.layers.0", "norm_mlp"),
+                     ("mlp.layers.1", "mlp.0"), ("mlp.layers.3", "mlp.2")):
+        for p in ("weight", "bias"):
+            weights[f"grouper.{dst}.{p}"] = take.take(f"{_SA}{src}.{p}")
+
+    pos = take.take("decoder.pos_emb")
+    if pos.ndim != 4 or pos.shape[0] != 1 or pos.shape[1] != 1:
+        raise UserError(f"{NAME} checkpoint: decoder.pos_emb {tuple(pos.shape)} is not MLPDecoder's [1, 1, P, D]")
+    weights["decoder.pos_embed"] = pos.reshape(1, pos.shape[2], pos.shape[3])
+    dec = "decoder.mlp.layers."
+    layers = sorted({int(k[len(dec):].split(".")[0]) for k in take.left if k.startswith(dec)})
+    if not layers or layers != list(range(0, 2 * len(layers), 2)):
+        raise UserError(f"{NAME} checkpoint: {dec}* layers {layers} are not an MLP of Linear layers 0, 2, 4, ... "
+                        "(ReLU between)")
+    for i in layers:
+        for p in ("weight", "bias"):
+            weights[f"decoder.mlp.{i}.{p}"] = take.take(f"{dec}{i}.{p}")
+    take.finish()
+
+    patches = int(pos.shape[2])
+    size = int(settings["image_size"])
+    if size % 14 or (size // 14) ** 2 != patches:
+        raise UserError(f"{NAME}: image_size={size} gives {(size // 14) ** 2} patches, the decoder's pos_emb has "
+                        f"{patches} (the released config: 224 -> 256); set image_size")
+    hidden = [int(weights[f"decoder.mlp.{i}.weight"].shape[0]) for i in layers[:-1]]
+    grouper = {"type": "slot_attention", "num_slots": num_slots, "iters": int(settings["iters"]),
+               "slot_dim": slot_dim, "mlp_hidden": int(weights["grouper.mlp.0.weight"].shape[0]), "init": init,
+               "layer_norm_eps": 1e-5, "eps": 1e-8, "input_mlp": input_mlp, "gru_hidden": "normed",
+               "weight_init": "torch"}
+    decoder = {"type": "dinosaur_mlp", "hidden": hidden, "top_k": 0}
+    recipe = {
+        # videosaur's coco_val: the centred full square crop, bicubic resize to 224, ImageNet normalisation,
+        # masks resized (nearest) to the same 224 px and scored there
+        "data": {"type": "shards", "path": str(settings["data_path"]), "image_size": size, "crop": "center",
+                 "resize": True, "resize_interpolation": "bicubic", "resize_masks": True,
+                 "value_range": "imagenet"},
+        "model": {"encoder": encoder, "grouper": grouper, "decoder": decoder},
+        # the config's val_metrics: ImageARI (background included) and ImageIoU matching "overlap" (mBO), both
+        # with ignore_overlaps
+        "eval": {"split": "val", "metrics": [{"type": "ari", "ignore_overlaps": True},
+                                             {"type": "mbo", "ignore_overlaps": True}]},
+    }
+    implied = {"encoder": encoder, "grouper": grouper, "decoder": decoder, "image_size": size}
+    return Mapped(recipe=recipe, weights=weights, implied=implied)
+
+
+FORMAT = Format(NAME, "videosaur's DINOSAUR image models (martius-lab/videosaur Lightning checkpoints)",
+                SETTINGS, convert)
