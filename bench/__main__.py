@@ -1,7 +1,9 @@
 """`python -m bench [grouper|step|loader|compile|quality|probe|smm|sri|all]` (no argument = grouper + step + loader).
 
-Writes bench/results/<name>.json and .md, and a combined bench/results/README.md (with machine details) when
-grouper, step and loader have all been run."""
+Writes bench/results/<name>/<condition>.json and .md, one pair per measurement condition (device and torch
+threads, plus --label: `cpu-t1`, `cuda-h200-t16`, `cpu-t1-official_defaults`), each headed by the command, date,
+commit and machine; a rerun under the same condition replaces that pair only. bench/results/README.md collects
+every condition of every benchmark."""
 
 from __future__ import annotations
 
@@ -23,20 +25,14 @@ COMBINED = ("grouper", "step", "loader", "compile", "quality", "probe", "smm", "
 
 
 def combined(out_dir: Path) -> Path:
-    parts = ["# slotrun benchmarks", ""]
-    m = None
+    parts = ["# slotrun benchmarks", "",
+             "One section per benchmark and measurement condition (bench/results/NAME/CONDITION.md). Every speed figure "
+             "is a ratio against a baseline measured alternately in the same process, median [p25-p75].", ""]
     for name in COMBINED:
-        path = out_dir / f"{name}.json"
-        if not path.is_file():
-            continue
-        data = json.loads(path.read_text())
-        m = m or data.get("machine")
         mod = importlib.import_module(f"bench.{name}")
-        parts += [f"Run: `{data.get('command', 'python -m bench ' + name)}` on {data.get('date', '?')}", "",
-                  mod.markdown(data["result"]), ""]
-    if m:
-        parts[2:2] = [f"Machine: {common.machine_line(m)}. Shared with other jobs: every speed figure is a ratio "
-                      "against a baseline measured alternately in the same process, median [p25-p75].", ""]
+        for path in sorted((out_dir / name).glob("*.json")):
+            data = json.loads(path.read_text())
+            parts += [f"## {name}: {path.stem}", "", common.provenance(data), "", mod.markdown(data["result"]), ""]
     return common.write_md("README", "\n".join(parts), out_dir)
 
 
@@ -48,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=None, help="grouper: override B (default: the paper's 64)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=common.RESULTS)
+    p.add_argument("--label", default="", help="names a variant measured under the same condition (file suffix)")
     p.add_argument("--recipe", default=None, help="quality, probe: the recipe to train")
     p.add_argument("--steps", type=int, default=800, help="probe: training steps")
     p.add_argument("--every", type=int, default=100, help="probe: steps between measurements")
@@ -61,11 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", default=[], help="quality, probe, sri: KEY=VALUE recipe overrides")
     p.add_argument("--discovery-steps", type=int, default=None, help="smm: object-discovery steps (default 200)")
     args = p.parse_intermixed_args(argv)  # KEY=VALUE overrides may follow the options
+    if args.label and not args.label.replace("_", "").isalnum():
+        p.error(f"--label {args.label!r}: letters, digits and underscores only")
     if args.threads:
         torch.set_num_threads(args.threads)
     names = SUITE if args.what == "all" else (args.what,)
     for name in names:
         started = time.perf_counter()
+        if name in ("smm", "sri") and not args.threads:
+            torch.set_num_threads(1)  # their budgets are set for one thread
+        folder = args.out / name
+        cond = common.condition(common.machine(), args.label)
         if name == "grouper":
             from bench import grouper as mod
 
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             from bench import smm as mod
 
             plot = mod.PLOT if args.out == common.RESULTS and not args.tiny else args.out / mod.PLOT.name
-            result = mod.run(tiny=args.tiny, plot_path=plot, out_dir=args.out, threads=args.threads or 1,
+            result = mod.run(tiny=args.tiny, plot_path=plot, out_dir=folder, condition=cond, threads=args.threads or 1,
                              sections=args.overrides,  # `python -m bench smm slate`: rerun one section
                              discovery_steps=args.discovery_steps,
                              command="python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]))
@@ -118,12 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         data = {"benchmark": name, "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
                 "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": time.perf_counter() - started,
                 "machine": common.machine(), "tiny": args.tiny, "result": result}
-        common.write_json(name, data, args.out)
-        common.write_md(name, mod.markdown(result), args.out)
+        common.write_json(cond, data, folder)
+        common.write_md(cond, common.provenance(data) + "\n\n" + mod.markdown(result), folder)
         print(mod.markdown(result), flush=True)
         print(flush=True)
     path = combined(args.out)
-    print(f"wrote {args.out}/*.json, *.md and {path}", file=sys.stderr)
+    print(f"wrote {args.out}/NAME/{cond}.json and .md, and {path}", file=sys.stderr)
     return 0
 
 

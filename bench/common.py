@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
@@ -27,9 +29,34 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    device = "cpu"
+    if torch.cuda.is_available():
+        device = "cuda " + torch.cuda.get_device_name(0)
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "device": "cpu"}
+            "device": device, "commit": commit()}
+
+
+def commit() -> str:
+    """The checkout's commit, "+changes" when files differ from it ("unknown" outside a git checkout)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
+def condition(m: dict[str, Any], label: str = "") -> str:
+    """The file name of one measurement condition: device and torch threads (`cpu-t1`, `cuda-h200-t16`), plus
+    a label for a variant run under the same condition (`cpu-t1-official_defaults`)."""
+    device = re.sub(r"[^a-z0-9]+", "-", m["device"].lower().replace("nvidia", "")).strip("-")
+    return "-".join(part for part in (device, f"t{m['torch_threads']}", label) if part)
+
+
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -148,6 +175,13 @@ def write_md(name: str, text: str, out_dir: Path | None = None) -> Path:
     path = out_dir / f"{name}.md"
     path.write_text(text if text.endswith("\n") else text + "\n")
     return path
+
+
+def provenance(data: dict[str, Any]) -> str:
+    """The line that heads a result file: the command, when, at which commit, on what."""
+    m = data["machine"]
+    return (f"`{data['command']}` on {data['date']} at commit {m.get('commit', 'not recorded')}; {m['device']}, "
+            f"{machine_line(m)}" + (" (tiny: the harness only)" if data.get("tiny") else ""))
 
 
 def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

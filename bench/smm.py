@@ -19,7 +19,7 @@ last from detached slots, so the Slot Attention side gets `model.grouper.iters=4
 (BUDGET) fit about 100 minutes on one CPU thread, so every number is an early-training number at batch 16, far from
 the paper's 100k-300k steps at batch 64-512; the warmup is shortened to a tenth of the run and SLATE's gumbel
 temperature anneals over the run. `python -m bench smm SECTION ...` reruns only those sections (set_prediction,
-discovery, slate, clustering, discovery_quickstart) and keeps the others from bench/results/smm.json.
+discovery, slate, clustering, discovery_quickstart) and keeps the others from bench/results/smm/CONDITION.json.
 """
 
 from __future__ import annotations
@@ -363,11 +363,12 @@ SECTIONS = {"set_prediction": run_set_prediction, "discovery": run_discovery, "s
             "clustering": run_clustering, "discovery_quickstart": run_discovery_quickstart}
 
 
-def run(*, tiny: bool = False, plot_path: Path | None = None, out_dir: Path = RESULTS, threads: int = 1,
+def run(*, tiny: bool = False, plot_path: Path | None = None, out_dir: Path = RESULTS / "smm", condition: str = "cpu-t1",
+        threads: int = 1,
         sections: Sequence[str] = (), command: str = "python -m bench smm",
         discovery_steps: int | None = None) -> dict[str, Any]:
     """The comparisons at BUDGET (TINY: the harness only): every section, or only `sections`, whose results then
-    replace those sections in out_dir/smm.json (each section keeps the command and date that made it). The plot
+    replace those sections in out_dir/CONDITION.json (each section keeps the command and date that made it). The plot
     goes to plot_path (default PLOT); the Markdown written to out_dir links it relatively."""
     from slotrun.plugins import load_plugins
 
@@ -378,7 +379,7 @@ def run(*, tiny: bool = False, plot_path: Path | None = None, out_dir: Path = RE
     chosen = [k for k in SECTIONS if not sections or k in sections]
     result: dict[str, Any] = {}
     if len(chosen) < len(SECTIONS):
-        previous = Path(out_dir) / "smm.json"
+        previous = Path(out_dir) / f"{condition}.json"
         if not previous.is_file():
             raise SystemExit(f"python -m bench smm {' '.join(sections)}: no {previous} to complete; run every section")
         data = json.loads(previous.read_text())

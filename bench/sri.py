@@ -24,7 +24,7 @@ baseline and each ablation (no scene variable, no order alignment, no KL_rollout
    the distance between N validation and N test images, and the structural accuracy of the test split's ground
    truth.
 
-Writes bench/results/sri.json and sri.md, and docs/sri_towers_samples.png (samples and their masks per variant).
+Writes bench/results/sri/CONDITION.json and .md, and docs/sri_towers_samples.png (samples and their masks per variant).
 """
 
 from __future__ import annotations
@@ -39,13 +39,14 @@ import torch
 
 from bench.common import md_table
 from bench.quality import BenchTrainer
-from slotrun.engine.sample import structural_accuracy
 from slotrun.metrics import adjusted_rand_index
 from slotrun.metrics.components import masks_for_comparison
 from slotrun.metrics.fid import FeatureStats, build_feature_net, feature_distance
+from slotrun.model import draw_samples
 from slotrun.types import Batch, Slots
 
 from slotrun_sri.metrics import NegativeELBOBitsPerDim
+from slotrun_sri.towers import structural_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "sri"
@@ -175,9 +176,8 @@ def generate(model: Any, n: int, seed: int, chunk: int = 100) -> tuple[torch.Ten
     segregation decoder): images [n, C, H, W] in [0, 1] and masks [n, K, H, W]."""
     torch.manual_seed(seed)
     images, masks = [], []
-    k = model.grouper.num_slots
     for i in range(0, n, chunk):
-        decoded = model.sample_decoder.decode_slots(model.prior.sample(min(chunk, n - i), k, 1.0))
+        decoded = draw_samples(model, min(chunk, n - i), temperature=1.0)
         images.append(decoded.recon.clamp(0, 1))
         masks.append(decoded.masks)
     return torch.cat(images), torch.cat(masks)
@@ -337,7 +337,7 @@ def markdown(r: dict[str, Any]) -> str:
         "### SRI on the built-in towers", "",
         f"`{r['command']}`: {r['total_s'] / 60:.1f} min on one CPU thread. Stage 1, the segregation model (= the "
         f"independent-prior baseline): {seg['steps']} steps of 16 images in {seg['train_s'] / 60:.1f} min, test "
-        f"FG-ARI {seg['fg_ari']:.3f}, train MSE {_fmt(last.get('mse'), '.4f')}. Stage 2: each SRI variant trains "
+        f"FG-ARI {seg['fg_ari']:.3f}, train MSE {_fmt(last.get('loss_mse', last.get('mse')), '.4f')}. Stage 2: each SRI variant trains "
         f"only its prior and SRI's own decoder (nll_sri; initialised from the segregation decoder), {prior_steps} "
         f"steps, on that frozen segregation model. Scored on "
         f"{ref['images']} test images and {r['rows'][0]['samples']} prior samples per model (temperature 1); "

@@ -9,6 +9,7 @@ import torch
 
 from bench import __main__ as cli
 from bench import common, quality
+from result_files import result_file
 
 
 def test_saved_tensor_accounting_counts_activations_not_params() -> None:
@@ -28,10 +29,12 @@ def test_spread_and_ratios() -> None:
 @pytest.mark.parametrize("what", ["grouper", "step", "loader"])
 def test_suite_runs_tiny(what: str, tmp_path) -> None:
     assert cli.main([what, "--tiny", "--out", str(tmp_path)]) == 0
-    data = json.loads((tmp_path / f"{what}.json").read_text())
+    data = json.loads(result_file(tmp_path, what, "json").read_text())
     assert data["machine"]["torch"] == torch.__version__
-    assert (tmp_path / f"{what}.md").read_text().startswith("###")
-    assert (tmp_path / "README.md").is_file()
+    assert result_file(tmp_path, what, "json").stem == common.condition(data["machine"])
+    header, _, tables = result_file(tmp_path, what, "md").read_text().partition("\n\n")
+    assert header.startswith(f"`python -m bench {what} --tiny") and " at commit " in header and tables.startswith("###")
+    assert f"## {what}: " in (tmp_path / "README.md").read_text()
     if what == "grouper":
         mem = data["result"]["implicit_memory"][-1]["slot_attention"]
         assert mem["implicit"] < mem["full"]
@@ -112,7 +115,7 @@ def test_quality_scores_a_finished_run(tmp_path) -> None:
         "model.decoder.broadcast_size=4"], plugins=plugins)
     train(recipe, plugins)
     assert cli.main(["quality", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 0
-    r = json.loads((tmp_path / "out" / "quality.json").read_text())["result"]
+    r = json.loads(result_file(tmp_path / "out", "quality", "json").read_text())["result"]
     assert r["steps"] == 2 and r["model"]["images"] == 4 and r["train_s"] is None
     one = r["one_background_slot"]
     assert 0.0 <= one["mbo_one_background_slot"] <= 1.0 and one["mse"] > 0.0

@@ -10,6 +10,7 @@ import torch
 
 from bench import __main__ as cli
 from bench import probe
+from result_files import result_file
 from slotrun.types import DecoderOutput, Features, ModelOutput, Slots
 
 
@@ -51,8 +52,8 @@ def test_probe_runs_tiny(tmp_path) -> None:
     args = ["probe", "--out", str(tmp_path), "--steps", "3", "--every", "2", "train.batch_size=4",
             "data.num_train=8", "data.num_val=4", "data.num_test=4", f"data.cache_dir={tmp_path / 'data'}"]
     assert cli.main(args) == 0
-    rows = json.loads((tmp_path / "probe.json").read_text())["result"]["rows"]
+    rows = json.loads(result_file(tmp_path, "probe", "json").read_text())["result"]["rows"]
     assert [r["step"] for r in rows] == [0, 2, 3]
     for r in rows:
         assert 0.0 <= r["attn_entropy"] <= 1.0 and r["slot_spread"] >= 0.0 and 1.0 <= r["slots_used"] <= 5.0
-    assert (tmp_path / "probe.md").read_text().startswith("###")
+    assert result_file(tmp_path, "probe", "md").read_text().split("\n\n", 1)[1].startswith("###")

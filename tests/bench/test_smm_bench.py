@@ -9,6 +9,7 @@ import pytest
 
 from bench import __main__ as cli
 from bench import smm
+from result_files import result_file
 
 
 def test_mean_std_and_formatting() -> None:
@@ -99,7 +100,7 @@ def test_paired_ratio_pairs_runs_by_seed() -> None:
 @pytest.mark.slow
 def test_smm_bench_runs_tiny(tmp_path) -> None:
     assert cli.main(["smm", "--tiny", "--out", str(tmp_path)]) == 0
-    data = json.loads((tmp_path / "smm.json").read_text())
+    data = json.loads(result_file(tmp_path, "smm", "json").read_text())
     r = data["result"]
     assert data["command"].startswith("python -m bench smm")
     assert set(r["set_prediction"]["methods"]) == {"SMM", "Slot Attention"}
@@ -117,13 +118,13 @@ def test_smm_bench_runs_tiny(tmp_path) -> None:
                for run in gmm["runs"])
     assert r["clustering"]["command"] == data["command"]
     # One section again: it replaces that section and keeps the others (with the command that made each).
-    before = json.loads((tmp_path / "smm.json").read_text())["result"]
+    before = json.loads(result_file(tmp_path, "smm", "json").read_text())["result"]
     assert cli.main(["smm", "--tiny", "--out", str(tmp_path), "slate"]) == 0
-    after = json.loads((tmp_path / "smm.json").read_text())
+    after = json.loads(result_file(tmp_path, "smm", "json").read_text())
     assert after["result"]["discovery"] == before["discovery"]
     assert after["result"]["slate"]["command"] == after["command"] != before["slate"]["command"]
-    assert "Sections made by" in (tmp_path / "smm.md").read_text()
-    assert (tmp_path / "smm.md").read_text().startswith("###")
+    text = result_file(tmp_path, "smm", "md").read_text()
+    assert "Sections made by" in text and text.split("\n\n", 1)[1].startswith("###")
     try:
         import matplotlib  # noqa: F401 - the `bench` extra; CI installs only `test`
     except ImportError:
