@@ -48,7 +48,7 @@ def test_recipe_using_the_plugin_trains(installed, tmp_path):
                   "data.num_train=16", "data.num_val=8", "data.num_test=8", f"data.cache_dir={tmp_path / 'data'}")
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert lines[-1]["step"] == 4 and "attention_entropy" in lines[-1]
+    assert lines[-1]["step"] == 4 and "loss_attention_entropy" in lines[-1]
     assert (run_dir / "plugins.json").exists()
     assert "example" in json.loads((run_dir / "plugins.json").read_text())
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from slotrun.errors import ComponentFault, RecipeError, UserError
 
-COMMANDS = ("train", "check", "show", "plugins", "eval", "sample", "data", "probe", "sweep", "import")
+COMMANDS = ("train", "check", "show", "recipes", "cp", "plugins", "eval", "sample", "data", "probe", "sweep",
+            "import")
 
 
 def _plugins(args: argparse.Namespace):  # noqa: ANN202 - Plugins, imported lazily for a fast --help
@@ -85,14 +87,58 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from slotrun.recipe import shipped
+
+    found = shipped.listing(args.pattern)
+    if not found:
+        raise UserError(f"recipes: no shipped recipe matches '{args.pattern}' (`slotrun recipes` lists them all)")
+    width = max(len(r.name) for r in found)
+    for r in found:
+        print(f"{r.name.ljust(width)}  {r.summary}")
+    return 0
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    from slotrun.recipe import shipped
+
+    source = shipped.find(args.name)
+    dest = Path(args.dest)
+    if dest.is_dir():
+        dest = dest / source.path.name
+    if dest.exists():
+        raise UserError(f"cp: {dest} exists; choose another destination (nothing was written)")
+    if not dest.parent.is_dir():
+        raise UserError(f"cp: no folder {dest.parent} to write {dest.name} into")
+    from slotrun.files import write_atomic
+
+    write_atomic(dest, source.path.read_text(encoding="utf-8"))  # `extends` names shipped recipes, so the copy works anywhere
+    print(f"slotrun: copied {source.name} to {dest}; train it with: slotrun train {dest}", file=sys.stderr)
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from slotrun.registry import SINGULAR
+    import fnmatch
+
+    from slotrun.registry import KINDS, SINGULAR
 
     plugins = _plugins(args)
+    entries = [e for e in plugins.registry if args.kind is None or SINGULAR[e.kind] == args.kind]
+    if args.name is not None and not any(c in args.name for c in "*?["):
+        return _describe_plugin_or_component(args, plugins, entries)
+    if args.name is not None:
+        entries = [e for e in entries if fnmatch.fnmatch(e.name, args.name)]
     rows = [
         {"kind": SINGULAR[e.kind], "name": e.name, "plugin": e.plugin, "version": e.version, "summary": e.summary}
-        for e in plugins.registry
+        for e in entries
     ]
+    rows += [{"kind": "command", "name": c.name, "plugin": c.plugin, "version": c.version, "summary": c.help}
+             for c in plugins.commands.values()
+             if args.kind in (None, "command") and (args.name is None or fnmatch.fnmatch(c.name, args.name))]
+    if not rows and (args.name or args.kind):
+        raise UserError(f"plugins: nothing matches '{args.name or '*'}'"
+                        + (f" among {args.kind}s" if args.kind else "") + f" (kinds: "
+                        + ", ".join([*(SINGULAR[k] for k in KINDS), "command"]) + ")")
     if args.json:
         print(json.dumps([{k: r[k] for k in ("kind", "name", "plugin", "version")} for r in rows], indent=2))
         return 0
@@ -104,11 +150,48 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe_plugin_or_component(args: argparse.Namespace, plugins, entries) -> int:  # noqa: ANN001
+    from slotrun.describe import describe
+    from slotrun.registry import SINGULAR, did_you_mean
+
+    matches = [e for e in entries if e.name == args.name]
+    if matches:
+        if args.json:
+            from slotrun.describe import fields
+
+            print(json.dumps([{"kind": SINGULAR[e.kind], "name": e.name, "plugin": e.plugin, "version": e.version,
+                               "doc": (e.config_cls.__doc__ or "").strip(),
+                               "fields": [vars_of(f) for f in fields(e.config_cls)]} for e in matches], indent=2))
+        else:
+            sys.stdout.write("\n".join(describe(e) for e in matches))
+        return 0
+    own = [e for e in entries if e.plugin == args.name]
+    if args.name in plugins.infos:
+        info = plugins.infos[args.name]
+        print(f"plugin '{info.name}' ({info.distribution} {info.version})")
+        for e in own:
+            print(f"  {SINGULAR[e.kind]:<12} {e.name:<28} {e.summary}")
+        for c in plugins.commands.values():
+            if c.plugin == args.name:
+                print(f"  {'command':<12} {c.name:<28} {c.help}")
+        print(f"(details of one: slotrun plugins NAME{' --kind ' + args.kind if args.kind else ''})")
+        return 0
+    known = sorted({e.name for e in entries} | set(plugins.infos))
+    raise UserError(f"plugins: no component or plugin named '{args.name}'{did_you_mean(args.name, known)}"
+                    + (f" among {args.kind}s" if args.kind else "") + " (`slotrun plugins` lists them)")
+
+
+def vars_of(info) -> dict[str, str]:  # noqa: ANN001 - a describe.FieldInfo
+    import attrs
+
+    return attrs.asdict(info)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from slotrun import engine
 
     plugins = _plugins(args)
-    metrics = engine.evaluate_run(args.run_dir, args.overrides, plugins)
+    metrics = engine.evaluate_run(args.run_dir, args.overrides, plugins, checkpoint=args.checkpoint)
     print(json.dumps(metrics, sort_keys=True))
     return 0
 
@@ -177,11 +260,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Intermixed(argparse.ArgumentParser):
+    """A subcommand's parser that takes its options anywhere among its positionals (a plain parser ends a
+    nargs="*" positional at the first option and refuses the words after it)."""
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's signature
+        if self.__dict__.get("_mixing"):
+            return super().parse_known_args(args, namespace)
+        self._mixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._mixing = False
+
+
+def build_parser(plugins=None) -> argparse.ArgumentParser:  # noqa: ANN001 - Plugins whose commands to add
     parser = argparse.ArgumentParser(
         prog="slotrun",
         description="Train and evaluate object-centric (slot) models from TOML recipes.",
-        epilog="`slotrun RECIPE.toml [KEY=VALUE ...]` is short for `slotrun train RECIPE.toml ...`.",
+        epilog="`slotrun RECIPE [KEY=VALUE ...]` is short for `slotrun train RECIPE ...`; a RECIPE is a .toml file "
+               "or a shipped recipe's name (`slotrun recipes` lists them).",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for every error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -205,13 +303,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("plugins", help="list plugins and the components each registers")
-    p.add_argument("--json", action="store_true", help="a JSON list: {kind, name, plugin, version}")
+    p = sub.add_parser("recipes", help="list the shipped recipes (by shell-style pattern, e.g. 'slate/*')")
+    p.add_argument("pattern", nargs="?", default="*")
+    p.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser("cp", help="copy a shipped recipe to edit it: slotrun cp NAME DEST")
+    p.add_argument("name", help="a shipped recipe's name (slotrun recipes), e.g. dinosaur/coco_mlp")
+    p.add_argument("dest", help="a new .toml file, or a folder")
+    p.set_defaults(func=cmd_cp)
+
+    p = sub.add_parser("plugins", help="list plugins, their components and commands; with NAME, a component's "
+                                       "settings (type, default, bounds) or a plugin's components")
+    p.add_argument("name", nargs="?", default=None, metavar="NAME|PATTERN",
+                   help="a component or plugin name, or a shell-style pattern of component names")
+    from slotrun.registry import KINDS, SINGULAR
+
+    p.add_argument("--kind", choices=[*(SINGULAR[k] for k in KINDS), "command"], default=None,
+                   help="only components of this kind")
+    p.add_argument("--json", action="store_true", help="a JSON list: {kind, name, plugin, version} (with NAME: "
+                                                       "also doc and fields)")
     p.set_defaults(func=cmd_plugins)
 
-    p = sub.add_parser("eval", help="evaluate a run directory; prints metrics as JSON")
+    p = sub.add_parser("eval", help="evaluate a run directory's checkpoint; prints metrics as JSON (appended to "
+                                    "RUN_DIR/eval.jsonl, written to RUN_DIR/eval/STEP[-HASH].json and eval.json)")
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--checkpoint", default=None, metavar="STEP|PATH",
+                   help="the checkpoint to score: a step (500) or a checkpoint directory (default: the newest)")
+    p.__class__ = _Intermixed  # `eval RUN --checkpoint 500 KEY=VALUE ...`: the option between positionals
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sample", help="generate scenes from a run's slot prior: PNG grid + .npy arrays")
@@ -247,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "several, else the runs go one after another in this process)")
     p.add_argument("--summary", metavar="DIR", default=None,
                    help="only rebuild the summary of DIR: a sweep directory, or any folder of run directories")
+    p.__class__ = _Intermixed  # `sweep RECIPE --seeds 3 KEY=V1,V2`: options anywhere
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("import", help="write a run directory from a released checkpoint (see docs/import.md)")
@@ -259,7 +379,30 @@ def build_parser() -> argparse.ArgumentParser:
     from slotrun.data.cli import add_commands
 
     add_commands(sub)
+    for command in (plugins.commands.values() if plugins is not None else ()):
+        p = sub.add_parser(command.name, help=f"{command.help} [{command.provider}]")
+        if command.arguments is not None:
+            _plugin_call(command, "arguments", command.arguments, p)
+        p.set_defaults(func=lambda args, _c=command: _plugin_call(_c, "run", _c.run, args))
     return parser
+
+
+def _plugin_call(command, what: str, function, *args):  # noqa: ANN001, ANN202
+    """A plugin command's code: a UserError is the user's; anything else is the plugin's bug (exit 1)."""
+    try:
+        return function(*args)
+    except (UserError, ComponentFault, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ComponentFault(f"command '{command.name}' of {command.provider} failed in its {what}: "
+                             f"{type(exc).__name__}: {first}".rstrip(": ")) from exc
+
+
+def _is_shipped(name: str) -> bool:
+    from slotrun.recipe import shipped
+
+    return name in shipped.names()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -267,9 +410,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     # `slotrun RECIPE.toml ...` trains: insert the command when the first word is not one.
     first = next((a for a in argv if not a.startswith("-")), None)
-    if first is not None and first not in COMMANDS and (first.endswith(".toml") or Path(first).is_file()):
+    if first is not None and first not in COMMANDS and (first.endswith(".toml") or Path(first).is_file()
+                                                         or _is_shipped(first)):
         argv.insert(argv.index(first), "train")
-    parser = build_parser()
+        first = "train"
+    # Plugins' commands need the plugins loaded (seconds: they import torch); the built-in ones do not.
+    plugins = None
+    if first not in COMMANDS:
+        from slotrun.plugins import load_plugins
+
+        plugins = load_plugins()
+    parser = build_parser(plugins)
     args = parser.parse_args(argv)
     # Library modules log through "slotrun.*" (data generation, skipped samples); show them as plain lines.
     handler = logging.StreamHandler(sys.stderr)
@@ -297,6 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("slotrun: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `slotrun recipes | head`: the reader left; say nothing more
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stdout must stay open until the interpreter exits
+        return 0
     except Exception:  # noqa: BLE001 - a crash: keep the traceback, exit 1
         traceback.print_exc()
         return 1

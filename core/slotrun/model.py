@@ -17,24 +17,28 @@ import torch
 from torch import Tensor, nn
 
 from slotrun.errors import ComponentFault, RecipeError, UserError
-from slotrun.protocols import BalancerInputs, DecoderInputs, GrouperInputs, PriorInputs, RegulariserInputs
+from slotrun.protocols import (
+    Balancer, BalancerInputs, Decoder, DecoderInputs, Encoder, Grouper, GrouperInputs, Prior, PriorInputs, Regulariser,
+    RegulariserInputs,
+)
 from slotrun.recipe import ModelConfig, ScalarSchedule, scalar_at
 from slotrun.structure import Spec
 from slotrun.types import Batch, ImageSpec, ModelOutput, PropertyLayout
 
 
 class SlotModel(nn.Module):
-    """The whole model. Plain nn.Module: usable without recipes (pass modules in directly)."""
+    """The whole model. Plain nn.Module: usable without recipes (pass modules in directly). Each argument is an
+    nn.Module that meets its kind's contract in slotrun.protocols (checked by slotrun.testing)."""
 
     def __init__(
         self,
-        encoder: nn.Module,
-        grouper: nn.Module,
-        decoder: nn.Module,
+        encoder: Encoder,
+        grouper: Grouper,
+        decoder: Decoder,
         *,
-        prior: nn.Module | None = None,
-        regularisers: Mapping[str, nn.Module] | None = None,
-        balancers: Mapping[str, nn.Module] | None = None,
+        prior: Prior | None = None,
+        regularisers: Mapping[str, Regulariser] | None = None,
+        balancers: Mapping[str, Balancer] | None = None,
         loss_weights: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
@@ -153,6 +157,43 @@ def sample_decoder_of(model: nn.Module) -> nn.Module | None:
     any object with `prior` / `decoder` attributes (None when it has neither)."""
     own = getattr(getattr(model, "prior", None), "decoder", None)
     return own if own is not None else getattr(model, "decoder", None)
+
+
+def sampling_problem(model: nn.Module) -> str | None:
+    """Why `model` cannot generate (None when it can): it needs a prior with `sample(n, num_slots,
+    temperature)` and a generative decoder (sample_decoder_of) with `decode_slots(slots)`."""
+    prior = getattr(model, "prior", None)
+    if prior is None or not callable(getattr(prior, "sample", None)):
+        return "the model has no prior to sample from (set [model.prior], e.g. type = \"sri\")"
+    decoder = sample_decoder_of(model)
+    if not callable(getattr(decoder, "decode_slots", None)):
+        where = "model.prior.decoder" if decoder is not getattr(model, "decoder", None) else "model.decoder"
+        return (f"the decoder at {where} cannot decode sampled slots (it has no decode_slots method); use e.g. "
+                "mog_broadcast")
+    return None
+
+
+def can_sample(model: nn.Module) -> bool:
+    """A generative model: a prior with sample() and a decoder with decode_slots() (the prior's own, if any)."""
+    return sampling_problem(model) is None
+
+
+@torch.no_grad()
+def draw_samples(model: nn.Module, n: int, *, num_slots: int | None = None, temperature: float = 1.0,
+                 device: torch.device | str | None = None) -> Any:
+    """The one way slotrun generates scenes (`slotrun sample`, the sample pictures, the fid metric): n slot
+    sets from model.prior.sample(n, num_slots (default: the grouper's), temperature), decoded by the generative
+    model's decoder (sample_decoder_of: the prior's own when it has one, else the model's) with decode_slots.
+    Returns that DecoderOutput (recon [n, C, H, W], masks [n, K, H, W] when the decoder gives them). Draws from
+    the global random state: callers isolate it (rng.isolated, fork_rng) and set eval mode."""
+    problem = sampling_problem(model)
+    if problem is not None:
+        raise UserError(problem)
+    k = int(num_slots or model.grouper.num_slots)
+    slots = model.prior.sample(n, k, temperature)
+    if device is not None:
+        slots = slots.to(device)
+    return sample_decoder_of(model).decode_slots(slots)
 
 
 def _build(spec: Spec, inputs: Any, path: str) -> Any:

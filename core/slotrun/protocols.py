@@ -191,6 +191,16 @@ class SamplingPrior(Prior, Protocol):
     def sample(self, n: int, num_slots: int, temperature: float = 1.0) -> Tensor: ...
 
 
+class ScoringPrior(SamplingPrior, Protocol):
+    """A sampling prior that scores the scenes generated from it: `score_samples(images, masks, source)` ->
+    {name: float}, where images [n, C, H, W] are the decoded samples (in [0, 1]), masks [n, K, H, W] their
+    per-slot masks (sum to one over K) and source the run's DataSource, so a score can be defined for one
+    dataset only (return {} for the others). `slotrun sample` writes them to samples.json and prints them; the
+    core knows no score itself (SRI's structural accuracy on the built-in towers lives in slotrun_sri.towers)."""
+
+    def score_samples(self, images: Tensor, masks: Tensor, source: DataSource) -> Mapping[str, float]: ...
+
+
 class Balancer(Protocol):
     """nn.Module combining the loss terms it claims (`terms`) into one contribution to the total loss.
 

@@ -300,7 +300,7 @@ CONTRACTS: dict[str, type] = {
 CAPABILITIES: dict[str, tuple[tuple[type, str], ...]] = {
     "groupers": ((protocols.IterativeGrouper, "iters"), (protocols.SeededGrouper, "initial_slots")),
     "decoders": ((protocols.GenerativeDecoder, "decode_slots"),),
-    "priors": ((protocols.SamplingPrior, "sample"),),
+    "priors": ((protocols.SamplingPrior, "sample"), (protocols.ScoringPrior, "score_samples")),
 }
 
 

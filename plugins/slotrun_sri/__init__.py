@@ -7,5 +7,6 @@ Components (names as recipes write them):
 - prior "independent": the independent N(0, I) slot prior baseline.
 - decoder "mog_broadcast": SRI's spatial broadcast decoder with a Gaussian or Mixture-of-Gaussians likelihood.
 - metric "neg_elbo_bpd": the negative ELBO in bits per dimension.
-- `slotrun.engine.sample.sample_run`: unconditional scenes from a run (PNG grid, .npy arrays, structural accuracy).
+- `slotrun.engine.sample.sample_run`: unconditional scenes from a run (PNG grid, .npy arrays); both priors'
+  `score_samples` add structural accuracy on the built-in towers (`slotrun_sri.towers`).
 """

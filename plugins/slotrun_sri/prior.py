@@ -50,6 +50,7 @@ from slotrun.blocks import mlp
 from slotrun.types import Batch, Features, Slots
 
 from slotrun_sri.gaussians import kl_normal, kl_standard_normal, kl_standard_normal_at, positive_std
+from slotrun_sri.towers import score_towers_samples
 
 MATCHINGS = ("greedy", "hungarian")
 ORDERED_STDS = ("segregation", "lstm")
@@ -349,6 +350,10 @@ class SRIPrior(nn.Module):
         z, _, _ = self.prior.rollout(s, num_slots, batch=n, temperature=temperature)
         return z
 
+    def score_samples(self, images: Tensor, masks: Tensor, source: object) -> dict[str, float]:
+        """Scores of generated scenes (slotrun.protocols.ScoringPrior): structural accuracy on the towers."""
+        return score_towers_samples(images, masks, source)
+
 
 class IndependentPrior(nn.Module):
     """p(z_k) = N(0, I) for every slot independently: "kl_slot" = sum_k KL(q(z_k | x) || N(0, I)), estimated at the
@@ -372,6 +377,10 @@ class IndependentPrior(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, num_slots: int, temperature: float = 1.0) -> Tensor:
         return torch.randn(n, num_slots, self.slot_dim, device=self._device.device) * temperature
+
+    def score_samples(self, images: Tensor, masks: Tensor, source: object) -> dict[str, float]:
+        """Scores of generated scenes (slotrun.protocols.ScoringPrior): structural accuracy on the towers."""
+        return score_towers_samples(images, masks, source)
 
 
 __all__ = ["AutoregressiveGaussian", "IndependentPrior", "RelationBlock", "SRIPrior", "SceneEncoder",

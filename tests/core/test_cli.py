@@ -90,6 +90,24 @@ def test_user_mistakes_are_one_line(args, fragment, capsys):
     assert len(err) == 1 and fragment in err[0] and err[0].startswith("slotrun: error: ")
 
 
+def test_eval_of_a_checkpoint_that_does_not_exist_lists_the_steps(tmp_path, capsys):
+    from slotrun.plugins import load_plugins
+    from slotrun.recipe import load, to_toml
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "recipe.toml").write_text(to_toml(load(QUICKSTART, [f'run.dir="{run}"'], plugins=load_plugins())))
+    for step in (100, 300):  # complete checkpoints (their marker's sizes match); the weights are never read
+        folder = run / "checkpoints" / f"step_{step:07d}"
+        folder.mkdir()
+        for name in ("model.safetensors", "state.pt"):
+            (folder / name).write_bytes(b"x")
+        (folder / "COMPLETE").write_text(json.dumps({"step": step, "files": {"model.safetensors": 1, "state.pt": 1}}))
+    assert main(["eval", str(run), "--checkpoint", "200", "eval.split=test"]) == 2  # the option among positionals
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"slotrun: error: {run} has no complete checkpoint 200 (available steps: 100, 300)"]
+
+
 def test_debug_shows_traceback(capsys):
     assert main(["--debug", "missing.toml"]) == 2
     assert "Traceback" in capsys.readouterr().err

@@ -107,7 +107,26 @@ def prune(folder: Path, keep: int) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _shape_mismatches(model: nn.Module, weights: Path) -> list[str]:
+    """'name: checkpoint [..], model [..]' for each tensor whose stored shape differs from the model's."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except Exception:  # noqa: BLE001 - an unreadable file is reported by load_model below
+        return []
+    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return [f"{k}: checkpoint {list(stored[k])}, model {list(shape)}" for k, shape in wanted.items()
+            if k in stored and stored[k] != shape]
+
+
 def load_weights(model: nn.Module, path: Path) -> None:
+    wrong = _shape_mismatches(model, path / WEIGHTS)
+    if wrong:
+        shown = "; ".join(wrong[:3]) + (f"; and {len(wrong) - 3} more" if len(wrong) > 3 else "")
+        raise UserError(f"the weights in {path} do not fit this model ({shown}); overrides may only change "
+                        "settings that keep parameter shapes (e.g. model.grouper.iters, num_slots)")
     try:
         missing, unexpected = load_model(model, str(path / WEIGHTS), strict=False)
     except (RuntimeError, ValueError) as exc:  # shape mismatch: an override changed a parameter's shape

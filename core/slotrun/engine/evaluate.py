@@ -4,11 +4,14 @@ Metrics are computed over the whole split (or eval.max_samples of it), each rank
 merged across ranks: a metric with `state()` / `load_state(rows)` (slotrun's built-ins) has its per-image
 records gathered, so the value is exact; a metric without them is averaged weighted by each rank's image
 count. Evaluation draws from its own seeded random generators (rng.isolated), so the same checkpoint gives
-the same numbers every time and evaluating never changes training.
+the same numbers every time and evaluating never changes training. One forward pass over the eval batches
+gives the metrics and, kept from the first batch (evaluate(keep=...)), the pictures; the sample pictures
+(save_samples) decode prior samples and run no forward pass over data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Iterator, Sequence
@@ -20,12 +23,13 @@ from accelerate import Accelerator
 from torch import nn
 
 from slotrun.engine import checkpoint, rng
+from slotrun.engine.checkpoint import step_of
 from slotrun.engine.distributed import gather, make_accelerator
-from slotrun.engine.pictures import render, render_samples
+from slotrun.engine.pictures import render_pairs, render_samples
 from slotrun.engine.run_dir import RunDir, step_name, write_atomic, json_safe
 from slotrun.errors import UserError
 from slotrun.files import write_png
-from slotrun.model import SlotModel, build_model, sample_decoder_of
+from slotrun.model import SlotModel, build_model, can_sample, draw_samples
 from slotrun.protocols import DataSource, MetricInputs
 from slotrun.recipe import EvalConfig, Recipe, load
 from slotrun.types import Batch
@@ -57,9 +61,12 @@ def _rank_share(total: int | None, rank: int, world_size: int) -> int | None:
 
 
 def evaluate(model: nn.Module, source: DataSource, metrics: Sequence[Any], config: EvalConfig,
-             accelerator: Accelerator, seed: int) -> dict[str, float]:
+             accelerator: Accelerator, seed: int, *, keep: list[tuple[Batch, Any]] | None = None
+             ) -> dict[str, float]:
     """The recipe's metrics plus the mean loss and loss terms ("loss", "loss_<term>") over the eval split.
-    `model` is the unwrapped module (no DDP: ranks may see different numbers of batches)."""
+    `model` is the unwrapped module (no DDP: ranks may see different numbers of batches). With `keep` (a list),
+    the main process appends (batch, output) pairs of its first eval batches, as many as eval.pictures images
+    need, for save_pictures: one forward pass over the eval split serves the metrics and the pictures."""
     rank, world = accelerator.process_index, accelerator.num_processes
     was_training = model.training
     model.eval()
@@ -79,6 +86,8 @@ def evaluate(model: nn.Module, source: DataSource, metrics: Sequence[Any], confi
             for batch in limited(batches, _rank_share(config.max_samples, rank, world)):
                 batch = batch.to(accelerator.device)
                 output = model(batch)
+                if keep is not None and accelerator.is_main_process and sum(b.size for b, _ in keep) < config.pictures:
+                    keep.append((batch, output))
                 n = batch.size
                 count += n
                 sums["loss"] = sums.get("loss", 0.0) + float(output.loss) * n
@@ -115,39 +124,40 @@ def _merge(accelerator: Accelerator, metrics: Sequence[Any], sums: dict[str, flo
 
 
 def save_pictures(model: nn.Module, source: DataSource, config: EvalConfig, accelerator: Accelerator,
-                  seed: int, path: Path) -> Any:
-    """The PNG grid for the first eval.pictures images of the eval split (main process only). Returns the
-    PIL image (for TensorBoard), or None when eval.pictures is 0."""
+                  seed: int, path: Path, *, shown: Sequence[tuple[Batch, Any]] | None = None) -> Any:
+    """The PNG grid of eval.pictures images of the eval split (main process only). Returns the PIL image (for
+    the trackers), or None when eval.pictures is 0 or the split is empty.
+
+    `shown`: what evaluate(keep=...) kept, the first eval batches and the model's outputs on them: the grid
+    shows their first eval.pictures images with no forward pass of its own. Without it (a caller that did not
+    evaluate), the model runs once on the split's first eval.pictures images."""
     if config.pictures == 0:
         return None
-    batch = next(iter(source.batches(config.split, config.pictures, seed=seed, epoch=0, shuffle=False,
-                                     drop_last=False)), None)
-    if batch is None:
-        return None
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), rng.isolated(rng.derived_seed(seed, EVAL_SALT), accelerator.device), \
-                accelerator.autocast():
-            output = model(batch.to(accelerator.device))
-    finally:
-        model.train(was_training)
-    image = render(batch, output, config.pictures)
+    if shown is not None:
+        if not shown:
+            return None
+        pairs = list(shown)
+    else:
+        batch = next(iter(source.batches(config.split, config.pictures, seed=seed, epoch=0, shuffle=False,
+                                         drop_last=False)), None)
+        if batch is None:
+            return None
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), rng.isolated(rng.derived_seed(seed, EVAL_SALT), accelerator.device), \
+                    accelerator.autocast():
+                pairs = [(batch, model(batch.to(accelerator.device)))]
+        finally:
+            model.train(was_training)
+    image = render_pairs(pairs, config.pictures)
     write_png(image, path)
     return image
 
 
-def can_sample(model: nn.Module) -> bool:
-    """A generative model: a prior with sample() and a decoder with decode_slots() (the prior's own, if any)."""
-    prior = getattr(model, "prior", None)
-    return (prior is not None and callable(getattr(prior, "sample", None))
-            and callable(getattr(sample_decoder_of(model), "decode_slots", None)))
-
-
 def save_samples(model: nn.Module, config: EvalConfig, accelerator: Accelerator, seed: int, path: Path) -> Any:
-    """A grid of eval.pictures samples (prior.sample at eval.sample_temperature, then decode_slots of the
-    generative model's decoder, the prior's own when it has one) when the model can generate; None otherwise.
-    Draws from its own random stream, so training is unaffected."""
+    """A grid of eval.pictures samples (slotrun.model.draw_samples at eval.sample_temperature) when the model
+    can generate; None otherwise. Draws from its own random stream, so training is unaffected."""
     if config.pictures == 0 or not can_sample(model):
         return None
     was_training = model.training
@@ -155,8 +165,8 @@ def save_samples(model: nn.Module, config: EvalConfig, accelerator: Accelerator,
     try:
         with torch.no_grad(), rng.isolated(rng.derived_seed(seed, EVAL_SALT, 1), accelerator.device), \
                 accelerator.autocast():
-            slots = model.prior.sample(config.pictures, model.grouper.num_slots, config.sample_temperature)
-            decoded = sample_decoder_of(model).decode_slots(slots.to(accelerator.device))
+            decoded = draw_samples(model, config.pictures, temperature=config.sample_temperature,
+                                   device=accelerator.device)
     finally:
         model.train(was_training)
     image = render_samples(decoded, config.pictures)
@@ -187,6 +197,36 @@ def _newest(run_dir: Path) -> Path:
     return found
 
 
+def find_checkpoint(run_dir: str | Path, which: str | int | Path | None = None) -> Path:
+    """The complete checkpoint of `run_dir` to load: `which` None = the newest; a step (500 or "500"); a
+    checkpoint directory's name ("step_0000500") or path. One that is missing or incomplete is a UserError
+    naming it and listing the steps available."""
+    run_dir = Path(run_dir)
+    if which is None:
+        return _newest(run_dir)
+    done = checkpoint.complete(run_dir / "checkpoints")
+    text = str(which).strip()
+    if isinstance(which, int) or text.isdigit():
+        found = [p for p in done if checkpoint.step_of(p) == int(text)]
+    else:
+        path = Path(text).expanduser()
+        candidates = [path] if path.is_absolute() else [path, run_dir / "checkpoints" / path, run_dir / path]
+        found = [c for c in candidates if c.is_dir() and checkpoint.step_of(c) >= 0 and checkpoint.is_complete(c)]
+    if found:
+        return found[0]
+    steps = ", ".join(str(checkpoint.step_of(p)) for p in done) or "none yet"
+    raise UserError(f"{run_dir} has no complete checkpoint {text} (available steps: {steps})")
+
+
+def eval_stem(step: int, overrides: Sequence[str]) -> str:
+    """The name of one evaluation's files: "step_0000500", plus "-" and 8 hex digits of the overrides when
+    there are any (eval/step_0000500-1a2b3c4d.json), so evaluations with other settings never collide."""
+    if not overrides:
+        return step_name(step)
+    digest = hashlib.sha256(json.dumps(list(overrides)).encode()).hexdigest()[:8]
+    return f"{step_name(step)}-{digest}"
+
+
 def _model_from(recipe: Recipe, source: DataSource, ckpt: Path) -> SlotModel:
     rng.seed_all(recipe.train.seed)  # components that draw at build time build the same way as in training
     model = build_model(recipe.model, source.image, properties=source.properties,
@@ -195,8 +235,10 @@ def _model_from(recipe: Recipe, source: DataSource, ckpt: Path) -> SlotModel:
     return model
 
 
-def load_model(run_dir: str | Path, *, plugins: Any = None) -> tuple[Recipe, SlotModel]:
-    """The run's resolved recipe and its newest complete checkpoint's model, in eval mode, on the CPU."""
+def load_model(run_dir: str | Path, *, plugins: Any = None, checkpoint: str | int | Path | None = None
+               ) -> tuple[Recipe, SlotModel]:
+    """The run's resolved recipe and the model of one complete checkpoint (default: the newest; see
+    find_checkpoint), in eval mode, on the CPU."""
     if plugins is None:
         from slotrun.plugins import load_plugins
 
@@ -204,36 +246,54 @@ def load_model(run_dir: str | Path, *, plugins: Any = None) -> tuple[Recipe, Slo
     run_dir = Path(run_dir)
     recipe = _run_recipe(run_dir, (), plugins)
     source = recipe.data.build(None)
-    model = _model_from(recipe, source, _newest(run_dir))
+    model = _model_from(recipe, source, find_checkpoint(run_dir, checkpoint))
     return recipe, model.eval()
 
 
-def evaluate_run(run_dir: str | Path, overrides: Sequence[str], plugins: Any) -> dict[str, float]:
-    """Evaluate the newest complete checkpoint of `run_dir` on the recipe's eval split, with KEY=VALUE
-    overrides applied to the stored recipe (e.g. model.grouper.iters=5, eval.split=test). Writes
-    RUN_DIR/eval.json, appends to RUN_DIR/eval.jsonl, and returns the metrics."""
+def evaluate_run(run_dir: str | Path, overrides: Sequence[str], plugins: Any, *,
+                 checkpoint: str | int | Path | None = None) -> dict[str, float]:
+    """Evaluate one complete checkpoint of `run_dir` (default: the newest; a step, or a checkpoint directory's
+    name or path, see find_checkpoint) on the recipe's eval split, with KEY=VALUE overrides applied to the stored
+    recipe (e.g. model.grouper.iters=5, eval.split=test). Returns the metrics. Nothing earlier is overwritten:
+
+        RUN_DIR/eval.jsonl               one line appended per evaluation: step, checkpoint, overrides, metrics
+        RUN_DIR/eval/STEM.json           this evaluation (STEM: eval_stem(step, overrides))
+        RUN_DIR/eval.json                a copy of the latest `slotrun eval` record
+        RUN_DIR/pictures/eval_STEM.png   and eval_samples_STEM.png
+    """
     run_dir = Path(run_dir)
     overrides = list(overrides)
     recipe = _run_recipe(run_dir, overrides, plugins)
-    ckpt = _newest(run_dir)
-    step = checkpoint.step_of(ckpt)
+    ckpt = find_checkpoint(run_dir, checkpoint)
+    step = step_of(ckpt)  # (`checkpoint` is the argument here)
+    stem = eval_stem(step, overrides)
     accelerator = make_accelerator(recipe.train.mixed_precision)
     source = recipe.data.build(None)
     with accelerator.main_process_first():
         source.prepare()
-    model = _model_from(recipe, source, ckpt).to(accelerator.device)
+    try:
+        model = _model_from(recipe, source, ckpt).to(accelerator.device)
+    except UserError as exc:
+        changed = [o for o in overrides if o.split("=", 1)[0].strip().startswith("model.")]
+        if not changed or "do not fit" not in str(exc):
+            raise
+        raise UserError(f"{exc}; the model overrides given: {', '.join(changed)}") from None
     metrics = build_metrics(recipe, source)
-    results = evaluate(model, source, metrics, recipe.eval, accelerator, recipe.train.seed)
+    shown: list[tuple[Batch, Any]] = []
+    results = evaluate(model, source, metrics, recipe.eval, accelerator, recipe.train.seed, keep=shown)
     if accelerator.is_main_process:
         run = RunDir(run_dir)
         record = {"step": step, "checkpoint": ckpt.name, "overrides": overrides, **results}
-        write_atomic(run.eval_json, json.dumps(json_safe(record), indent=2) + "\n")
+        text = json.dumps(json_safe(record), indent=2) + "\n"
         run.append(run.evals, record)
+        run.eval_dir.mkdir(exist_ok=True)
+        write_atomic(run.eval_dir / f"{stem}.json", text)
+        write_atomic(run.eval_json, text)
         try:
             save_pictures(model, source, recipe.eval, accelerator, recipe.train.seed,
-                          run.pictures / f"eval_{step_name(step)}.png")
+                          run.pictures / f"eval_{stem}.png", shown=shown)
             save_samples(model, recipe.eval, accelerator, recipe.train.seed,
-                         run.pictures / f"eval_samples_{step_name(step)}.png")
+                         run.pictures / f"eval_samples_{stem}.png")
         except OSError as exc:  # pictures are a convenience: never fail an evaluation for them
             print(f"slotrun: warning: could not write pictures: {exc}", file=sys.stderr)
     return results

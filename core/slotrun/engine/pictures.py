@@ -7,9 +7,11 @@ feature-reconstruction decoder (DINOSAUR) reconstructs features, not pixels, so 
 input under each mask. Attention maps appear when the grouper's tokens form the encoder's grid.
 
 Generative models (a prior with `sample(n, num_slots, temperature)` and a decoder with `decode_slots(slots)`,
-the prior's own when it has one) also get a grid of samples, a row per sample:
+the prior's own when it has one) also get a grid of samples (slotrun.model.draw_samples), a row per sample:
 
-    sample | masks (argmax colours) | slot 1 .. slot K
+    mixture (the decoded scene) | masks (argmax colours) | slot 1 .. slot K
+
+`slotrun sample`'s grid adds a label column naming each row ("sample 1" ...). Both grids are drawn by grid().
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ def sample_columns(decoded: DecoderOutput, count: int) -> tuple[list[str], list[
     size = (sample.shape[-2], sample.shape[-1])
     value_range = display_range(sample)
     shown = _rgb(_to_unit(sample, value_range))
-    titles, cols = ["sample"], [shown]
+    titles, cols = ["mixture"], [shown]
     if decoded.masks is not None:
         masks = _resize(decoded.masks[:count].detach().cpu(), size)
         labels = masks.argmax(dim=1).numpy()
@@ -155,9 +157,12 @@ def sample_columns(decoded: DecoderOutput, count: int) -> tuple[list[str], list[
     return titles, cols
 
 
-def render_samples(decoded: DecoderOutput, count: int) -> Image.Image:
-    """The samples grid as a PIL image, with a header row of column titles."""
-    return grid(*sample_columns(decoded, count))
+def render_samples(decoded: DecoderOutput, count: int, *, row_labels: bool = False) -> Image.Image:
+    """The samples grid as a PIL image, with a header row of column titles and, with `row_labels`, a first
+    column naming each row ("sample 1", ...)."""
+    titles, cols = sample_columns(decoded, count)
+    rows = [f"sample {i + 1}" for i in range(cols[0].shape[0])] if row_labels else None
+    return grid(titles, cols, rows)
 
 
 def render(batch: Batch, output: ModelOutput, count: int) -> Image.Image:
@@ -165,21 +170,55 @@ def render(batch: Batch, output: ModelOutput, count: int) -> Image.Image:
     return grid(*columns(batch, output, count))
 
 
-def grid(titles: list[str], cols: list[Tensor]) -> Image.Image:
-    """Columns of [n, 3, H, W] tiles in [0, 1] under their titles, as one PIL image."""
+def render_pairs(pairs: list[tuple[Batch, ModelOutput]], count: int) -> Image.Image:
+    """The grid of the first `count` images over several (batch, output) pairs (the evaluation's first
+    batches), as if they were one batch."""
+    titles: list[str] = []
+    cols: list[Tensor] = []
+    for batch, output in pairs:
+        left = count - (cols[0].shape[0] if cols else 0)
+        if left <= 0:
+            break
+        more_titles, more = columns(batch, output, left)
+        if not cols:
+            titles, cols = more_titles, more
+        elif more_titles == titles:
+            cols = [torch.cat([a, b]) for a, b in zip(cols, more, strict=True)]
+    return grid(titles, cols)
+
+
+HEADER = 14  # the title row's height
+LABEL_PAD = 4  # space either side of a row label
+
+
+def label_width(row_labels: list[str] | None) -> int:
+    """The width of the label column for these row labels (0 without labels)."""
+    if not row_labels:
+        return 0
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    return int(max(draw.textlength(label) for label in row_labels)) + 2 * LABEL_PAD
+
+
+def grid(titles: list[str], cols: list[Tensor], row_labels: list[str] | None = None) -> Image.Image:
+    """Columns of [n, 3, H, W] tiles in [0, 1] under their titles, as one PIL image; `row_labels` (one per
+    row) adds a column of captions on the left (PIL's default font, like the titles)."""
     n, _, height, width = cols[0].shape
+    if row_labels is not None and len(row_labels) != n:
+        raise ValueError(f"{len(row_labels)} row labels for {n} rows")
     scale = max(1, -(-MIN_TILE // height)) if height < MIN_TILE else 1
     th, tw = height * scale, width * scale
     if th > MAX_TILE:
         th, tw = MAX_TILE, max(1, round(width * MAX_TILE / height))
-    header = 14
-    image = Image.new("RGB", (len(cols) * (tw + PAD) + PAD, header + n * (th + PAD) + PAD), (255, 255, 255))
+    left = label_width(row_labels)
+    image = Image.new("RGB", (left + len(cols) * (tw + PAD) + PAD, HEADER + n * (th + PAD) + PAD), (255, 255, 255))
     draw = ImageDraw.Draw(image)
+    for r, label in enumerate(row_labels or ()):
+        draw.text((LABEL_PAD, HEADER + PAD + r * (th + PAD) + th // 2 - 5), label, fill=(0, 0, 0))
     for c, (title, col) in enumerate(zip(titles, cols, strict=True)):
-        x = PAD + c * (tw + PAD)
+        x = left + PAD + c * (tw + PAD)
         draw.text((x + 2, 1), title, fill=(0, 0, 0))
         pixels = (col.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         for r in range(n):
             tile = Image.fromarray(pixels[r]).resize((tw, th), Image.NEAREST)
-            image.paste(tile, (x, header + PAD + r * (th + PAD)))
+            image.paste(tile, (x, HEADER + PAD + r * (th + PAD)))
     return image

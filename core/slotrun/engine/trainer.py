@@ -36,15 +36,15 @@ from slotrun.engine.evaluate import build_metrics, can_sample, evaluate, format_
 from slotrun.engine.interrupt import StopFlag, TrainingInterrupted, stop_on_signals
 from slotrun.engine.progress import Progress
 from slotrun.engine.run_dir import RunDir, read_jsonl, step_name
+from slotrun.engine.trackers import Trackers, require
 from slotrun.engine.schedules import build_optimizer, build_scheduler, loss_weights_at, scheduled_weights
 from slotrun.errors import UserError
 from slotrun.model import SlotModel, build_model, load_pretrained
 from slotrun.protocols import DataSource
-from slotrun.recipe import Recipe
+from slotrun.recipe import Recipe, to_data
 from slotrun.types import Batch
 
 TRAIN_SALT = 0x7A1  # training's random stream per rank, apart from the init seed itself
-RESERVED = {"step", "loss", "lr", "grad_norm", "images_per_s", "skipped_samples", "nonfinite_steps", "epoch"}
 
 LogHook = Callable[[dict[str, Any]], None]
 
@@ -160,7 +160,8 @@ class Trainer:
     fit() repeats train_step (forward -> compute_loss -> backward over grad_accum micro-batches -> clip ->
     one cross-rank reduction -> balancer update -> optimiser step) and calls save and evaluate on the
     recipe's schedules. Attributes after setup: recipe, config (recipe.train), accelerator, source, model
-    (prepared), raw (unwrapped), metrics, optimizer, scheduler, data, step, rundir.
+    (prepared), raw (unwrapped), metrics, optimizer, scheduler, data, step, rundir, trackers (train.log_with:
+    Accelerate's tracker objects in trackers.active, on the main process).
     """
 
     def __init__(self, recipe: Recipe, *, versions: Mapping[str, str] | None = None,
@@ -169,7 +170,7 @@ class Trainer:
         self.versions = dict(versions or {})
         self.accelerator: Accelerator = accelerator  # type: ignore[assignment]
         self.rundir = RunDir(recipe.run.dir)
-        self.writer: Any = None
+        self.trackers = Trackers(recipe.train.log_with, self.rundir.path)
         self.progress: Progress | None = None
         self.stop = StopFlag()
         self.deadline_s: float | None = None
@@ -196,6 +197,7 @@ class Trainer:
         if self._ready:
             return
         cfg = self.config
+        require(cfg.log_with)  # a missing tracker package: the one-line error before anything is written
         if self.accelerator is None:
             self.accelerator = self.setup_accelerator()
         acc = self.accelerator
@@ -355,11 +357,14 @@ class Trainer:
         # one always is. Its old record goes, so the logs hold one per evaluation, as an uninterrupted run's do.
         self.redo_eval = bool(broadcast(acc, self._unfinished_eval() if self.main else None))
         final = self.step >= cfg.steps or self._spent(cfg.max_minutes)
+        error = None
         if self.main:
             self.rundir.truncate_logs(self.step, redo_eval=self.redo_eval or final)
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.rundir.tb), purge_step=self.step + 1 if self.step else None)
+            try:
+                self.trackers.start(to_data(self.recipe), self.step)
+            except UserError as exc:
+                error = str(exc)
+        raise_together(acc, error)
         if self.main and self.step < cfg.steps:
             params = sum(p.numel() for p in self.raw.parameters() if p.requires_grad)
             print(f"slotrun: training {params:,} parameters for {cfg.steps - self.step} steps on "
@@ -367,12 +372,10 @@ class Trainer:
         self.progress = Progress(cfg.steps, self.step, every=cfg.log_every, enabled=self.main)
 
     def close(self) -> None:
-        """Close the progress line and TensorBoard writer and release run.dir (idempotent)."""
+        """Close the progress line and the trackers and release run.dir (idempotent)."""
         if self.progress is not None:
             self.progress.close()
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        self.trackers.close()
         if self._opened:
             self.rundir.close()
             self._opened = False
@@ -523,7 +526,8 @@ class Trainer:
         else:
             self.nonfinite_run = 0
 
-        named_values = {"loss": loss_value, **{self._key(t): v for t, v in term_values.items()},
+        # the terms as evaluation names them ("loss_<term>"), so train/ and eval/ curves line up
+        named_values = {"loss": loss_value, **{f"loss_{t}": v for t, v in term_values.items()},
                         "grad_norm": grad_value}
         self.window.add(named_values, finite=not bad, images=images * self.world)
         if self.progress is not None:
@@ -532,10 +536,6 @@ class Trainer:
             self._log(lr)
         return StepStats(step=self.step, loss=loss_value, terms=term_values, grad_norm=grad_value,
                          finite=not bad, stop=numbers[-2] > 0, out_of_time=numbers[-1] > 0)
-
-    @staticmethod
-    def _key(term: str) -> str:
-        return f"loss_{term}" if term in RESERVED else term
 
     def _log(self, lr: float) -> None:
         means = self.window.means()
@@ -553,9 +553,7 @@ class Trainer:
             self.on_log(dict(record))
         if self.main:
             self.rundir.append(self.rundir.metrics, record)
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and value is not None:
-                    self.writer.add_scalar(f"train/{key}", value, self.step)
+            self.trackers.log({f"train/{k}": v for k, v in record.items() if k != "step"}, self.step)
 
     def _give_up(self) -> None:
         cfg = self.config
@@ -590,7 +588,7 @@ class Trainer:
                 path = checkpoint.save(self.rundir.checkpoints, self.step, self.raw, state)
                 checkpoint.prune(self.rundir.checkpoints, self.config.keep_checkpoints)
                 self.last_checkpoint = str(path)
-                self.writer.flush()
+                self.trackers.flush()
             except UserError as exc:
                 error = str(exc)
         raise_together(self.accelerator, error)
@@ -600,23 +598,23 @@ class Trainer:
         """The recipe's metrics on the eval split at the current step (logged), plus pictures and samples."""
         seed = self.config.seed
         self.apply_loss_weights(self.step)  # the weights `slotrun eval` builds this checkpoint with
-        results = evaluate(self.raw, self.source, self.metrics, self.recipe.eval, self.accelerator, seed)
+        shown: list[Any] = []  # the first eval batch and its output: the pictures need no forward of their own
+        results = evaluate(self.raw, self.source, self.metrics, self.recipe.eval, self.accelerator, seed, keep=shown)
         if self.main:
             if self.progress is not None:
                 self.progress.write(format_metrics(self.step, results))
             self.rundir.append(self.rundir.evals, {"step": self.step, **results})
-            for key, value in results.items():
-                self.writer.add_scalar(f"eval/{key}", value, self.step)
+            self.trackers.log({f"eval/{k}": v for k, v in results.items()}, self.step)
             try:
                 image = save_pictures(self.raw, self.source, self.recipe.eval, self.accelerator, seed,
-                                      self.rundir.pictures / f"{step_name(self.step)}.png")
+                                      self.rundir.pictures / f"{step_name(self.step)}.png", shown=shown)
                 if image is not None:
-                    self.writer.add_image("pictures", np.asarray(image), self.step, dataformats="HWC")
+                    self.trackers.log_image("pictures", image, self.step)
                 samples = save_samples(self.raw, self.recipe.eval, self.accelerator, seed,
                                        self.rundir.pictures / f"samples_{step_name(self.step)}.png")
                 if samples is not None:
-                    self.writer.add_image("samples", np.asarray(samples), self.step, dataformats="HWC")
+                    self.trackers.log_image("samples", samples, self.step)
             except OSError as exc:
                 print(f"slotrun: warning: could not write pictures: {exc}", file=sys.stderr)
-            self.writer.flush()
+            self.trackers.flush()
         return results

@@ -50,7 +50,7 @@ from scipy import linalg
 from torch import Tensor, nn
 
 from slotrun.errors import UserError
-from slotrun.model import sample_decoder_of
+from slotrun.model import draw_samples, sample_decoder_of
 from slotrun.protocols import MetricInputs
 from slotrun.bounds import value_range as _value_range
 from slotrun.types import Batch
@@ -374,14 +374,12 @@ class FidMetric:
 
     @torch.no_grad()
     def generate(self, n: int, device: torch.device) -> Tensor:
-        """n images from the bound model's prior, in the data's value range."""
+        """n images from the bound model's prior (slotrun.model.draw_samples), in the data's value range."""
         model = self.model
         if model is None:
             raise UserError("metric 'fid' compares samples from a model's prior with real images but was given no "
                             "model: call metric.bind_model(model) before evaluating")
-        k = int(self.num_slots or model.grouper.num_slots)
-        slots = model.prior.sample(n, k, self.temperature)
-        return sample_decoder_of(model).decode_slots(slots.to(device)).recon
+        return draw_samples(model, n, num_slots=self.num_slots, temperature=self.temperature, device=device).recon
 
     def update(self, batch: Batch, output: Any) -> None:
         image = batch.image

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from slotrun.errors import RecipeError, UserError
-from slotrun.recipe import apply_overrides, load_data, parse_override, structure
+from slotrun.recipe import apply_overrides, load_data, locate, parse_override, structure
 
 SWEEP_FILE = "sweep.json"
 SEED_KEY = "train.seed"
@@ -174,7 +174,8 @@ def plan(recipe_path: str | Path, items: Sequence[str] = (), *, seeds: int | Non
     KEY=VALUE overrides, which win over the table) and `seeds` into the runs of one sweep, every run's recipe
     checked as training would check it (RecipeError lists every problem). The seeds are S, S+1, ..., S+N-1
     for the recipe's train.seed S, unless train.seed is itself an axis."""
-    path = Path(recipe_path)
+    path = locate(recipe_path)  # a file, or a shipped recipe's name
+    label = path.stem if path == Path(recipe_path) else str(recipe_path).replace("/", "_")
     data = load_data(path)
     table_axes, table_seeds = _axes_from_table(data.pop("sweep"), str(path)) if "sweep" in data else ({}, None)
     item_axes, overrides = _axes_from_items(items)
@@ -210,13 +211,13 @@ def plan(recipe_path: str | Path, items: Sequence[str] = (), *, seeds: int | Non
     for combo in itertools.product(*(range(len(v)) for v in parsed.values())):
         assignments = {key: parsed[key][i] for key, i in zip(parsed, combo, strict=True)}
         texts = [f"{key}={axes[key][i]}" for key, i in zip(parsed, combo, strict=True)]
-        setting = "_".join(f"{shorts[k]}={value_text(v)}" for k, v in assignments.items()) or path.stem
+        setting = "_".join(f"{shorts[k]}={value_text(v)}" for k, v in assignments.items()) or label
         for seed_text, seed in zip(seed_texts, seed_values, strict=True):
             name = _UNSAFE.sub("-", "_".join([*(f"{shorts[k]}={value_text(v)}" for k, v in assignments.items()),
                                              f"{shorts[SEED_KEY]}={value_text(seed)}"]))
             run_data = apply_overrides(base, [*texts, f"{SEED_KEY}={seed_text}"])
             runs.append(Run(name=name, setting=setting, assignments=assignments, seed=seed, data=run_data))
-    folder = Path(sweep_dir) if sweep_dir is not None else Path("sweeps") / path.stem
+    folder = Path(sweep_dir) if sweep_dir is not None else Path("sweeps") / label
     names = [r.name for r in runs]
     runs = [attrs.evolve(r, name=f"{r.name}-{names[:i].count(r.name)}") if names.count(r.name) > 1 else r
             for i, r in enumerate(runs)]  # values that differ only in characters a folder name cannot hold

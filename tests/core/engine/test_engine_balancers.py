@@ -63,14 +63,14 @@ def test_geco_trains_logs_beta_and_resumes_exactly(tmp_path: Path) -> None:
     straight = ef.read_jsonl(tmp_path / "straight" / "metrics.jsonl")
     betas = [r["geco.beta"] for r in straight]
     assert len(betas) == 10 and all(b2 < b1 for b1, b2 in zip(betas, betas[1:], strict=False))  # err > goal
-    assert straight[0]["loss"] == pytest.approx(straight[0]["mse"] + straight[0]["aux"], rel=1e-5)  # beta0 = 1
-    assert straight[0]["geco.err_ema"] == pytest.approx(straight[0]["mse"], rel=1e-6)  # first step: ema = err
+    assert straight[0]["loss"] == pytest.approx(straight[0]["loss_mse"] + straight[0]["loss_aux"], rel=1e-5)  # beta0 = 1
+    assert straight[0]["geco.err_ema"] == pytest.approx(straight[0]["loss_mse"], rel=1e-6)  # first step: ema = err
 
     engine.train(ef.recipe(tmp_path, *GECO, "train.steps=5", run="resumed", loaded=loaded), loaded)
     engine.train(ef.recipe(tmp_path, *GECO, run="resumed", loaded=loaded), loaded)
     resumed = ef.read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
     for a, b in zip(straight, resumed, strict=True):
-        for key in ("loss", "mse", "aux", "geco.beta", "geco.err_ema"):
+        for key in ("loss", "loss_mse", "loss_aux", "geco.beta", "geco.err_ema"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (a["step"], key)
     wa = load_file(str(tmp_path / "straight" / "checkpoints" / "step_0000010" / "model.safetensors"))
     wb = load_file(str(tmp_path / "resumed" / "checkpoints" / "step_0000010" / "model.safetensors"))

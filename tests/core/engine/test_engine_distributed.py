@@ -53,7 +53,7 @@ def test_two_cpu_processes_train_and_agree(tmp_path: Path) -> None:
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["step"] for r in ranks[0]["logs"]] == list(range(1, 11))
     for a, b in zip(ranks[0]["logs"], ranks[1]["logs"], strict=True):
-        for key in ("step", "loss", "mse", "aux", "grad_norm", "lr", "nonfinite_steps"):
+        for key in ("step", "loss", "loss_mse", "loss_aux", "grad_norm", "lr", "nonfinite_steps"):
             assert a[key] == b[key], key
     assert ranks[0]["metrics"] == ranks[1]["metrics"]
     assert ranks[0]["metrics"]["count"] == 12.0  # every eval image counted once, across both ranks

@@ -42,7 +42,7 @@ def test_trainer_applies_logs_and_resumes_the_schedule(tmp_path: Path) -> None:
     records = ef.read_jsonl(tmp_path / "straight" / "metrics.jsonl")
     assert [r["weight.aux"] for r in records] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
     for r in records:  # the logged total uses the weight of its step
-        assert r["loss"] == pytest.approx(r["mse"] + r["weight.aux"] * r["aux"], rel=1e-5)
+        assert r["loss"] == pytest.approx(r["loss_mse"] + r["weight.aux"] * r["loss_aux"], rel=1e-5)
     assert 'schedule = "linear"' in (tmp_path / "straight" / "recipe.toml").read_text()
     engine.train(ef.recipe(tmp_path, WARMUP, "train.steps=3", run="resumed", loaded=plugins), plugins)
     engine.train(ef.recipe(tmp_path, WARMUP, run="resumed", loaded=plugins), plugins)

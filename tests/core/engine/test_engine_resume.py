@@ -19,7 +19,7 @@ HERE = Path(__file__).parent
 
 
 def losses(run: Path) -> list[tuple[int, float, float]]:
-    return [(r["step"], r["loss"], r["mse"]) for r in ef.read_jsonl(run / "metrics.jsonl")]
+    return [(r["step"], r["loss"], r["loss_mse"]) for r in ef.read_jsonl(run / "metrics.jsonl")]
 
 
 def weights(run: Path, step: int = 10) -> dict[str, torch.Tensor]:

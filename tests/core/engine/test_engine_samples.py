@@ -12,6 +12,7 @@ from torch import nn
 import engine_fakes as ef
 import slotrun
 from slotrun import engine
+from slotrun.engine.evaluate import eval_stem
 from slotrun.plugins import load_plugins
 from slotrun.types import DecoderOutput
 
@@ -88,9 +89,10 @@ def test_samples_grid_is_written_and_training_is_unchanged(tmp_path: Path) -> No
     assert sorted(p.name for p in pictures.glob("samples_*")) == ["samples_step_0000002.png",
                                                                   "samples_step_0000004.png"]
     grid = Image.open(pictures / "samples_step_0000004.png")
-    assert grid.size == (5 * 66 + 2, 14 + 3 * 66 + 2)  # sample | masks | 3 slots, 3 rows of 64 px tiles
+    assert grid.size == (5 * 66 + 2, 14 + 3 * 66 + 2)  # mixture | masks | 3 slots, 3 rows of 64 px tiles
     engine.evaluate_run(tmp_path / "run", ["eval.sample_temperature=0.5"], loaded)
-    assert (pictures / "eval_samples_step_0000004.png").exists()
+    stem = eval_stem(4, ["eval.sample_temperature=0.5"])  # an evaluation with overrides: files of its own
+    assert stem.startswith("step_0000004-") and (pictures / f"eval_samples_{stem}.png").exists()
     # Sampling draws from its own random stream: the training numbers equal a run without pictures.
     engine.train(ef.recipe(tmp_path, *generative, "eval.pictures=0", run="plain", loaded=loaded), loaded)
     a = ef.read_jsonl(tmp_path / "run" / "metrics.jsonl")
@@ -129,3 +131,89 @@ def test_spatial_broadcast_decodes_slots_alone() -> None:
     out = decoder.decode_slots(torch.randn(2, 3, 8))
     assert out.recon.shape == (2, 3, 16, 16) and out.masks.shape == (2, 3, 16, 16) and not out.losses
     assert torch.allclose(out.masks.sum(1), torch.ones(2, 16, 16), atol=1e-5)
+
+
+def _decoded(n: int = 3, k: int = 2, size: int = 16) -> DecoderOutput:
+    torch.manual_seed(0)
+    masks = torch.randn(n, k, size, size).softmax(dim=1)
+    per_slot = torch.rand(n, k, 3, size, size)
+    return DecoderOutput(losses={}, recon=(per_slot * masks.unsqueeze(2)).sum(1), masks=masks, per_slot=per_slot)
+
+
+def test_the_sample_grid_labels_its_rows() -> None:
+    import numpy as np
+
+    from slotrun.engine.pictures import HEADER, PAD, label_width, render_samples, sample_columns
+
+    decoded = _decoded()
+    titles, _ = sample_columns(decoded, 3)
+    assert titles == ["mixture", "masks", "slot 1", "slot 2"]
+    plain = render_samples(decoded, 3)
+    labelled = render_samples(decoded, 3, row_labels=True)
+    band = label_width(["sample 1", "sample 2", "sample 3"])
+    assert plain.size == (4 * 66 + 2, HEADER + 3 * 66 + 2)  # 16 px tiles shown at 64 px
+    assert band > 0 and labelled.size == (plain.width + band, plain.height)
+    pixels, unlabelled = np.asarray(labelled), np.asarray(plain)
+    assert np.array_equal(pixels[:, band:], unlabelled)  # the same tiles, shifted right by the label column
+    for r in range(3):  # each row's caption is drawn in its own band (the unlabelled grid has white there)
+        row = pixels[HEADER + PAD + r * 66 : HEADER + PAD + (r + 1) * 66 - PAD, :band]
+        assert (row < 128).any() and not np.array_equal(row, np.full_like(row, 255))
+    assert not np.array_equal(pixels[:, :band], np.full_like(pixels[:, :band], 255))
+
+
+def test_one_sampling_path_for_fid_pictures_and_sample_run() -> None:
+    """The fid metric and the sample pictures draw through slotrun.model.draw_samples: the same seed, the same
+    scenes; a model that cannot generate is one UserError saying why."""
+    import pytest
+
+    from slotrun.engine.pictures import render_samples
+    from slotrun.errors import UserError
+    from slotrun.metrics.fid import FidMetric, RandomConvFeatures
+    from slotrun.model import SlotModel, draw_samples
+
+    source = ef.FakeSource(1, 2, 16, "", False)
+    model = SlotModel(ef.TinyEncoderConfig().build(source.image), ef.TinyGrouper(8, 3, 2),
+                      SamplingDecoder(8, 3, 16, (), 0, False), prior=FakePrior(8)).eval()
+    torch.manual_seed(3)
+    want = draw_samples(model, 4, temperature=0.5)
+    assert want.recon.shape == (4, 3, 16, 16) and want.masks.shape == (4, 3, 16, 16)
+    metric = FidMetric(RandomConvFeatures(), temperature=0.5)
+    metric.bind_model(model)
+    torch.manual_seed(3)
+    assert torch.equal(metric.generate(4, torch.device("cpu")), want.recon)
+    torch.manual_seed(3)
+    again = draw_samples(model, 4, temperature=0.5)
+    assert render_samples(again, 4).tobytes() == render_samples(want, 4).tobytes()
+    model.prior = None
+    with pytest.raises(UserError, match="no prior to sample from"):
+        draw_samples(model, 1)
+
+
+def test_sample_run_writes_a_labelled_grid_and_the_priors_scores(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+
+    from slotrun.engine.pictures import label_width
+    from slotrun.engine.sample import sample_run, score_samples
+
+    loaded = load_plugins(entry_points=False, extra=[("engine_fakes", ef.FakesPlugin()),
+                                                      ("generative", GenerativePlugin())])
+    engine.train(ef.recipe(tmp_path, "model.prior.type=fake_prior", "model.decoder.type=sampling_decoder",
+                           "train.steps=2", "eval.pictures=0", loaded=loaded), loaded)
+    result = sample_run(tmp_path / "run", num=2, out=tmp_path / "gen", plugins=loaded, device="cpu")
+    grid = Image.open(result.grid)
+    band = label_width(["sample 1", "sample 2"])
+    assert grid.size == (band + 5 * 66 + 2, 14 + 2 * 66 + 2)  # label | mixture | masks | 3 slots, 2 rows
+    assert np.load(result.images).shape == (2, 16, 16, 3)
+    summary = json.loads(result.summary.read_text())
+    assert result.metrics == {} and set(summary) == {"run_dir", "num", "slots", "temperature", "seed"}
+
+    class ScoringPrior(FakePrior):  # the optional ScoringPrior.score_samples: what the core calls
+        def score_samples(self, images, masks, source):
+            return {"mean_mask": float(masks.mean()), "pixels": images.shape[-1] * images.shape[-2]}
+
+    model = type("M", (), {"prior": ScoringPrior(4)})()
+    scores = score_samples(model, torch.zeros(2, 3, 4, 4), torch.full((2, 2, 4, 4), 0.5), source=None)
+    assert scores == {"mean_mask": 0.5, "pixels": 16.0}
+    assert score_samples(type("M", (), {"prior": FakePrior(4)})(), torch.zeros(1), torch.zeros(1), None) == {}

@@ -32,7 +32,8 @@ def test_run_directory_layout(trained: tuple[Path, dict]) -> None:
     run = tmp / "run"
     records = ef.read_jsonl(run / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 11))
-    for key in ("loss", "mse", "aux", "lr", "grad_norm", "images_per_s", "skipped_samples", "nonfinite_steps"):
+    for key in ("loss", "loss_mse", "loss_aux", "lr", "grad_norm", "images_per_s", "skipped_samples",
+                "nonfinite_steps"):
         assert key in records[0], key
     assert records[0]["lr"] == 0.0  # warmup starts at zero
     assert records[2]["lr"] == pytest.approx(0.003 * lr_factor("slot_attention", 2, 50)(2))
@@ -76,6 +77,41 @@ def test_evaluate_run_with_more_iterations(trained: tuple[Path, dict]) -> None:
     assert (run / "pictures" / "eval_step_0000010.png").exists()
     with pytest.raises(UserError, match="do not fit"):
         engine.evaluate_run(run, ["model.encoder.dim=4"], plugins)
+
+
+def test_evaluate_run_picks_a_checkpoint_and_keeps_every_evaluation(trained: tuple[Path, dict]) -> None:
+    from slotrun.engine.evaluate import eval_stem
+
+    run = trained[0] / "run"
+    plugins = ef.plugins()
+    newest = engine.evaluate_run(run, [], plugins)
+    older = engine.evaluate_run(run, [], plugins, checkpoint=5)
+    assert older["mse"] != newest["mse"]
+    assert engine.evaluate_run(run, [], plugins, checkpoint="step_0000005") == older
+    assert engine.evaluate_run(run, [], plugins, checkpoint=str(run / "checkpoints" / "step_0000005")) == older
+    latest = json.loads((run / "eval.json").read_text())  # eval.json: the latest evaluation
+    assert latest["step"] == 5 and latest["checkpoint"] == "step_0000005" and latest["overrides"] == []
+    for step, value in ((10, newest), (5, older)):  # each evaluation keeps a file of its own
+        saved = json.loads((run / "eval" / f"step_{step:07d}.json").read_text())
+        assert saved["step"] == step and saved["mse"] == pytest.approx(value["mse"])
+    with_overrides = run / "eval" / f"{eval_stem(10, ['model.grouper.iters=5', 'model.grouper.num_slots=4'])}.json"
+    assert with_overrides.exists() and with_overrides.name.startswith("step_0000010-")
+    rows = [r for r in ef.read_jsonl(run / "eval.jsonl") if "overrides" in r]
+    assert [r["checkpoint"] for r in rows[-4:]] == ["step_0000010"] + 3 * ["step_0000005"]
+    assert (run / "pictures" / "eval_step_0000005.png").exists()
+    with pytest.raises(UserError, match=r"no complete checkpoint 7 \(available steps: 5, 10\)$"):
+        engine.evaluate_run(run, [], plugins, checkpoint=7)
+    with pytest.raises(UserError, match="no complete checkpoint nowhere"):
+        engine.evaluate_run(run, [], plugins, checkpoint="nowhere")
+
+
+def test_an_override_that_does_not_fit_the_weights_names_the_parameter(trained: tuple[Path, dict]) -> None:
+    run = trained[0] / "run"
+    with pytest.raises(UserError) as caught:
+        engine.evaluate_run(run, ["model.encoder.dim=4"], ef.plugins())
+    message = str(caught.value)
+    assert "encoder.conv.weight: checkpoint [8, 3, 3, 3], model [4, 3, 3, 3]" in message
+    assert message.endswith("the model overrides given: model.encoder.dim=4")
 
 
 def test_load_model_from_a_run_directory(trained: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -53,7 +53,7 @@ def assert_same(a: Path, b: Path) -> None:
     ra, rb = records(a), records(b)
     assert [r["step"] for r in ra] == list(range(1, 11)) == [r["step"] for r in rb]
     for x, y in zip(ra, rb, strict=True):
-        for key in ("loss", "mse", "aux", "slot_norm"):
+        for key in ("loss", "loss_mse", "loss_aux", "loss_slot_norm"):
             assert x[key] == pytest.approx(y[key], abs=1e-6), (x["step"], key)
     wa = load_file(str(a / "checkpoints" / "step_0000010" / "model.safetensors"))
     wb = load_file(str(b / "checkpoints" / "step_0000010" / "model.safetensors"))
@@ -83,8 +83,8 @@ def test_a_frozen_encoder_stays_as_built_while_the_rest_trains(tmp_path: Path) -
 
 def test_an_extra_loss_term_is_logged_and_resumes_exactly(tmp_path: Path, straight: Path) -> None:
     logged = records(straight)
-    assert all(r["slot_norm"] > 0 for r in logged)
-    assert all(r["loss"] >= r["mse"] + r["aux"] + r["slot_norm"] - 1e-6 for r in logged)
+    assert all(r["loss_slot_norm"] > 0 for r in logged)
+    assert all(r["loss"] >= r["loss_mse"] + r["loss_aux"] + r["loss_slot_norm"] - 1e-6 for r in logged)
     trainer, _ = fit(ExtraTerm, tmp_path, steps=5)
     assert trainer.step == 5 and checkpoint.step_of(checkpoint.latest(tmp_path / "run" / "checkpoints")) == 5
     fit(ExtraTerm, tmp_path)

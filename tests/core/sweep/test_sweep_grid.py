@@ -145,3 +145,17 @@ def test_a_worker_failure_is_read_from_its_log(tmp_path: Path) -> None:
     assert failure_reason(log, 1) == "crashed (exit status 1): RuntimeError: out of memory"
     log.write_text("step 3/6 loss 0.1\n")
     assert failure_reason(log, -9) == "killed by SIGKILL"
+
+
+def test_a_shipped_recipe_by_name_with_options_among_the_axes(tmp_path: Path, plugins: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from slotrun.cli import build_parser
+
+    args = build_parser().parse_args(["sweep", "smm/quickstart", "--seeds", "2", "model.grouper.iters=1,2",
+                                      "--dir", "d", "train.steps=3"])
+    assert (args.recipe, args.seeds, args.dir, args.items) == ("smm/quickstart", 2, "d",
+                                                               ["model.grouper.iters=1,2", "train.steps=3"])
+    monkeypatch.chdir(tmp_path)  # the default sweep directory names the shipped recipe, "/" made "_"
+    sweep = plan("smm/quickstart", ["model.grouper.iters=1,2"], plugins=plugins)
+    assert sweep.dir == Path("sweeps/smm_quickstart") and [r.setting for r in sweep.runs] == ["iters=1", "iters=2"]
+    assert sweep.runs[0].data["model"]["grouper"]["type"] == "slot_mixture"

@@ -78,7 +78,7 @@ def test_headline_recipe_trains_and_evaluates_from_a_local_checkpoint(plugins, t
     metrics = engine.train(recipe, plugins)
     assert {"fg_ari", "mbo"} <= set(metrics)
     logged = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert all(key in logged[-1] for key in ('"vicreg"', '"feature_recon"'))
+    assert all(key in logged[-1] for key in ('"loss_vicreg"', '"loss_feature_recon"'))
     weights.unlink()  # evaluation restores the encoder from the run itself
     _, model = engine.load_model(tmp_path / "run")
     for name, value in donor.model.state_dict().items():

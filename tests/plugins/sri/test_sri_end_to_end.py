@@ -15,7 +15,8 @@ from slotrun.types import Batch
 
 from slotrun_sri.metrics import NegativeELBOBitsPerDim
 from slotrun.engine.evaluate import load_model
-from slotrun.engine.sample import sample_run, structural_accuracy
+from slotrun.engine.sample import sample_run
+from slotrun_sri.towers import structural_accuracy
 
 from sri_recipes import ROOT, SMALL, TOWERS
 
@@ -48,7 +49,7 @@ def test_train_evaluate_and_sample_from_the_run_dir(plugins, tmp_path):
     assert math.isfinite(metrics["neg_elbo_bpd"]) and math.isfinite(metrics["loss"])
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert logged[-1]["step"] == 3
-    assert {"geco.beta", "geco_sri.beta", "nll_sri"} <= set(logged[-1])  # both GECOs log their state
+    assert {"geco.beta", "geco_sri.beta", "loss_nll_sri"} <= set(logged[-1])  # both GECOs log their state
     result = sample_run(tmp_path / "run", num=5, slots=6, temperature=0.8, out=tmp_path / "gen", plugins=plugins)
     assert all(p.is_file() for p in result.paths)
     images, masks = np.load(result.images), np.load(result.masks)
@@ -89,6 +90,29 @@ def test_structural_accuracy_on_real_towers_and_on_a_floating_block():
     floating[0, 0, 10:20, 10:20] = 0
     floating[0, 1, 10:20, 10:20] = 1  # a block in mid-air, far above the floor
     assert floor_row(size) > 21 and structural_accuracy(floating) == 0.0
+
+
+def test_sri_priors_score_their_samples_on_the_towers_only():
+    """Structural accuracy reaches samples.json through the priors' optional score_samples (ScoringPrior), which
+    the core's sample code calls; on other data there is no score."""
+    from slotrun.data.sources import ShapesData
+    from slotrun.engine.sample import score_samples
+    from slotrun.protocols import ScoringPrior, missing_members
+
+    from slotrun_sri.prior import IndependentPrior, SRIPrior
+
+    size = 64
+    scenes = [generate(SceneConfig(variant="towers", image_size=size, max_objects=4), "test", i) for i in range(4)]
+    k = 1 + max(int(s.mask.max()) for s in scenes)
+    masks = torch.tensor(np.stack([_one_hot(s.mask, k) for s in scenes]))
+    images = torch.zeros(4, 3, size, size)
+    towers, sprites = ShapesData(variant="towers", image_size=size).build(), ShapesData(image_size=size).build()
+    for prior in (IndependentPrior(8), SRIPrior(8, scene_dim=8, hidden=16)):
+        assert not missing_members(prior, ScoringPrior)
+        assert prior.score_samples(images, masks, towers) == {"structural_accuracy": 1.0}
+        assert prior.score_samples(images, masks, sprites) == {}
+        model = type("Model", (), {"prior": prior})()
+        assert score_samples(model, images, masks, towers) == {"structural_accuracy": 1.0}
 
 
 def test_neg_elbo_bpd_is_nll_plus_kl_over_dims_in_bits():
