@@ -18,7 +18,10 @@ from slotrun_dinosaur.decoders import (
     ACTIVATIONS,
     BIAS_INITS,
     BOS_SPACES,
+    FIRST_RESIDUALS,
+    ORDER_CHOICES,
     OUTPUTS,
+    PATCH_ORDERS,
     MLPFeatureDecoder,
     TransformerFeatureDecoder,
 )
@@ -62,6 +65,9 @@ class TimmEncoderConfig:
     frozen: bool = field(default=True, validator=_bool)
     block: int = field(default=-1, validator=_int)  # index into the model's blocks/stages; -1 = the last
     model_kwargs: dict[str, Any] = field(factory=dict, converter=_kwargs, validator=_scalar_kwargs)
+    # the reconstruction target from a second, always frozen copy of the model (same weights at load): SPOT's
+    # second_encoder (gkakogeorgiou/spot train_spot_2.py); false: the tokens themselves, detached
+    target_model: bool = field(default=False, validator=_bool)
 
     @classmethod
     def conformance(cls) -> TimmEncoderConfig:
@@ -73,7 +79,7 @@ class TimmEncoderConfig:
         return TimmEncoder(
             self.name, in_channels=inputs.channels, image_size=(inputs.height, inputs.width), block=self.block,
             frozen=self.frozen, pretrained=self.pretrained, checkpoint=self.checkpoint,
-            model_kwargs=self.model_kwargs,
+            model_kwargs=self.model_kwargs, target_model=self.target_model,
         )
 
 
@@ -125,19 +131,34 @@ class DinosaurTransformerConfig:
     activation: Literal["relu", "gelu"] = field(default="relu", validator=v.in_(tuple(ACTIVATIONS)),
                                                 metadata=earlier_default("gelu"))  # the feed-forward's
     # after the last block: "none" its output is the prediction (OCLF; d_model must equal the feature width);
-    # "linear" Linear(d_model -> features); "norm_linear" LayerNorm then Linear
-    output: Literal["none", "linear", "norm_linear"] = field(default="none", validator=v.in_(OUTPUTS),
-                                                             metadata=earlier_default("norm_linear"))
+    # "norm" a LayerNorm (SLATE's / SPOT's decoder); "linear" Linear(d_model -> features); "norm_linear"
+    # LayerNorm then Linear
+    output: Literal["none", "norm", "linear", "norm_linear"] = field(default="none", validator=v.in_(OUTPUTS),
+                                                                     metadata=earlier_default("norm_linear"))
     # "target": BOS is a learned feature vector projected with the shifted targets (OCLF); "model": a learned
     # d_model vector after the projection
     bos: Literal["target", "model"] = field(default="target", validator=v.in_(BOS_SPACES),
                                             metadata=earlier_default("model"))
     # true: the slot / input projections' Linear has a bias (PyTorch init); false: no bias, xavier (OCLF)
     projection_bias: bool = field(default=False, validator=_bool, metadata=earlier_default(True))
+    # the attention projections' biases; false: SLATE's / SPOT's bias-free proj_q/k/v/o
+    attention_bias: bool = field(default=True, validator=_bool)
+    # "normed": the first block adds its self-attention to the layer-normalised input (SLATE / SPOT, is_first)
+    first_residual: Literal["input", "normed"] = field(default="input", validator=v.in_(FIRST_RESIDUALS))
+    # SPOT's patch orders, one learned BOS each (gkakogeorgiou/spot spot.py): the decoder reads the targets in
+    # an order and puts its predictions and masks back on the grid; which orders a forward decodes in training
+    # and in evaluation: "first", "random" (one per forward) or "all" (averaged, SPOT's eval_permutations all)
+    orders: tuple[str, ...] = field(default=("raster",), converter=tuple,
+                                    validator=[v.min_len(1), v.max_len(len(PATCH_ORDERS)),
+                                               v.deep_iterable(v.in_(PATCH_ORDERS))])
+    train_orders: Literal["first", "random", "all"] = field(default="random", validator=v.in_(ORDER_CHOICES))
+    eval_orders: Literal["first", "random", "all"] = field(default="first", validator=v.in_(ORDER_CHOICES))
 
     def __attrs_post_init__(self) -> None:
         if self.d_model is not None and self.d_model % self.heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        if len(set(self.orders)) != len(self.orders):
+            raise ValueError(f"orders lists a patch order twice: {list(self.orders)}")
 
     @classmethod
     def conformance(cls) -> DinosaurTransformerConfig:
@@ -149,13 +170,15 @@ class DinosaurTransformerConfig:
         if d_model % self.heads:
             raise UserError(f"dinosaur_transformer: d_model ({d_model}, the encoder's feature width when unset) "
                             f"must be divisible by heads ({self.heads})")
-        if self.output == "none" and d_model != target_dim:
-            raise UserError(f'dinosaur_transformer: output = "none" predicts the features with the last block\'s '
-                            f"output, so d_model ({d_model}) must equal the encoder's feature width "
+        if self.output in ("none", "norm") and d_model != target_dim:
+            raise UserError(f'dinosaur_transformer: output = "{self.output}" predicts the features with the last '
+                            f"block's output, so d_model ({d_model}) must equal the encoder's feature width "
                             f'({target_dim}); leave d_model unset or use output = "linear"')
         return TransformerFeatureDecoder(
             inputs.slot_dim, target_dim, inputs.grid, d_model=d_model, layers=self.layers,
             heads=self.heads, ff_mult=self.ff_mult, dropout=self.dropout,
             position_embedding=self.position_embedding, activation=self.activation, output=self.output,
-            bos=self.bos, projection_bias=self.projection_bias,
+            bos=self.bos, projection_bias=self.projection_bias, attention_bias=self.attention_bias,
+            first_residual=self.first_residual, orders=self.orders, train_orders=self.train_orders,
+            eval_orders=self.eval_orders,
         )

@@ -18,8 +18,46 @@ from slotrun.types import Batch, DecoderOutput, Features, Slots
 LOSS = "feature_recon"
 BIAS_INITS = ("zeros", "torch")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
-OUTPUTS = ("none", "linear", "norm_linear")
+OUTPUTS = ("none", "norm", "linear", "norm_linear")
 BOS_SPACES = ("target", "model")
+FIRST_RESIDUALS = ("input", "normed")
+# SPOT's patch orders (Kakogeorgiou et al. 2024, gkakogeorgiou/spot spot.py, SPOT.__init__ `self.permutations`,
+# in its order): "raster" is its "standard" (row by row, left to right); the others as `patch_order` builds them.
+PATCH_ORDERS = ("raster", "top_left", "top_right", "right_top", "bottom_right", "right_bottom", "bottom_left",
+                "left_bottom", "spiral")
+ORDER_CHOICES = ("first", "random", "all")
+
+
+def _spiral(a: Tensor) -> Tensor:
+    """SPOT's perm_spiral: utils_spot.spiral_pattern(A, how="top_right") (rotate A counter-clockwise, then peel
+    the first row and rotate what is left counter-clockwise, repeatedly), reversed: it ends at the top-left."""
+    out = []
+    a = torch.rot90(a, 1, dims=(0, 1))
+    while a.numel():
+        out.append(a[0])
+        a = a[1:].T.flip(0)
+    return torch.cat(out).flip(0)
+
+
+def patch_order(name: str, grid: tuple[int, int]) -> Tensor:
+    """The token indices (row-major on `grid`) in the order `name` visits them; decoding in that order reads
+    target[:, order]. SPOT's permutations, with A = arange(h * w).reshape(h, w):
+    raster: rows top to bottom, each left to right; top_left: columns left to right, each top to bottom;
+    top_right: columns right to left, each top to bottom; right_top: rows top to bottom, each right to left;
+    bottom_right: columns right to left, each bottom to top; right_bottom: rows bottom to top, each right to left;
+    bottom_left: columns left to right, each bottom to top; left_bottom: rows bottom to top, each left to right;
+    spiral: see _spiral."""
+    h, w = int(grid[0]), int(grid[1])
+    a = torch.arange(h * w).reshape(h, w)
+    orders = {
+        "raster": lambda: a, "top_left": lambda: a.T, "top_right": lambda: a.flip(1).T,
+        "right_top": lambda: a.flip(1), "bottom_right": lambda: a.flip(0).flip(1).T,
+        "right_bottom": lambda: a.flip(0).flip(1), "bottom_left": lambda: a.flip(0).T,
+        "left_bottom": lambda: a.flip(0), "spiral": lambda: _spiral(a),
+    }
+    if name not in orders:
+        raise ValueError(f"unknown patch order {name!r} (known: {', '.join(PATCH_ORDERS)})")
+    return orders[name]().reshape(-1).contiguous()
 
 
 def _target(features: Features, who: str) -> Tensor:
@@ -97,12 +135,16 @@ class MLPFeatureDecoder(nn.Module):
 class _Block(nn.Module):
     """Pre-norm transformer decoder block: causal self-attention, cross-attention to the slots, feed-forward."""
 
-    def __init__(self, d_model: int, heads: int, ff_dim: int, dropout: float, activation: str = "relu") -> None:
+    def __init__(self, d_model: int, heads: int, ff_dim: int, dropout: float, activation: str = "relu", *,
+                 attention_bias: bool = True, normed_residual: bool = False) -> None:
         super().__init__()
+        self.normed_residual = normed_residual  # SLATE / SPOT's first block: x = LN(x); x = x + attn(x)
         self.norm_self = nn.LayerNorm(d_model)
-        self.self_attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
+        self.self_attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True,
+                                               bias=attention_bias)
         self.norm_cross = nn.LayerNorm(d_model)
-        self.cross_attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True,
+                                                bias=attention_bias)
         self.norm_ff = nn.LayerNorm(d_model)
         self.ff = nn.Sequential(nn.Linear(d_model, ff_dim), ACTIVATIONS[activation](), nn.Dropout(dropout),
                                 nn.Linear(ff_dim, d_model))
@@ -110,6 +152,8 @@ class _Block(nn.Module):
 
     def forward(self, x: Tensor, memory: Tensor, causal: Tensor, want_weights: bool) -> tuple[Tensor, Tensor | None]:
         h = self.norm_self(x)
+        if self.normed_residual:
+            x = h
         x = x + self.drop(self.self_attn(h, h, h, attn_mask=causal, need_weights=False)[0])
         h = self.norm_cross(x)
         update, weights = self.cross_attn(h, memory, memory, need_weights=want_weights,
@@ -129,12 +173,24 @@ class TransformerFeatureDecoder(nn.Module):
     shifted targets, all -> Linear(no bias, xavier) -> LayerNorm; no position embedding; pre-norm blocks with a
     ReLU feed-forward; the last block's output is the prediction (no final norm or head: d_model = target_dim).
     activation: the feed-forward's nonlinearity. position_embedding: add a learned one to the decoder inputs.
-    output: "none" the last block's output (needs d_model == target_dim); "linear" Linear(d_model -> target_dim,
+    output: "none" the last block's output (needs d_model == target_dim); "norm" a final LayerNorm (SLATE's and
+        SPOT's TransformerDecoder.layer_norm; d_model == target_dim); "linear" Linear(d_model -> target_dim,
         xavier, zero bias: OCLF's use_output_transform); "norm_linear" LayerNorm then Linear (PyTorch defaults).
     bos: "target" BOS in target space, through the input projection (OCLF); "model" BOS in d_model space
         (N(0, 0.02^2)), after the projection.
     projection_bias: the slot and input projections' Linear has a bias, PyTorch's default init (False: no bias,
         xavier-uniform weights, OCLF's).
+    attention_bias: the attention projections have biases (nn.MultiheadAttention's; False: SLATE's / SPOT's
+        bias-free proj_q, proj_k, proj_v, proj_o).
+    first_residual: "input" every block is pre-norm, x + attn(LN(x)); "normed" the first block adds its
+        self-attention to the normalised input, LN(x) + attn(LN(x)) (SLATE / SPOT TransformerDecoderBlock with
+        is_first=True).
+    orders: patch orders (`patch_order`), one learned BOS each (bos [len(orders), 1, D]). Decoding in an order
+        permutes the targets, runs the causal decoder and puts predictions and cross-attention back on the grid
+        (SPOT, Kakogeorgiou et al. 2024: gkakogeorgiou/spot spot.py forward_decoder). train_orders /
+        eval_orders: which orders a forward decodes in training / evaluation, "first" (orders[0]), "random" (one
+        drawn per forward) or "all" (predictions and masks averaged over the orders: SPOT's eval_permutations
+        all). The defaults, one "raster" order, are the plain autoregressive decoder.
     """
 
     loss_terms = (LOSS,)
@@ -142,13 +198,24 @@ class TransformerFeatureDecoder(nn.Module):
     def __init__(self, slot_dim: int, target_dim: int, grid: tuple[int, int], *, d_model: int = 768,
                  layers: int = 4, heads: int = 8, ff_mult: int = 4, dropout: float = 0.0,
                  position_embedding: bool = False, activation: str = "relu", output: str = "none",
-                 bos: str = "target", projection_bias: bool = False) -> None:
+                 bos: str = "target", projection_bias: bool = False, attention_bias: bool = True,
+                 first_residual: str = "input", orders: Sequence[str] = ("raster",),
+                 train_orders: str = "random", eval_orders: str = "first") -> None:
         super().__init__()
         if activation not in ACTIVATIONS or output not in OUTPUTS or bos not in BOS_SPACES:
             raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, output one of {OUTPUTS}, bos one "
                              f"of {BOS_SPACES}; got {activation!r}, {output!r}, {bos!r}")
-        if output == "none" and d_model != target_dim:
-            raise ValueError(f'output "none" predicts with the last block\'s output: d_model ({d_model}) must '
+        if first_residual not in FIRST_RESIDUALS or train_orders not in ORDER_CHOICES \
+                or eval_orders not in ORDER_CHOICES:
+            raise ValueError(f"first_residual must be one of {FIRST_RESIDUALS}, train_orders / eval_orders one of "
+                             f"{ORDER_CHOICES}; got {first_residual!r}, {train_orders!r}, {eval_orders!r}")
+        self.orders = tuple(orders)
+        if not self.orders or any(o not in PATCH_ORDERS for o in self.orders):
+            raise ValueError(f"orders must be a non-empty list of {PATCH_ORDERS}, got {self.orders!r}")
+        self.train_orders, self.eval_orders = train_orders, eval_orders
+        self._perms: dict[tuple[str, tuple[int, int]], tuple[Tensor, Tensor]] = {}
+        if output in ("none", "norm") and d_model != target_dim:
+            raise ValueError(f'output "{output}" predicts with the last block\'s output: d_model ({d_model}) must '
                              f'equal the target width ({target_dim}); or use output "linear"')
         self.grid = (int(grid[0]), int(grid[1]))
         self.target_dim = target_dim
@@ -159,25 +226,61 @@ class TransformerFeatureDecoder(nn.Module):
         if not projection_bias:
             nn.init.xavier_uniform_(self.slot_proj[0].weight)
             nn.init.xavier_uniform_(self.input_proj[0].weight)
+        n_bos = len(self.orders)  # one BOS per patch order (SPOT's bos_tokens); [1, 1, D] for the plain decoder
         if bos == "target":
-            self.bos = nn.Parameter(torch.randn(1, 1, target_dim) * target_dim**-0.5)
+            self.bos = nn.Parameter(torch.randn(n_bos, 1, target_dim) * target_dim**-0.5)
         else:
-            self.bos = nn.Parameter(torch.randn(1, 1, d_model) * 0.02)
+            self.bos = nn.Parameter(torch.randn(n_bos, 1, d_model) * 0.02)
         n = self.grid[0] * self.grid[1]
         self.pos_embed = nn.Parameter(torch.randn(1, n, d_model) * 0.02) if position_embedding else None
-        self.blocks = nn.ModuleList(_Block(d_model, heads, ff_mult * d_model, dropout, activation)
-                                    for _ in range(layers))
-        self.norm = nn.LayerNorm(d_model) if output == "norm_linear" else None
-        self.head = nn.Linear(d_model, target_dim) if output != "none" else None
+        self.blocks = nn.ModuleList(
+            _Block(d_model, heads, ff_mult * d_model, dropout, activation, attention_bias=attention_bias,
+                   normed_residual=first_residual == "normed" and i == 0)
+            for i in range(layers))
+        self.norm = nn.LayerNorm(d_model) if output in ("norm", "norm_linear") else None
+        self.head = nn.Linear(d_model, target_dim) if output in ("linear", "norm_linear") else None
         if output == "linear":
             nn.init.xavier_uniform_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
+    def _selected(self) -> list[int]:
+        """The orders (indices into self.orders) this forward decodes in."""
+        choice = self.train_orders if self.training else self.eval_orders
+        if choice == "all":
+            return list(range(len(self.orders)))
+        if choice == "random" and len(self.orders) > 1:  # one order: no draw, the random stream is untouched
+            return [int(torch.randint(len(self.orders), (1,)))]
+        return [0]
+
+    def _permutation(self, index: int, grid: tuple[int, int], device: torch.device) -> tuple[Tensor, Tensor]:
+        key = (self.orders[index], (int(grid[0]), int(grid[1])))
+        if key not in self._perms:
+            perm = patch_order(*key)
+            self._perms[key] = (perm, torch.argsort(perm))
+        perm, inverse = self._perms[key]
+        return perm.to(device), inverse.to(device)
+
     def predict(self, slots: Tensor, target: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """slots [B, K, Ds], target [B, N, Dt] -> predictions [B, N, Dt], cross-attention [B, N, K]."""
+        """slots [B, K, Ds], target [B, N, Dt] -> predictions [B, N, Dt], cross-attention [B, N, K]; with several
+        orders selected, both averaged over them (each put back on the row-major grid first)."""
+        selected = self._selected()
+        if selected == [0] and self.orders[0] == "raster":
+            return self._predict(slots, target, grid, 0)
+        recons, weights = [], []
+        for index in selected:
+            perm, inverse = self._permutation(index, grid, target.device)
+            recon, w = self._predict(slots, target[:, perm], grid, index)
+            recons.append(recon[:, inverse])
+            weights.append(w[:, inverse])
+        if len(selected) == 1:
+            return recons[0], weights[0]
+        return torch.stack(recons).mean(0), torch.stack(weights).mean(0)
+
+    def _predict(self, slots: Tensor, target: Tensor, grid: tuple[int, int], order: int) -> tuple[Tensor, Tensor]:
+        """The autoregressive decoder over `target` in the given sequence order, with that order's BOS."""
         b, n, _ = target.shape
         memory = self.slot_proj(slots)
-        bos = self.bos.expand(b, -1, -1).to(target.dtype)
+        bos = self.bos[order:order + 1].expand(b, -1, -1).to(target.dtype)
         if self.bos_space == "target":
             x = self.input_proj(torch.cat([bos, target[:, :-1]], dim=1))
         else:

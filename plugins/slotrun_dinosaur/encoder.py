@@ -11,6 +11,7 @@ neither the network nor the disk. The step runs
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import sys
@@ -106,6 +107,10 @@ class TimmEncoder(nn.Module):
     checkpoint: a local weights file (safetensors, or a torch state dict loaded with weights_only=True);
         takes precedence over `pretrained`.
     model_kwargs: extra keyword arguments for timm.create_model (e.g. patch_size, depth, dynamic_img_size).
+    target_model: the reconstruction target comes from a second copy of the model (`target_model`, the same
+        pretrained weights, always frozen) instead of the tokens themselves: SPOT's student reads its slots from
+        a partly fine-tuned ViT and reconstructs the original ViT's features (gkakogeorgiou/spot train_spot_2.py,
+        `SPOT(encoder_new, args, encoder)`: the `second_encoder` of spot.py).
     """
 
     def __init__(
@@ -119,6 +124,7 @@ class TimmEncoder(nn.Module):
         pretrained: bool = True,
         checkpoint: str | None = None,
         model_kwargs: Mapping[str, Any] | None = None,
+        target_model: bool = False,
     ) -> None:
         super().__init__()
         kwargs = dict(model_kwargs or {})
@@ -146,6 +152,9 @@ class TimmEncoder(nn.Module):
         if frozen:
             self.model.requires_grad_(False)
             self.model.eval()
+        self.target_model: nn.Module | None = None
+        if target_model:
+            self.target_model = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.register_load_state_dict_pre_hook(_restored)
 
     # ---- weights ----------------------------------------------------------------------------------------
@@ -164,6 +173,9 @@ class TimmEncoder(nn.Module):
             self._load_file(self.checkpoint)
         else:
             self._load_timm()
+        if self.target_model is not None:  # the target copy starts from the same weights
+            with torch.no_grad():
+                self.target_model.load_state_dict(self.model.state_dict())
         self._weights_pending = False
 
     def _load_file(self, path: str) -> None:
@@ -225,13 +237,16 @@ class TimmEncoder(nn.Module):
         super().train(mode)
         if self.frozen:
             self.model.eval()  # no dropout / batch-norm updates in a frozen backbone, ever
+        if self.target_model is not None:
+            self.target_model.eval()  # always frozen
         return self
 
     # ---- forward ----------------------------------------------------------------------------------------
 
-    def feature_map(self, images: Tensor) -> Tensor:
-        """[B, D, h, w] output of the chosen block (no weight loading, no grad handling)."""
-        (fmap,) = self.model.forward_intermediates(
+    def feature_map(self, images: Tensor, model: nn.Module | None = None) -> Tensor:
+        """[B, D, h, w] output of the chosen block (no weight loading, no grad handling); `model`: another copy
+        of the architecture (the target model), default self.model."""
+        (fmap,) = (self.model if model is None else model).forward_intermediates(
             images, indices=[self.block], norm=False, stop_early=True, output_fmt="NCHW",
             intermediates_only=True,
         )
@@ -267,7 +282,12 @@ class TimmEncoder(nn.Module):
         tokens = fmap.flatten(2).transpose(1, 2)
         grid = (int(h), int(w))
         positions = token_positions(grid, tokens.shape[0], device=tokens.device)
-        return Features(tokens=tokens, grid=grid, positions=positions, target=tokens.detach())
+        if self.target_model is None:
+            target = tokens.detach()
+        else:
+            with torch.no_grad():
+                target = self.feature_map(images, self.target_model).flatten(2).transpose(1, 2)
+        return Features(tokens=tokens, grid=grid, positions=positions, target=target)
 
 
 def _restored(module: TimmEncoder, state_dict: Mapping[str, Any], prefix: str, *_: Any) -> None:
