@@ -192,6 +192,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     plugins = _plugins(args)
     metrics = engine.evaluate_run(args.run_dir, args.overrides, plugins, checkpoint=args.checkpoint)
+    from slotrun.importers.common import reported_beside
+
+    beside = reported_beside(Path(args.run_dir), metrics)  # an imported release: the authors' figures too
+    if beside:
+        print(f"slotrun: {beside}", file=sys.stderr)
     print(json.dumps(metrics, sort_keys=True))
     return 0
 

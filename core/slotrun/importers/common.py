@@ -19,12 +19,26 @@ _NESTED = ("state_dict", "model", "model_state_dict")
 
 
 @dataclass(frozen=True)
+class Reported:
+    """What the authors report for one released checkpoint, under slotrun's metric names (fractions, not %),
+    and where they report it: `slotrun eval` prints them beside its own figures."""
+
+    model: str  # e.g. "the released COCO model"
+    metrics: Mapping[str, float]
+    source: str  # e.g. "gkakogeorgiou/spot README.md"
+
+    def to_data(self) -> dict[str, Any]:
+        return {"model": self.model, "metrics": dict(self.metrics), "source": self.source}
+
+
+@dataclass(frozen=True)
 class Mapped:
     """A format's reading of one checkpoint: the recipe data it implies and the weights under slotrun's names."""
 
     recipe: dict[str, Any]
     weights: dict[str, Tensor]
     implied: dict[str, Any] = field(default_factory=dict)  # the architecture settings read from the checkpoint
+    reported: Reported | None = None  # the authors' figures for this checkpoint, when it is a released one
 
 
 @dataclass(frozen=True)
@@ -150,6 +164,25 @@ def write_run(fmt: Format, mapped: Mapped, run_dir: Path, plugins: Any, source: 
     # Step 0 and no optimiser state: the run is for evaluation and sampling, not for resuming training.
     checkpoint.save(run.checkpoints, 0, model, {"imported": {"format": fmt.name, "checkpoint": str(source)}})
     (run_dir / "imported.json").write_text(
-        json.dumps({"format": fmt.name, "checkpoint": str(source), "implied": mapped.implied}, indent=2,
+        json.dumps({"format": fmt.name, "checkpoint": str(source), "implied": mapped.implied,
+                    "reported": mapped.reported.to_data() if mapped.reported else None}, indent=2,
                    sort_keys=True) + "\n", encoding="utf-8")
     return run_dir
+
+
+def reported_beside(run_dir: Path, measured: Mapping[str, Any]) -> str | None:
+    """One line setting an imported run's measured metrics beside the authors' reported ones (None when the run
+    was not imported, or its checkpoint has no reported figures)."""
+    try:
+        reported = json.loads((Path(run_dir) / "imported.json").read_text(encoding="utf-8")).get("reported")
+    except (OSError, ValueError):
+        return None
+    if not reported:
+        return None
+    pairs = [f"{name} {measured[name]:.4f} (reported {value:.4f})" for name, value in reported["metrics"].items()
+             if isinstance(measured.get(name), (int, float))]
+    missing = [name for name in reported["metrics"] if not isinstance(measured.get(name), (int, float))]
+    if not pairs:
+        return None
+    return (f"beside the authors' figures for {reported['model']} ({reported['source']}): " + ", ".join(pairs)
+            + (f"; not measured here: {', '.join(missing)}" if missing else ""))

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from slotrun.errors import UserError
-from slotrun.importers.common import Format, Mapped, Taker
+from slotrun.importers.common import Format, Mapped, Reported, Taker
 
 NAME = "spot"
 # timm architecture per (width, patch): the torch-hub DINO ViTs (and MAE's ViT-B/16) in timm's layout
@@ -54,6 +54,14 @@ SETTINGS: dict[str, Any] = {
     "encoder_final_norm": False,  # --encoder_final_norm; true does not map
     "image_size": 224,
     "data_path": "data/coco2017",
+    "released": "coco",  # which released checkpoint this is, for the reported figures; "none": another one
+}
+# The README's table of released (student) checkpoints, --eval_permutations all; mBO^i -> mbo, mBO^c -> mbo_c.
+RELEASED = {
+    "coco": Reported(model="the released COCO model", metrics={"mbo": 0.349, "mbo_c": 0.448},
+                     source="gkakogeorgiou/spot README.md"),
+    "voc": Reported(model="the released PASCAL VOC 2012 model", metrics={"mbo": 0.486, "mbo_c": 0.557},
+                    source="gkakogeorgiou/spot README.md"),
 }
 _SA = "slot_attn.slot_attention."
 
@@ -229,6 +237,8 @@ def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
                         f"{', '.join(_EVAL)}")
     if settings["truncate"] not in _TRUNCATE:
         raise UserError(f"{NAME}: truncate={settings['truncate']!r} is not one of {', '.join(_TRUNCATE)}")
+    if settings["released"] not in (*RELEASED, "none"):
+        raise UserError(f"{NAME}: released={settings['released']!r} is not one of {', '.join(RELEASED)}, none")
     if settings["encoder_final_norm"]:
         raise UserError(f"{NAME}: encoder_final_norm=true does not map: slotrun's timm encoder reads the ViT's "
                         "tokens before the final norm")
@@ -254,7 +264,7 @@ def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
                                              {"type": "mbo", "ignore_overlaps": True}]},
     }
     implied = {"encoder": encoder, "grouper": grouper, "decoder": decoder, "image_size": size}
-    return Mapped(recipe=recipe, weights=weights, implied=implied)
+    return Mapped(recipe=recipe, weights=weights, implied=implied, reported=RELEASED.get(settings["released"]))
 
 
 FORMAT = Format(NAME, "SPOT (gkakogeorgiou/spot checkpoint.pt.tar: DINO ViT, Slot Attention, autoregressive "

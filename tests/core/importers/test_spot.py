@@ -400,8 +400,23 @@ def test_cli_import_then_eval(tmp_path: Path, capsys) -> None:
                  *ARGS]) == 0
     capsys.readouterr()
     assert main(["eval", str(run), "eval.batch_size=2"]) == 0
-    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out, err = capsys.readouterr()
+    metrics = json.loads(out.strip().splitlines()[-1])
     assert 0.0 <= metrics["mbo"] <= 1.0 and -1.0 <= metrics["fg_ari"] <= 1.0
+    # the README's figures for the released COCO model, beside the measured ones
+    beside = [line for line in err.splitlines() if "beside the authors' figures" in line]
+    assert beside == [f"slotrun: beside the authors' figures for the released COCO model (gkakogeorgiou/spot "
+                      f"README.md): mbo {metrics['mbo']:.4f} (reported 0.3490); not measured here: mbo_c"]
+    assert "mbo_c" not in metrics  # the generated shards hold no COCO categories
+    other = tmp_path / "other"
+    assert main(["import", "spot", str(tmp_path / "checkpoint.pt.tar"), str(other), f"data_path={shards}",
+                 "released=none", *ARGS]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(other), "eval.batch_size=2"]) == 0
+    assert "beside" not in capsys.readouterr().err
+    assert main(["import", "spot", str(tmp_path / "checkpoint.pt.tar"), str(tmp_path / "bad"), "released=clevr",
+                 *ARGS]) == 2
+    assert "released='clevr' is not one of coco, voc, none" in capsys.readouterr().err
 
 
 def test_older_runs_name_the_decoder_tf_dec(tmp_path: Path, plugins) -> None:
@@ -460,7 +475,7 @@ def test_refusals(tmp_path: Path, capsys) -> None:
 def test_settings() -> None:
     fmt = FORMATS["spot"]
     assert {"num_slots", "iters", "heads", "cross_heads", "vit_heads", "eval_permutations", "truncate",
-            "encoder_final_norm", "image_size", "data_path"} == set(fmt.settings)
+            "encoder_final_norm", "image_size", "data_path", "released"} == set(fmt.settings)
     with pytest.raises(UserError, match="setting 'num_slots' must be int, got True"):
         parse_settings(fmt, ["num_slots=true"])
     assert parse_settings(fmt, ["eval_permutations=standard"])["eval_permutations"] == "standard"
