@@ -1,0 +1,241 @@
+"""AdaSlot (Fan et al., CVPR 2024, "Adaptive Slot Attention: Object Discovery with Dynamic Slot Number"; released
+as amazon-science/AdaSlot, built on OCLF): its DINOSAUR models (COCO, MOVi-C, MOVi-E) with the Gumbel slot
+selection, as the `adaslot` grouper and the `adaslot_mlp` decoder of the adaslot plugin.
+
+The released checkpoint is a Lightning file whose `state_dict` holds ocl.combined_model.CombinedModel's
+`models` (ocl.models.image_grouping_adaslot.GroupingImgGumbel):
+- `models.conditioning.slots_mu`, `slots_logsigma` [1, 1, D] (RandomConditioning: mu + exp(logsigma) * N(0, I));
+- `models.feature_extractor.model.*`: timm's DINO ViT (vit_{small,base}_patch16_224_dino) as OCLF's
+  TimmFeatureExtractor keeps it for feature_level 12: blocks up to the last, the final norm an Identity, head
+  deleted; the class token dropped;
+- `models.perceptual_grouping.positional_embedding.layers.1.{0,1,3}`: DummyPositionEmbed, then
+  build_two_layer_mlp with initial_layer_norm (LayerNorm, Linear, ReLU, Linear);
+- `models.perceptual_grouping.slot_attention.*`: SlotAttentionGumbelV1 (to_q/to_k/to_v without bias, kvq_dim =
+  object_dim, one head, norm_input, norm_slots, gru, residual ff_mlp.module.{0,1,3}) and its
+  `single_gumbel_score_network.{0,1,3}` (LayerNorm, Linear(4 D), ReLU, Linear(2));
+- `models.object_decoder.pos_embed` [1, P, D], `models.object_decoder.decoder.{0,2,4,...}`:
+  PatchDecoderGumbelV1 (an MLP -> features + alpha; mask_type mask_normalized).
+The architecture settings are read from the shapes. The pixel CLEVR10 model (SlotAttentionDecoderGumbel, a
+CNN encoder and kvq_dim 128) is refused, naming its parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from slotrun.errors import UserError
+from slotrun.importers.common import Format, Mapped, Taker
+
+NAME = "adaslot"
+# timm architecture per width: DINO (v1) ViTs, patch 16, 6 / 12 heads
+_TIMM = {384: ("vit_small_patch16_224.dino", 6), 768: ("vit_base_patch16_224.dino", 12)}
+SETTINGS: dict[str, Any] = {
+    "num_slots": 33,  # the released configs: COCO 33, MOVi-E 24, MOVi-C 11 (the maximum; AdaSlot drops some)
+    "iters": 3,
+    "heads": 0,  # the ViT's attention heads; 0 = DINO's for the width (6 for ViT-S, 12 for ViT-B)
+    "image_size": 224,  # the model's input size (the released configs: 224 -> 14 x 14 patches)
+    "eval_decision": "sample",  # "sample": the official evaluation's Gumbel draw; "argmax": deterministic
+    "mask_type": "mask_normalized",  # PatchDecoderGumbelV1's: every released config's
+    "linear_weight": 0.1,  # SparsePenalty of the released COCO / MOVi configs
+    "quadratic_weight": 0.0,
+    "quadratic_bias": 0.5,
+    "data_path": "data/coco2017",
+}
+_M = "models."
+_ENC = _M + "feature_extractor.model."
+_PE = _M + "perceptual_grouping.positional_embedding.layers."
+_SA = _M + "perceptual_grouping.slot_attention."
+_SCORE = _SA + "single_gumbel_score_network."
+_DEC = _M + "object_decoder."
+
+
+def _refuse_pixel_model(state: dict[str, Tensor]) -> None:
+    """The CLEVR10 pixel model (CNN feature extractor, spatial broadcast decoder): no counterpart here."""
+    pixel = sorted(k for k in state if k.startswith(_M + "object_decoder.decoder.") and state[k].ndim == 4)
+    if pixel:
+        raise UserError(f"{NAME} checkpoint: parameter '{pixel[0]}' (a convolution of the pixel model's "
+                        "SlotAttentionDecoderGumbel) does not map: only AdaSlot's DINOSAUR models (an MLP "
+                        "PatchDecoderGumbelV1) import")
+
+
+def _encoder(take: Taker, heads: int) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    enc = take.prefix(_ENC)
+    if "cls_token" not in enc or "patch_embed.proj.weight" not in enc or "pos_embed" not in enc:
+        raise UserError(f"{NAME} checkpoint: '{_ENC}*' is not a timm ViT (no cls_token, pos_embed or "
+                        "patch_embed.proj.weight)")
+    for extra in ("norm.weight", "fc_norm.weight", "head.weight", "reg_token"):
+        if extra in enc:
+            raise UserError(f"{NAME} checkpoint: parameter '{_ENC}{extra}' does not map: OCLF's feature extractor "
+                            "reads the last block's tokens (final norm an Identity, head deleted, class token "
+                            "only), which slotrun's timm encoder reproduces")
+    width = int(enc["cls_token"].shape[-1])
+    depth = len({k.split(".")[1] for k in enc if k.startswith("blocks.")})
+    patch = tuple(enc["patch_embed.proj.weight"].shape[-2:])
+    if patch != (16, 16):
+        raise UserError(f"{NAME} checkpoint: {_ENC}patch_embed.proj.weight has patch {patch}; the released "
+                        "models' DINO ViTs use 16")
+    positions = enc["pos_embed"].shape[1] - 1  # DINO's ViT embeds the class token too
+    grid = math.isqrt(positions)
+    if grid * grid != positions:
+        raise UserError(f"{NAME} checkpoint: {_ENC}pos_embed {tuple(enc['pos_embed'].shape)} is not a class "
+                        "token plus a square grid of patch positions")
+    name, default_heads = _TIMM.get(width, ("vit_small_patch16_224.dino", 0))
+    heads = heads or default_heads
+    if not heads:
+        raise UserError(f"{NAME}: encoder width {width} is not ViT-S/B; pass heads=N (the ViT's attention heads)")
+    if width % heads:
+        raise UserError(f"{NAME}: heads={heads} does not divide the encoder width {width}")
+    kwargs: dict[str, Any] = {"img_size": grid * 16}
+    if (width, depth, heads) != {384: (384, 12, 6), 768: (768, 12, 12)}.get(width):
+        kwargs.update(embed_dim=width, depth=depth, num_heads=heads)
+    enc["norm.weight"] = torch.ones(width)  # timm's final norm: built by slotrun, never applied (norm=False)
+    enc["norm.bias"] = torch.zeros(width)
+    table = {"type": "timm", "name": name, "pretrained": False, "frozen": True, "block": -1,
+             "model_kwargs": kwargs}
+    return table, {f"encoder.model.{k}": v for k, v in enc.items()}
+
+
+def _mlp(take: Taker, src: str, dst: str, weights: dict[str, Tensor], what: str) -> list[int]:
+    """OCLF's build_mlp with initial_layer_norm at `src` (LayerNorm 0, then Linear 1, 3, ...) -> slotrun's
+    LayerNorm `dst`norm + mlp (Linear 0, 2, ...); returns the Linear widths."""
+    first = take.take(f"{src}0.weight")
+    if first.ndim != 1:
+        raise UserError(f"{NAME} checkpoint: parameter '{src}0.weight' {tuple(first.shape)} is a Linear, not the "
+                        f"LayerNorm {what} starts with (initial_layer_norm: true)")
+    weights[f"{dst[0]}.weight"], weights[f"{dst[0]}.bias"] = first, take.take(f"{src}0.bias")
+    layers = sorted({int(k[len(src):].split(".")[0]) for k in take.left if k.startswith(src)})
+    if not layers or layers != list(range(1, 2 * len(layers), 2)):
+        raise UserError(f"{NAME} checkpoint: {src}* layers {[0, *layers]} are not LayerNorm 0 then Linear layers "
+                        f"1, 3, ... (ReLU between) of {what}")
+    widths = []
+    for i in layers:
+        for p in ("weight", "bias"):
+            weights[f"{dst[1]}.{i - 1}.{p}"] = take.take(f"{src}{i}.{p}")
+        widths.append(int(weights[f"{dst[1]}.{i - 1}.weight"].shape[0]))
+    return widths
+
+
+def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
+    if not any(k.startswith(_M) for k in state):
+        first = sorted(state)[0]
+        raise UserError(f"{NAME} checkpoint: parameter '{first}' does not map: AdaSlot's Lightning checkpoints "
+                        "hold the model under 'models.' (models.perceptual_grouping..., models.object_decoder...)")
+    _refuse_pixel_model(state)
+    for key in ("eval_decision", "mask_type"):
+        allowed = {"eval_decision": ("sample", "argmax"), "mask_type": ("mask_normalized", "logit")}[key]
+        if settings[key] not in allowed:
+            raise UserError(f"import {NAME}: setting '{key}' must be one of {', '.join(allowed)}, got "
+                            f"{settings[key]!r}")
+    take = Taker(NAME, state)
+    encoder, weights = _encoder(take, int(settings["heads"]))
+
+    mu = take.take(_M + "conditioning.slots_mu")
+    slot_dim = int(mu.shape[-1])
+    weights["grouper.init.mu"] = mu
+    weights["grouper.init.log_sigma"] = take.take(_M + "conditioning.slots_logsigma")
+    if not take.has(_PE + "1.0.weight"):
+        raise UserError(f"{NAME} checkpoint: missing parameter '{_PE}1.0.weight' (the released models put a "
+                        "LayerNorm-MLP after DummyPositionEmbed in front of the slot attention)")
+    input_mlp = _mlp(take, _PE + "1.", ("grouper.input_mlp.norm", "grouper.input_mlp.mlp"), weights,
+                     "the positional_embedding MLP")
+    if input_mlp[-1] != slot_dim:
+        raise UserError(f"{NAME} checkpoint: parameter '{_PE}1.{2 * len(input_mlp) - 1}.weight' gives features of "
+                        f"width {input_mlp[-1]}, not the slot width {slot_dim} (feature_dim = object_dim)")
+    if not take.has(_SA + "ff_mlp.module.0.weight"):
+        raise UserError(f"{NAME} checkpoint: missing parameter '{_SA}ff_mlp.module.0.weight' (slotrun's "
+                        "slot_attention always has the residual LayerNorm-MLP after the GRU)")
+    for key in (_SA + "to_q.bias", _SA + "to_k.bias", _SA + "to_v.bias"):
+        if take.has(key):
+            raise UserError(f"{NAME} checkpoint: parameter '{key}' does not map (slotrun's slot_attention has "
+                            "no q/k/v biases)")
+    if take.has(_M + "perceptual_grouping.empty_slot"):
+        raise UserError(f"{NAME} checkpoint: parameter '{_M}perceptual_grouping.empty_slot' does not map "
+                        "(use_empty_slot_for_masked_slots has no counterpart in slotrun)")
+    q = take.take(_SA + "to_q.weight")
+    k, v = take.take(_SA + "to_k.weight"), take.take(_SA + "to_v.weight")
+    if q.shape != (slot_dim, slot_dim) or k.shape != (slot_dim, slot_dim) or v.shape != k.shape:
+        raise UserError(f"{NAME} checkpoint: parameter '{_SA}to_q.weight' {tuple(q.shape)} does not map "
+                        f"(slotrun's slot_attention needs queries, keys and values of the slot width {slot_dim}: "
+                        "kvq_dim unset, one head)")
+    weights["grouper.project_q.weight"] = q
+    weights["grouper.project_kv.weight"] = torch.cat([k, v], dim=0)
+    for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        weights[f"grouper.gru.{p}"] = take.take(f"{_SA}gru.{p}")
+    for src, dst in (("norm_input", "norm_inputs"), ("norm_slots", "norm_slots"), ("ff_mlp.module.0", "norm_mlp"),
+                     ("ff_mlp.module.1", "mlp.0"), ("ff_mlp.module.3", "mlp.2")):
+        for p in ("weight", "bias"):
+            weights[f"grouper.{dst}.{p}"] = take.take(f"{_SA}{src}.{p}")
+    if take.has(_SA + "ff_mlp.module.5.weight"):
+        raise UserError(f"{NAME} checkpoint: parameter '{_SA}ff_mlp.module.5.weight' does not map (slotrun's "
+                        "slot_attention MLP has one hidden layer)")
+    if not take.has(_SCORE + "0.weight"):
+        raise UserError(f"{NAME} checkpoint: missing parameter '{_SCORE}0.weight' (AdaSlot's selection network; "
+                        "without it the checkpoint is a plain DINOSAUR model, not AdaSlot)")
+    # OCLF's build_two_layer_mlp (LayerNorm 0, Linear 1, ReLU 2, Linear 3) has the indices of slotrun's
+    # score network
+    for i in (0, 1, 3):
+        for p in ("weight", "bias"):
+            weights[f"grouper.score.{i}.{p}"] = take.take(f"{_SCORE}{i}.{p}")
+    score_out = tuple(weights["grouper.score.3.weight"].shape)
+    if score_out[0] != 2 or weights["grouper.score.0.weight"].ndim != 1:
+        raise UserError(f"{NAME} checkpoint: parameter '{_SCORE}3.weight' {score_out} is not the last layer of "
+                        "build_two_layer_mlp(object_dim, 2, initial_layer_norm=true) (drop and keep logits)")
+    score_hidden = int(weights["grouper.score.1.weight"].shape[0])
+    if take.has(_DEC + "inp_transform.weight"):
+        raise UserError(f"{NAME} checkpoint: parameter '{_DEC}inp_transform.weight' does not map (adaslot_mlp "
+                        "has no input transform: decoder_input_dim unset)")
+    pos = take.take(_DEC + "pos_embed")
+    if pos.ndim != 3 or pos.shape[0] != 1 or pos.shape[2] != slot_dim:
+        raise UserError(f"{NAME} checkpoint: {_DEC}pos_embed {tuple(pos.shape)} is not PatchDecoderGumbelV1's "
+                        f"[1, P, {slot_dim}]")
+    weights["decoder.pos_embed"] = pos
+    dec = _DEC + "decoder."
+    layers = sorted({int(k[len(dec):].split(".")[0]) for k in take.left if k.startswith(dec)})
+    if not layers or layers != list(range(0, 2 * len(layers), 2)):
+        raise UserError(f"{NAME} checkpoint: {dec}* layers {layers} are not an MLP of Linear layers 0, 2, 4, ... "
+                        "(ReLU between)")
+    for i in layers:
+        for p in ("weight", "bias"):
+            weights[f"decoder.mlp.{i}.{p}"] = take.take(f"{dec}{i}.{p}")
+    take.finish()
+
+    target = int(weights[f"decoder.mlp.{layers[-1]}.weight"].shape[0]) - 1
+    width = int(weights["encoder.model.cls_token"].shape[-1])
+    if target != width:
+        raise UserError(f"{NAME} checkpoint: {dec}{layers[-1]}.weight predicts {target} features + alpha; the ViT's "
+                        f"features are {width} wide")
+    patches = int(pos.shape[1])
+    size = int(settings["image_size"])
+    if size % 16 or (size // 16) ** 2 != patches:
+        raise UserError(f"{NAME}: image_size={size} gives {(size // 16) ** 2} patches, the decoder's pos_embed has "
+                        f"{patches} (the released configs: 224 -> 196); set image_size")
+    hidden = [int(weights[f"decoder.mlp.{i}.weight"].shape[0]) for i in layers[:-1]]
+    grouper = {"type": "adaslot", "num_slots": int(settings["num_slots"]), "iters": int(settings["iters"]),
+               "slot_dim": slot_dim, "mlp_hidden": int(weights["grouper.mlp.0.weight"].shape[0]),
+               "init": "gaussian", "layer_norm_eps": 1e-5, "eps": 1e-8, "input_mlp": input_mlp,
+               "weight_init": "oclf", "score_hidden": score_hidden, "temperature": 1.0,
+               "eval_decision": str(settings["eval_decision"])}
+    decoder = {"type": "adaslot_mlp", "hidden": hidden, "mask_type": str(settings["mask_type"]),
+               "linear_weight": float(settings["linear_weight"]),
+               "quadratic_weight": float(settings["quadratic_weight"]),
+               "quadratic_bias": float(settings["quadratic_bias"])}
+    recipe = {
+        # OCLF's coco ccrop evaluation: bicubic resize to 224 and a centre crop, ImageNet normalisation, masks
+        # resized (nearest) and cropped alike
+        "data": {"type": "shards", "path": str(settings["data_path"]), "image_size": size, "crop": "center",
+                 "resize": True, "resize_interpolation": "bicubic", "resize_masks": True,
+                 "value_range": "imagenet"},
+        "model": {"encoder": encoder, "grouper": grouper, "decoder": decoder},
+        "eval": {"split": "val", "metrics": [{"type": "fg_ari", "ignore_overlaps": True},
+                                             {"type": "mbo", "ignore_overlaps": True}]},
+    }
+    implied = {"encoder": encoder, "grouper": grouper, "decoder": decoder, "image_size": size}
+    return Mapped(recipe=recipe, weights=weights, implied=implied)
+
+
+FORMAT = Format(NAME, "AdaSlot's DINOSAUR models (amazon-science/AdaSlot Lightning checkpoints, OCLF names)",
+                SETTINGS, convert)

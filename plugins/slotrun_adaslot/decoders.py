@@ -1,0 +1,75 @@
+"""AdaSlot's masked feature decoder (Fan et al., CVPR 2024; amazon-science/AdaSlot ocl/decoding.py,
+PatchDecoderGumbelV1): DINOSAUR's MLP decoder whose alpha masks count only the kept slots.
+
+mask_type "mask_normalized" (every released model): alpha = softmax over slots, times the keep decisions, then
+divided by (its sum over slots + 1e-5); "logit": the dropped slots' alpha logits get -1e5 before the softmax.
+The decoder also returns the sparsity penalty on the keep decisions (OCLF's SparsePenalty) as its loss term
+"sparse_penalty". With Slots that carry no decisions (another grouper) every slot counts as kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from slotrun.types import Batch, DecoderOutput, Features, Slots
+
+from slotrun_adaslot.selection import keep_mask, sparse_penalty
+from slotrun_dinosaur.decoders import LOSS, MLPFeatureDecoder, _resample_positions, _target
+
+SPARSE = "sparse_penalty"
+MASK_TYPES = ("mask_normalized", "logit")
+MINOR = 1e-5  # PatchDecoderGumbelV1's MINOR (mask_normalized)
+VANISH = 1e5  # PatchDecoderGumbelV1's VANISH (logit)
+
+
+def masked_alpha(alpha: Tensor, keep: Tensor | None, mask_type: str) -> Tensor:
+    """alpha logits [B, K, N] and keep decisions [B, K] (or None) -> mask weights [B, K, N] over the slots."""
+    if keep is None:
+        return alpha.softmax(dim=1)
+    keep = keep.to(alpha.dtype).unsqueeze(-1)  # [B, K, 1]
+    if mask_type == "logit":
+        return (alpha - VANISH * (1 - keep)).softmax(dim=1)
+    weights = alpha.softmax(dim=1) * keep
+    return weights / (weights.sum(dim=1, keepdim=True) + MINOR)
+
+
+class MaskedMLPFeatureDecoder(MLPFeatureDecoder):
+    """MLPFeatureDecoder (slotrun_dinosaur) with the masks restricted to the kept slots (AdaSlots.keep) and the
+    sparsity penalty linear_weight * d + quadratic_weight * (d - quadratic_bias)^2, d = the mean keep decision."""
+
+    loss_terms = (LOSS, SPARSE)
+
+    def __init__(self, slot_dim: int, target_dim: int, grid: tuple[int, int], *,
+                 hidden: Sequence[int] = (2048, 2048, 2048), pos_init_std: float = 0.02, bias_init: str = "zeros",
+                 mask_type: str = "mask_normalized", linear_weight: float = 0.1, quadratic_weight: float = 0.0,
+                 quadratic_bias: float = 0.5) -> None:
+        super().__init__(slot_dim, target_dim, grid, hidden=hidden, pos_init_std=pos_init_std,
+                         bias_init=bias_init, top_k=0)
+        if mask_type not in MASK_TYPES:
+            raise ValueError(f"mask_type must be one of {MASK_TYPES}, got {mask_type!r}")
+        self.mask_type = mask_type
+        self.linear_weight = float(linear_weight)
+        self.quadratic_weight = float(quadratic_weight)
+        self.quadratic_bias = float(quadratic_bias)
+
+    def forward(self, slots: Slots, features: Features, batch: Batch | None = None) -> DecoderOutput:
+        target = _target(features, "adaslot_mlp decoder")
+        s = slots.slots  # [B, K, D]
+        b, k, _ = s.shape
+        grid = tuple(features.grid)
+        pos = _resample_positions(self.pos_embed, self.grid, grid)  # [1, N, D]
+        out = self.mlp(s.unsqueeze(2) + pos.unsqueeze(1).to(s.dtype))  # [B, K, N, Dt + 1]
+        feats, alpha = out[..., :-1], out[..., -1]
+        keep = keep_mask(slots)
+        weights = masked_alpha(alpha, keep, self.mask_type)  # [B, K, N]
+        recon = (weights.unsqueeze(-1) * feats).sum(dim=1)  # [B, N, Dt]
+        loss = F.mse_loss(recon.float(), target.float())
+        decisions = keep if keep is not None else torch.ones(b, k, device=s.device)
+        penalty = sparse_penalty(decisions, linear_weight=self.linear_weight,
+                                 quadratic_weight=self.quadratic_weight, quadratic_bias=self.quadratic_bias)
+        masks = weights.reshape(b, k, grid[0], grid[1])
+        return DecoderOutput(losses={LOSS: loss, SPARSE: penalty}, recon=recon, masks=masks)
