@@ -164,6 +164,9 @@ def _describe_plugin_or_component(args: argparse.Namespace, plugins, entries) ->
                                "fields": [vars_of(f) for f in fields(e.config_cls)]} for e in matches], indent=2))
         else:
             sys.stdout.write("\n".join(describe(e) for e in matches))
+            if args.name in plugins.infos:  # "slot_attention", "adaslot": a plugin's name too
+                own = [f"{SINGULAR[e.kind]} {e.name}" for e in plugins.registry if e.plugin == args.name]
+                print(f"\nplugin '{args.name}' registers: {', '.join(own)}")
         return 0
     own = [e for e in entries if e.plugin == args.name]
     if args.name in plugins.infos:

@@ -89,6 +89,9 @@ def test_plugins_name_of_a_plugin_lists_its_components_and_unknown_names_suggest
     assert main(["plugins", "smm"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("plugin 'smm' (slotrun ") and "slot_mixture" in out and "kmeans" in out
+    assert main(["plugins", "slot_attention", "--kind", "grouper"]) == 0  # a component and a plugin's name
+    assert capsys.readouterr().out.splitlines()[-1].startswith(
+        "plugin 'slot_attention' registers: encoder sa_cnn, grouper slot_attention")
     assert main(["plugins", "slot_mixtur"]) == 2
     assert "did you mean 'slot_mixture'?" in capsys.readouterr().err
     assert main(["plugins", "*kmeans*"]) == 0
