@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import dataclasses
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from slotrun.types import Batch, DecoderOutput, Features, Slots
 
 from slotrun_adaslot.selection import keep_mask, sparse_penalty
-from slotrun_dinosaur.decoders import LOSS, MLPFeatureDecoder, _resample_positions, _target
+from slotrun_dinosaur.decoders import LOSS, MLPFeatureDecoder
 
 SPARSE = "sparse_penalty"
 MASK_TYPES = ("mask_normalized", "logit")
@@ -41,6 +41,7 @@ class MaskedMLPFeatureDecoder(MLPFeatureDecoder):
     """MLPFeatureDecoder (slotrun_dinosaur) with the masks restricted to the kept slots (AdaSlots.keep) and the
     sparsity penalty linear_weight * d + quadratic_weight * (d - quadratic_bias)^2, d = the mean keep decision."""
 
+    name = "adaslot_mlp"
     loss_terms = (LOSS, SPARSE)
 
     def __init__(self, slot_dim: int, target_dim: int, grid: tuple[int, int], *,
@@ -56,20 +57,14 @@ class MaskedMLPFeatureDecoder(MLPFeatureDecoder):
         self.quadratic_weight = float(quadratic_weight)
         self.quadratic_bias = float(quadratic_bias)
 
+    def mask_weights(self, alpha: Tensor, slots: Slots) -> Tensor:
+        return masked_alpha(alpha, keep_mask(slots), self.mask_type)
+
     def forward(self, slots: Slots, features: Features, batch: Batch | None = None) -> DecoderOutput:
-        target = _target(features, "adaslot_mlp decoder")
-        s = slots.slots  # [B, K, D]
-        b, k, _ = s.shape
-        grid = tuple(features.grid)
-        pos = _resample_positions(self.pos_embed, self.grid, grid)  # [1, N, D]
-        out = self.mlp(s.unsqueeze(2) + pos.unsqueeze(1).to(s.dtype))  # [B, K, N, Dt + 1]
-        feats, alpha = out[..., :-1], out[..., -1]
+        out = super().forward(slots, features, batch)
         keep = keep_mask(slots)
-        weights = masked_alpha(alpha, keep, self.mask_type)  # [B, K, N]
-        recon = (weights.unsqueeze(-1) * feats).sum(dim=1)  # [B, N, Dt]
-        loss = F.mse_loss(recon.float(), target.float())
-        decisions = keep if keep is not None else torch.ones(b, k, device=s.device)
+        b, k, _ = slots.slots.shape
+        decisions = keep if keep is not None else torch.ones(b, k, device=slots.slots.device)
         penalty = sparse_penalty(decisions, linear_weight=self.linear_weight,
                                  quadratic_weight=self.quadratic_weight, quadratic_bias=self.quadratic_bias)
-        masks = weights.reshape(b, k, grid[0], grid[1])
-        return DecoderOutput(losses={LOSS: loss, SPARSE: penalty}, recon=recon, masks=masks)
+        return dataclasses.replace(out, losses={**out.losses, SPARSE: penalty})

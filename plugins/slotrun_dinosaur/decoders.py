@@ -82,6 +82,7 @@ class MLPFeatureDecoder(nn.Module):
     maps each (slot, position) to a feature vector plus an alpha logit; alpha softmax over slots gives the
     masks, and the reconstruction is the mask-weighted sum of the slots' features."""
 
+    name = "dinosaur_mlp"  # the registered name, for messages
     loss_terms = (LOSS,)
 
     def __init__(self, slot_dim: int, target_dim: int, grid: tuple[int, int], *,
@@ -101,7 +102,7 @@ class MLPFeatureDecoder(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, slots: Slots, features: Features, batch: Batch | None = None) -> DecoderOutput:
-        target = _target(features, "dinosaur_mlp decoder")
+        target = _target(features, f"{self.name} decoder")
         s = slots.slots  # [B, K, D]
         b, k, _ = s.shape
         grid = tuple(features.grid)
@@ -109,13 +110,18 @@ class MLPFeatureDecoder(nn.Module):
         x = s.unsqueeze(2) + pos.unsqueeze(1).to(s.dtype)  # [B, K, N, D]
         out = self.mlp(x)
         feats, alpha = out[..., :-1], out[..., -1]
-        if 0 < self.top_k < k:
-            alpha = self._keep_top_k(alpha, slots)
-        weights = alpha.softmax(dim=1)  # [B, K, N], over slots
+        weights = self.mask_weights(alpha, slots)  # [B, K, N]
         recon = (weights.unsqueeze(-1) * feats).sum(dim=1)  # [B, N, Dt]
         loss = F.mse_loss(recon.float(), target.float())
         masks = weights.reshape(b, k, grid[0], grid[1])
         return DecoderOutput(losses={LOSS: loss}, recon=recon, masks=masks)
+
+    def mask_weights(self, alpha: Tensor, slots: Slots) -> Tensor:
+        """Each patch's mixing weights over the slots from their alpha logits [B, K, N]: a softmax over slots,
+        among the top k with top_k. A subclass changes how the slots compete here (AdaSlot: kept slots only)."""
+        if 0 < self.top_k < alpha.shape[1]:
+            alpha = self._keep_top_k(alpha, slots)
+        return alpha.softmax(dim=1)
 
     def _keep_top_k(self, alpha: Tensor, slots: Slots) -> Tensor:
         """Top-k decoding (Didolkar et al. 2025, "On the Transfer of Object-Centric Representation Learning",

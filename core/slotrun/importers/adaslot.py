@@ -21,14 +21,15 @@ CNN encoder and kvq_dim 128) is refused, naming its parameters.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from slotrun.errors import UserError
-from slotrun.importers.common import Format, Mapped, Taker
+from slotrun.importers.common import (
+    Format, Mapped, Taker, layernorm_mlp, timm_encoder, unused_final_norm, vit_geometry,
+)
 
 NAME = "adaslot"
 # timm architecture per width: DINO (v1) ViTs, patch 16, 6 / 12 heads
@@ -64,59 +65,17 @@ def _refuse_pixel_model(state: dict[str, Tensor]) -> None:
 
 def _encoder(take: Taker, heads: int) -> tuple[dict[str, Any], dict[str, Tensor]]:
     enc = take.prefix(_ENC)
-    if "cls_token" not in enc or "patch_embed.proj.weight" not in enc or "pos_embed" not in enc:
-        raise UserError(f"{NAME} checkpoint: '{_ENC}*' is not a timm ViT (no cls_token, pos_embed or "
-                        "patch_embed.proj.weight)")
     for extra in ("norm.weight", "fc_norm.weight", "head.weight", "reg_token"):
         if extra in enc:
             raise UserError(f"{NAME} checkpoint: parameter '{_ENC}{extra}' does not map: OCLF's feature extractor "
                             "reads the last block's tokens (final norm an Identity, head deleted, class token "
                             "only), which slotrun's timm encoder reproduces")
-    width = int(enc["cls_token"].shape[-1])
-    depth = len({k.split(".")[1] for k in enc if k.startswith("blocks.")})
-    patch = tuple(enc["patch_embed.proj.weight"].shape[-2:])
-    if patch != (16, 16):
-        raise UserError(f"{NAME} checkpoint: {_ENC}patch_embed.proj.weight has patch {patch}; the released "
-                        "models' DINO ViTs use 16")
-    positions = enc["pos_embed"].shape[1] - 1  # DINO's ViT embeds the class token too
-    grid = math.isqrt(positions)
-    if grid * grid != positions:
-        raise UserError(f"{NAME} checkpoint: {_ENC}pos_embed {tuple(enc['pos_embed'].shape)} is not a class "
-                        "token plus a square grid of patch positions")
+    width, depth, _, grid = vit_geometry(NAME, _ENC, enc, patches=(16,), family="the released models' DINO ViTs")
     name, default_heads = _TIMM.get(width, ("vit_small_patch16_224.dino", 0))
-    heads = heads or default_heads
-    if not heads:
-        raise UserError(f"{NAME}: encoder width {width} is not ViT-S/B; pass heads=N (the ViT's attention heads)")
-    if width % heads:
-        raise UserError(f"{NAME}: heads={heads} does not divide the encoder width {width}")
-    kwargs: dict[str, Any] = {"img_size": grid * 16}
-    if (width, depth, heads) != {384: (384, 12, 6), 768: (768, 12, 12)}.get(width):
-        kwargs.update(embed_dim=width, depth=depth, num_heads=heads)
-    enc["norm.weight"] = torch.ones(width)  # timm's final norm: built by slotrun, never applied (norm=False)
-    enc["norm.bias"] = torch.zeros(width)
-    table = {"type": "timm", "name": name, "pretrained": False, "frozen": True, "block": -1,
-             "model_kwargs": kwargs}
+    table = timm_encoder(NAME, name=name, width=width, depth=depth, heads=heads, default_heads=default_heads,
+                         img_size=grid * 16)
+    unused_final_norm(enc, width)
     return table, {f"encoder.model.{k}": v for k, v in enc.items()}
-
-
-def _mlp(take: Taker, src: str, dst: str, weights: dict[str, Tensor], what: str) -> list[int]:
-    """OCLF's build_mlp with initial_layer_norm at `src` (LayerNorm 0, then Linear 1, 3, ...) -> slotrun's
-    LayerNorm `dst`norm + mlp (Linear 0, 2, ...); returns the Linear widths."""
-    first = take.take(f"{src}0.weight")
-    if first.ndim != 1:
-        raise UserError(f"{NAME} checkpoint: parameter '{src}0.weight' {tuple(first.shape)} is a Linear, not the "
-                        f"LayerNorm {what} starts with (initial_layer_norm: true)")
-    weights[f"{dst[0]}.weight"], weights[f"{dst[0]}.bias"] = first, take.take(f"{src}0.bias")
-    layers = sorted({int(k[len(src):].split(".")[0]) for k in take.left if k.startswith(src)})
-    if not layers or layers != list(range(1, 2 * len(layers), 2)):
-        raise UserError(f"{NAME} checkpoint: {src}* layers {[0, *layers]} are not LayerNorm 0 then Linear layers "
-                        f"1, 3, ... (ReLU between) of {what}")
-    widths = []
-    for i in layers:
-        for p in ("weight", "bias"):
-            weights[f"{dst[1]}.{i - 1}.{p}"] = take.take(f"{src}{i}.{p}")
-        widths.append(int(weights[f"{dst[1]}.{i - 1}.weight"].shape[0]))
-    return widths
 
 
 def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
@@ -140,8 +99,8 @@ def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
     if not take.has(_PE + "1.0.weight"):
         raise UserError(f"{NAME} checkpoint: missing parameter '{_PE}1.0.weight' (the released models put a "
                         "LayerNorm-MLP after DummyPositionEmbed in front of the slot attention)")
-    input_mlp = _mlp(take, _PE + "1.", ("grouper.input_mlp.norm", "grouper.input_mlp.mlp"), weights,
-                     "the positional_embedding MLP")
+    input_mlp = layernorm_mlp(NAME, take, _PE + "1.", ("grouper.input_mlp.norm", "grouper.input_mlp.mlp"),
+                              weights, "the positional_embedding MLP")
     if input_mlp[-1] != slot_dim:
         raise UserError(f"{NAME} checkpoint: parameter '{_PE}1.{2 * len(input_mlp) - 1}.weight' gives features of "
                         f"width {input_mlp[-1]}, not the slot width {slot_dim} (feature_dim = object_dim)")

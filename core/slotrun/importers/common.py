@@ -4,7 +4,8 @@ parameter lands, and writing a run directory that `slotrun eval` / `sample` load
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,3 +187,72 @@ def reported_beside(run_dir: Path, measured: Mapping[str, Any]) -> str | None:
         return None
     return (f"beside the authors' figures for {reported['model']} ({reported['source']}): " + ", ".join(pairs)
             + (f"; not measured here: {', '.join(missing)}" if missing else ""))
+
+
+def vit_geometry(fmt: str, where: str, enc: Mapping[str, Tensor], *, patches: Sequence[int], family: str,
+                 prefix_tokens: int = 1) -> tuple[int, int, int, int]:
+    """(width, depth, patch, grid side) of a ViT's weights in timm's layout, `enc`, found under `where`. Its
+    patch must be one of `patches` (else refused, naming `family`: the ViTs the format knows); its position
+    table holds `prefix_tokens` positions (the class token's; 0 for timm's register ViTs) and a square grid."""
+    if "cls_token" not in enc or "patch_embed.proj.weight" not in enc or "pos_embed" not in enc:
+        raise UserError(f"{fmt} checkpoint: '{where}*' is not a timm ViT (no cls_token, pos_embed or "
+                        "patch_embed.proj.weight)")
+    width = int(enc["cls_token"].shape[-1])
+    depth = len({k.split(".")[1] for k in enc if k.startswith("blocks.")})
+    hw = tuple(enc["patch_embed.proj.weight"].shape[-2:])
+    if hw[0] != hw[1] or hw[0] not in patches:
+        raise UserError(f"{fmt} checkpoint: {where}patch_embed.proj.weight has patch {hw}; {family} use "
+                        + " or ".join(str(p) for p in patches))
+    positions = int(enc["pos_embed"].shape[1]) - prefix_tokens
+    grid = math.isqrt(positions)
+    if grid * grid != positions:
+        shape = "a class token plus a square grid" if prefix_tokens else "a square grid"
+        raise UserError(f"{fmt} checkpoint: {where}pos_embed {tuple(enc['pos_embed'].shape)} is not {shape} of "
+                        "patch positions")
+    return width, depth, int(hw[0]), grid
+
+
+def timm_encoder(fmt: str, *, name: str, width: int, depth: int, heads: int, default_heads: int,
+                 heads_setting: str = "heads", block: int = -1, **model_kwargs: Any) -> dict[str, Any]:
+    """The recipe table of slotrun's frozen `timm` encoder for a released ViT: timm architecture `name`, resized
+    by `model_kwargs` (img_size, ...) and, when width, depth or heads are not the standard ViT-S/B ones, by those.
+    `heads` 0 takes `default_heads` (the architecture's); a width whose heads are unknown needs the setting."""
+    heads = heads or default_heads
+    if not heads:
+        raise UserError(f"{fmt}: encoder width {width} is not ViT-S/B; pass {heads_setting}=N (the ViT's "
+                        "attention heads)")
+    if width % heads:
+        raise UserError(f"{fmt}: {heads_setting}={heads} does not divide the encoder width {width}")
+    if (depth, heads) != {384: (12, 6), 768: (12, 12)}.get(width):
+        model_kwargs.update(embed_dim=width, depth=depth, num_heads=heads)
+    return {"type": "timm", "name": name, "pretrained": False, "frozen": True, "block": block,
+            "model_kwargs": model_kwargs}
+
+
+def unused_final_norm(enc: dict[str, Tensor], width: int) -> None:
+    """Add the final norm timm builds and slotrun's encoder never applies (it reads a block's tokens before it),
+    for releases that store none."""
+    enc["norm.weight"] = torch.ones(width)
+    enc["norm.bias"] = torch.zeros(width)
+
+
+def layernorm_mlp(fmt: str, take: Taker, src: str, dst: tuple[str, str], weights: dict[str, Tensor],
+                  what: str) -> list[int]:
+    """A LayerNorm followed by Linear layers with ReLUs between, stored as `src`0 (the norm), `src`1, 3, ...
+    (OCLF's build_mlp with initial_layer_norm, videosaur's two_layer_mlp with layer_norm) -> slotrun's
+    `dst`[0] norm and `dst`[1] Linear 0, 2, ...; returns the Linear widths. `what` names the block in errors."""
+    first = take.take(f"{src}0.weight")
+    if first.ndim != 1:
+        raise UserError(f"{fmt} checkpoint: parameter '{src}0.weight' {tuple(first.shape)} is a Linear, not the "
+                        f"LayerNorm {what} starts with")
+    weights[f"{dst[0]}.weight"], weights[f"{dst[0]}.bias"] = first, take.take(f"{src}0.bias")
+    layers = sorted({int(k[len(src):].split(".")[0]) for k in take.left if k.startswith(src)})
+    if not layers or layers != list(range(1, 2 * len(layers), 2)):
+        raise UserError(f"{fmt} checkpoint: {src}* layers {[0, *layers]} are not LayerNorm 0 then Linear layers "
+                        f"1, 3, ... (ReLU between) of {what}")
+    widths = []
+    for i in layers:
+        for p in ("weight", "bias"):
+            weights[f"{dst[1]}.{i - 1}.{p}"] = take.take(f"{src}{i}.{p}")
+        widths.append(int(weights[f"{dst[1]}.{i - 1}.weight"].shape[0]))
+    return widths

@@ -10,14 +10,13 @@ no projection biases, residual MLP after the GRU), `decoder.pos_embed` [1, P, D]
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from slotrun.errors import UserError
-from slotrun.importers.common import Format, Mapped, Taker
+from slotrun.importers.common import Format, Mapped, Taker, timm_encoder, unused_final_norm, vit_geometry
 
 NAME = "ftdinosaur"
 # timm architecture per (width, register tokens); DINOv2 ViTs have patch 14.
@@ -35,39 +34,22 @@ SETTINGS: dict[str, Any] = {
 
 def _encoder(take: Taker, heads: int) -> tuple[dict[str, Any], dict[str, Tensor]]:
     enc = take.prefix("encoder.")
-    width = int(enc["cls_token"].shape[-1])
-    regs = int(enc["reg_token"].shape[1]) if "reg_token" in enc else 0
-    depth = len({k.split(".")[1] for k in enc if k.startswith("blocks.")})
-    patch = tuple(enc["patch_embed.proj.weight"].shape[-2:])
-    if patch != (14, 14):
-        raise UserError(f"{NAME} checkpoint: encoder.patch_embed.proj.weight has patch {patch}; DINOv2 uses 14")
     if "norm.weight" in enc:
         raise UserError(f"{NAME} checkpoint: parameter 'encoder.norm.weight' (a final norm) does not map: "
                         "slotrun's DINOSAUR reads the tokens before the final norm")
+    regs = int(enc["reg_token"].shape[1]) if "reg_token" in enc else 0
     # timm's register ViTs embed only the patches; the others the class token too
-    positions = enc["pos_embed"].shape[1] - (0 if regs else 1)
-    grid = math.isqrt(positions)
-    if grid * grid != positions:
-        raise UserError(f"{NAME} checkpoint: encoder.pos_embed {tuple(enc['pos_embed'].shape)} is not a square "
-                        "grid of patch positions")
+    width, depth, _, grid = vit_geometry(NAME, "encoder.", enc, patches=(14,), family="DINOv2 ViTs",
+                                         prefix_tokens=0 if regs else 1)
     name, default_heads = _TIMM.get((width, regs), (None, 0))
     if name is None:  # another width: the same family, sized by the checkpoint
         name = "vit_small_patch14_reg4_dinov2" if regs == 4 else "vit_small_patch14_dinov2"
         if regs not in (0, 4):
             raise UserError(f"{NAME} checkpoint: encoder.reg_token has {regs} register tokens; timm's DINOv2 "
                             "ViTs have 0 or 4")
-    heads = heads or default_heads
-    if not heads:
-        raise UserError(f"{NAME}: encoder width {width} is not ViT-S/B; pass heads=N (the ViT's attention heads)")
-    if width % heads:
-        raise UserError(f"{NAME}: heads={heads} does not divide the encoder width {width}")
-    kwargs: dict[str, Any] = {"img_size": grid * 14, "dynamic_img_size": True}  # resample like the release
-    if (width, depth, heads) != {384: (384, 12, 6), 768: (768, 12, 12)}.get(width):
-        kwargs.update(embed_dim=width, depth=depth, num_heads=heads)
-    enc["norm.weight"] = torch.ones(width)  # timm's final norm: built but never applied (norm=False)
-    enc["norm.bias"] = torch.zeros(width)
-    table = {"type": "timm", "name": name, "pretrained": False, "frozen": True, "block": -1,
-             "model_kwargs": kwargs}
+    table = timm_encoder(NAME, name=name, width=width, depth=depth, heads=heads, default_heads=default_heads,
+                         img_size=grid * 14, dynamic_img_size=True)  # resample like the release
+    unused_final_norm(enc, width)
     return table, {f"encoder.model.{k}": v for k, v in enc.items()}
 
 

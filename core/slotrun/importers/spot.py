@@ -25,14 +25,13 @@ all the predictions and masks are averaged over the patch orders.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from slotrun.errors import UserError
-from slotrun.importers.common import Format, Mapped, Reported, Taker
+from slotrun.importers.common import Format, Mapped, Reported, Taker, timm_encoder, vit_geometry
 
 NAME = "spot"
 # timm architecture per (width, patch): the torch-hub DINO ViTs (and MAE's ViT-B/16) in timm's layout
@@ -76,9 +75,6 @@ def _encoder_state(take: Taker, prefix: str) -> dict[str, Tensor]:
     if gammas:
         raise UserError(f"{NAME} checkpoint: parameter '{prefix}{gammas[0]}' (a layer scale) does not map: only "
                         "the DINO / MAE ViTs import")
-    if "cls_token" not in enc or "patch_embed.proj.weight" not in enc or "pos_embed" not in enc:
-        raise UserError(f"{NAME} checkpoint: '{prefix}*' is not a ViT (no cls_token, pos_embed or "
-                        "patch_embed.proj.weight)")
     return enc
 
 
@@ -91,33 +87,14 @@ def _encoder(take: Taker, vit_heads: int, size: int) -> tuple[dict[str, Any], di
             odd = sorted(set(second) ^ set(enc))[0]
             raise UserError(f"{NAME} checkpoint: parameter '{odd}' is in only one of encoder.* and "
                             "second_encoder.*: the two must be the same architecture")
-    width = int(enc["cls_token"].shape[-1])
-    depth = len({k.split(".")[1] for k in enc if k.startswith("blocks.")})
-    patch_hw = tuple(enc["patch_embed.proj.weight"].shape[-2:])
-    patch = int(patch_hw[0])
-    if patch_hw[0] != patch_hw[1] or patch not in (8, 16):
-        raise UserError(f"{NAME} checkpoint: encoder.patch_embed.proj.weight has patch {patch_hw}; the DINO / MAE "
-                        "ViTs use 8 or 16")
-    positions = int(enc["pos_embed"].shape[1]) - 1  # the class token has a position
-    grid = math.isqrt(positions)
-    if grid * grid != positions:
-        raise UserError(f"{NAME} checkpoint: encoder.pos_embed {tuple(enc['pos_embed'].shape)} is not a class "
-                        "token plus a square grid of patch positions")
+    width, depth, patch, grid = vit_geometry(NAME, "encoder.", enc, patches=(8, 16), family="the DINO / MAE ViTs")
     if size != grid * patch:
         raise UserError(f"{NAME}: image_size={size}, but encoder.pos_embed holds {grid} x {grid} patches of "
                         f"{patch} px ({grid * patch} px, the model's input size); set image_size={grid * patch}")
     name, default_heads = _TIMM.get((width, patch), (f"vit_base_patch{patch}_224", 0))
-    heads = vit_heads or default_heads
-    if not heads:
-        raise UserError(f"{NAME}: encoder width {width} is not ViT-S/B; pass vit_heads=N (the ViT's attention "
-                        "heads)")
-    if width % heads:
-        raise UserError(f"{NAME}: vit_heads={heads} does not divide the encoder width {width}")
-    kwargs: dict[str, Any] = {"img_size": size}
-    if (width, depth, heads) != (width, 12, default_heads):
-        kwargs.update(embed_dim=width, depth=depth, num_heads=heads)
-    table = {"type": "timm", "name": name, "pretrained": False, "frozen": True, "block": -1,
-             "model_kwargs": kwargs, "target_model": second is not None}
+    table = timm_encoder(NAME, name=name, width=width, depth=depth, heads=vit_heads, default_heads=default_heads,
+                         heads_setting="vit_heads", img_size=size)
+    table["target_model"] = second is not None
     weights = {f"encoder.model.{k}": v for k, v in enc.items()}
     if second is not None:
         weights.update({f"encoder.target_model.{k}": v for k, v in second.items()})

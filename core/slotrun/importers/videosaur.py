@@ -21,14 +21,13 @@ SlotMixerDecoder) are refused.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from slotrun.errors import UserError
-from slotrun.importers.common import Format, Mapped, Taker
+from slotrun.importers.common import Format, Mapped, Taker, layernorm_mlp, timm_encoder, unused_final_norm, vit_geometry
 from slotrun.importers.ftdinosaur import _TIMM
 
 NAME = "videosaur"
@@ -66,9 +65,6 @@ def _refuse_video(state: dict[str, Tensor]) -> None:
 
 def _encoder(take: Taker, heads: int, block: int) -> tuple[dict[str, Any], dict[str, Tensor]]:
     enc = take.prefix(_ENC)
-    if "cls_token" not in enc or "patch_embed.proj.weight" not in enc or "pos_embed" not in enc:
-        raise UserError(f"{NAME} checkpoint: '{_ENC}*' is not a timm ViT (no cls_token, pos_embed or "
-                        "patch_embed.proj.weight)")
     if "reg_token" in enc:
         raise UserError(f"{NAME} checkpoint: parameter '{_ENC}reg_token' does not map: videosaur's TimmExtractor "
                         "drops only the class token, so its register tokens would enter the grouping, which "
@@ -77,34 +73,16 @@ def _encoder(take: Taker, heads: int, block: int) -> tuple[dict[str, Any], dict[
         raise UserError(f"{NAME} checkpoint: parameter '{_ENC}norm.weight' (the ViT's final norm) does not map: "
                         "its features are read after the final norm (vit_output), slotrun's timm encoder reads a "
                         "block's tokens before it")
-    width = int(enc["cls_token"].shape[-1])
-    depth = len({k.split(".")[1] for k in enc if k.startswith("blocks.")})
-    patch = tuple(enc["patch_embed.proj.weight"].shape[-2:])
-    if patch != (14, 14):
-        raise UserError(f"{NAME} checkpoint: {_ENC}patch_embed.proj.weight has patch {patch}; the DINOSAUR "
-                        "configs' DINOv2 ViTs use 14")
+    width, depth, _, grid = vit_geometry(NAME, _ENC, enc, patches=(14,),
+                                         family="the DINOSAUR configs' DINOv2 ViTs")
     if not 1 <= block <= depth:
         raise UserError(f"{NAME}: block={block} is not a block of the checkpoint's {depth}-block ViT "
                         f"(vit_block1..vit_block{depth})")
-    positions = enc["pos_embed"].shape[1] - 1  # timm's DINOv2 ViT embeds the class token too
-    grid = math.isqrt(positions)
-    if grid * grid != positions:
-        raise UserError(f"{NAME} checkpoint: {_ENC}pos_embed {tuple(enc['pos_embed'].shape)} is not a class "
-                        "token plus a square grid of patch positions")
     name, default_heads = _TIMM.get((width, 0), ("vit_small_patch14_dinov2", 0))
-    heads = heads or default_heads
-    if not heads:
-        raise UserError(f"{NAME}: encoder width {width} is not ViT-S/B; pass heads=N (the ViT's attention heads)")
-    if width % heads:
-        raise UserError(f"{NAME}: heads={heads} does not divide the encoder width {width}")
     # dynamic_img_size as in the released config: the stored (518 px) positions resampled to the input's grid
-    kwargs: dict[str, Any] = {"img_size": grid * 14, "dynamic_img_size": True}
-    if (width, depth, heads) != {384: (384, 12, 6), 768: (768, 12, 12)}.get(width):
-        kwargs.update(embed_dim=width, depth=depth, num_heads=heads)
-    enc["norm.weight"] = torch.ones(width)  # timm's final norm: built by slotrun, never applied (norm=False)
-    enc["norm.bias"] = torch.zeros(width)
-    table = {"type": "timm", "name": name, "pretrained": False, "frozen": True, "block": block - 1,
-             "model_kwargs": kwargs}
+    table = timm_encoder(NAME, name=name, width=width, depth=depth, heads=heads, default_heads=default_heads,
+                         block=block - 1, img_size=grid * 14, dynamic_img_size=True)
+    unused_final_norm(enc, width)
     return table, {f"encoder.model.{k}": v for k, v in enc.items()}
 
 
@@ -112,22 +90,8 @@ def _input_mlp(take: Taker, weights: dict[str, Tensor]) -> list[int]:
     """encoder.output_transform (LayerNorm, Linear, ReLU, Linear) -> the grouper's input_mlp; none stored: []."""
     if not any(k.startswith(_OT) for k in take.left):
         return []
-    first = take.take(f"{_OT}0.weight")
-    if first.ndim != 1:
-        raise UserError(f"{NAME} checkpoint: parameter '{_OT}0.weight' {tuple(first.shape)} is a Linear, not a "
-                        "LayerNorm: slotrun's input_mlp starts with a LayerNorm (two_layer_mlp layer_norm: true)")
-    weights["grouper.input_mlp.norm.weight"] = first
-    weights["grouper.input_mlp.norm.bias"] = take.take(f"{_OT}0.bias")
-    layers = sorted({int(k[len(_OT):].split(".")[0]) for k in take.left if k.startswith(_OT)})
-    if layers != list(range(1, 2 * len(layers), 2)):
-        raise UserError(f"{NAME} checkpoint: {_OT}* layers {[0, *layers]} are not LayerNorm 0 then Linear layers "
-                        "1, 3, ... (ReLU between)")
-    widths = []
-    for i in layers:
-        for p in ("weight", "bias"):
-            weights[f"grouper.input_mlp.mlp.{i - 1}.{p}"] = take.take(f"{_OT}{i}.{p}")
-        widths.append(int(weights[f"grouper.input_mlp.mlp.{i - 1}.weight"].shape[0]))
-    return widths
+    return layernorm_mlp(NAME, take, _OT, ("grouper.input_mlp.norm", "grouper.input_mlp.mlp"), weights,
+                         "the output transform (two_layer_mlp with layer_norm: true)")
 
 
 def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
