@@ -27,9 +27,21 @@ class Reported:
     model: str  # e.g. "the released COCO model"
     metrics: Mapping[str, float]
     source: str  # e.g. "gkakogeorgiou/spot README.md"
+    protocol: str = ""  # what the data must be for the figures to compare, e.g. how COCO was converted
 
     def to_data(self) -> dict[str, Any]:
-        return {"model": self.model, "metrics": dict(self.metrics), "source": self.source}
+        return {"model": self.model, "metrics": dict(self.metrics), "source": self.source,
+                "protocol": self.protocol}
+
+
+def released(fmt: str, choice: str, table: Mapping[str, Reported]) -> Reported | None:
+    """The reported figures of the released checkpoint named by a format's `released` setting; "none" (another
+    checkpoint in the same layout) has none, and a name the table lacks is refused."""
+    if choice == "none":
+        return None
+    if choice not in table:
+        raise UserError(f"{fmt}: released={choice!r} is not one of {', '.join(table)}, none")
+    return table[choice]
 
 
 @dataclass(frozen=True)
@@ -186,7 +198,8 @@ def reported_beside(run_dir: Path, measured: Mapping[str, Any]) -> str | None:
     if not pairs:
         return None
     return (f"beside the authors' figures for {reported['model']} ({reported['source']}): " + ", ".join(pairs)
-            + (f"; not measured here: {', '.join(missing)}" if missing else ""))
+            + (f"; not measured here: {', '.join(missing)}" if missing else "")
+            + (f"; they compare on {reported['protocol']}" if reported.get("protocol") else ""))
 
 
 def vit_geometry(fmt: str, where: str, enc: Mapping[str, Tensor], *, patches: Sequence[int], family: str,

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from slotrun.errors import UserError
-from slotrun.importers.common import Format, Mapped, Reported, Taker, timm_encoder, vit_geometry
+from slotrun.importers.common import Format, Mapped, Reported, Taker, released, timm_encoder, vit_geometry
 
 NAME = "spot"
 # timm architecture per (width, patch): the torch-hub DINO ViTs (and MAE's ViT-B/16) in timm's layout
@@ -214,8 +214,7 @@ def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
                         f"{', '.join(_EVAL)}")
     if settings["truncate"] not in _TRUNCATE:
         raise UserError(f"{NAME}: truncate={settings['truncate']!r} is not one of {', '.join(_TRUNCATE)}")
-    if settings["released"] not in (*RELEASED, "none"):
-        raise UserError(f"{NAME}: released={settings['released']!r} is not one of {', '.join(RELEASED)}, none")
+    reported = released(NAME, settings["released"], RELEASED)
     if settings["encoder_final_norm"]:
         raise UserError(f"{NAME}: encoder_final_norm=true does not map: slotrun's timm encoder reads the ViT's "
                         "tokens before the final norm")
@@ -241,7 +240,7 @@ def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
                                              {"type": "mbo", "ignore_overlaps": True}]},
     }
     implied = {"encoder": encoder, "grouper": grouper, "decoder": decoder, "image_size": size}
-    return Mapped(recipe=recipe, weights=weights, implied=implied, reported=RELEASED.get(settings["released"]))
+    return Mapped(recipe=recipe, weights=weights, implied=implied, reported=reported)
 
 
 FORMAT = Format(NAME, "SPOT (gkakogeorgiou/spot checkpoint.pt.tar: DINO ViT, Slot Attention, autoregressive "

@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 
 from slotrun.errors import UserError
-from slotrun.importers.common import Format, Mapped, Taker, layernorm_mlp, timm_encoder, unused_final_norm, vit_geometry
+from slotrun.importers.common import (Format, Mapped, Reported, Taker, layernorm_mlp, released, timm_encoder,
+                                     unused_final_norm, vit_geometry)
 from slotrun.importers.ftdinosaur import _TIMM
 
 NAME = "videosaur"
@@ -38,6 +39,14 @@ SETTINGS: dict[str, Any] = {
     "heads": 0,  # the ViT's attention heads; 0 = DINOv2's for the width (6 for ViT-S, 12 for ViT-B)
     "image_size": 224,  # the model's input size (the released config: 224 -> 16 x 16 patches)
     "data_path": "data/coco2017",
+    "released": "coco_dinov2",  # which released checkpoint this is, for the reported figures; "none": another one
+}
+# The README's DINOSAUR table (Image ARI / Image mBO, "computed for 224x224 masks"). Its COCO shards (data/save_coco.py)
+# hold instance masks only, crowd annotations left out, so its ImageARI leaves the background out: FG-ARI.
+RELEASED = {
+    "coco_dinov2": Reported(model="the released COCO DINOv2 ViT-B/14 model", metrics={"fg_ari": 0.456, "mbo": 0.296},
+                            source="martius-lab/videosaur README.md",
+                            protocol="224 px masks of COCO val2017 converted with --crowd drop"),
 }
 _ENC = "encoder.backbone.model."
 _OT = "encoder.output_transform.layers."
@@ -95,6 +104,7 @@ def _input_mlp(take: Taker, weights: dict[str, Tensor]) -> list[int]:
 
 
 def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
+    reported = released(NAME, settings["released"], RELEASED)
     _refuse_video(state)
     take = Taker(NAME, state)
     encoder, weights = _encoder(take, int(settings["heads"]), int(settings["block"]))
@@ -170,13 +180,14 @@ def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
                  "resize": True, "resize_interpolation": "bicubic", "resize_masks": True,
                  "value_range": "imagenet"},
         "model": {"encoder": encoder, "grouper": grouper, "decoder": decoder},
-        # the config's val_metrics: ImageARI (background included) and ImageIoU matching "overlap" (mBO), both
-        # with ignore_overlaps
-        "eval": {"split": "val", "metrics": [{"type": "ari", "ignore_overlaps": True},
+        # the config's val_metrics, ImageARI and ImageIoU matching "overlap" (mBO), both with ignore_overlaps. Its
+        # masks have no background channel, so ImageARI scores the objects' pixels only (FG-ARI) and skips an
+        # image without any
+        "eval": {"split": "val", "metrics": [{"type": "fg_ari", "ignore_overlaps": True, "skip_empty": True},
                                              {"type": "mbo", "ignore_overlaps": True}]},
     }
     implied = {"encoder": encoder, "grouper": grouper, "decoder": decoder, "image_size": size}
-    return Mapped(recipe=recipe, weights=weights, implied=implied)
+    return Mapped(recipe=recipe, weights=weights, implied=implied, reported=reported)
 
 
 FORMAT = Format(NAME, "videosaur's DINOSAUR image models (martius-lab/videosaur Lightning checkpoints)",

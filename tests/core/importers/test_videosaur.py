@@ -250,8 +250,24 @@ def test_cli_import_then_eval(tmp_path: Path, capsys) -> None:
                  f"heads={HEADS}", f"image_size={IMAGE}", f"num_slots={K}", f"block={DEPTH}"]) == 0
     capsys.readouterr()
     assert main(["eval", str(run), "eval.batch_size=2"]) == 0
-    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert 0.0 <= metrics["mbo"] <= 1.0 and -1.0 <= metrics["ari"] <= 1.0
+    out, err = capsys.readouterr()
+    metrics = json.loads(out.strip().splitlines()[-1])
+    # videosaur's COCO masks hold no background channel: its ImageARI is slotrun's FG-ARI
+    assert 0.0 <= metrics["mbo"] <= 1.0 and -1.0 <= metrics["fg_ari"] <= 1.0 and "ari" not in metrics
+    beside = [line for line in err.splitlines() if "beside the authors' figures" in line]
+    assert beside == [f"slotrun: beside the authors' figures for the released COCO DINOv2 ViT-B/14 model "
+                      f"(martius-lab/videosaur README.md): fg_ari {metrics['fg_ari']:.4f} (reported 0.4560), "
+                      f"mbo {metrics['mbo']:.4f} (reported 0.2960); they compare on 224 px masks of COCO val2017 "
+                      "converted with --crowd drop"]
+    other = tmp_path / "other"
+    assert main(["import", "videosaur", str(tmp_path / "coco_dinosaur.ckpt"), str(other), f"data_path={shards}",
+                 f"heads={HEADS}", f"image_size={IMAGE}", f"num_slots={K}", f"block={DEPTH}", "released=none"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(other), "eval.batch_size=2"]) == 0
+    assert "beside" not in capsys.readouterr().err
+    assert main(["import", "videosaur", str(tmp_path / "coco_dinosaur.ckpt"), str(tmp_path / "bad"),
+                 f"heads={HEADS}", "released=movi_c"]) == 2
+    assert "released='movi_c' is not one of coco_dinov2, none" in capsys.readouterr().err
 
 
 def test_refusals(tmp_path: Path, capsys) -> None:
@@ -307,7 +323,7 @@ def test_refusals(tmp_path: Path, capsys) -> None:
 
 def test_settings_and_bool_values() -> None:
     fmt = FORMATS["videosaur"]
-    assert {"num_slots", "iters", "block", "heads", "image_size", "data_path"} == set(fmt.settings)
+    assert {"num_slots", "iters", "block", "heads", "image_size", "data_path", "released"} == set(fmt.settings)
     for name in ("videosaur", "ftdinosaur"):  # bool is an int subclass; it must not pass the int check
         with pytest.raises(UserError, match="setting 'num_slots' must be int, got True"):
             parse_settings(FORMATS[name], ["num_slots=true"])
