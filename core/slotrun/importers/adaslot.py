@@ -28,7 +28,8 @@ from torch import Tensor
 
 from slotrun.errors import UserError
 from slotrun.importers.common import (
-    Format, Mapped, Taker, layernorm_mlp, timm_encoder, unused_final_norm, vit_geometry,
+    OCLF_SLOT_ATTENTION, Format, Mapped, Taker, layernorm_mlp, slot_attention_update, timm_encoder, unused_final_norm,
+    vit_geometry,
 )
 
 NAME = "adaslot"
@@ -107,27 +108,10 @@ def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
     if not take.has(_SA + "ff_mlp.module.0.weight"):
         raise UserError(f"{NAME} checkpoint: missing parameter '{_SA}ff_mlp.module.0.weight' (slotrun's "
                         "slot_attention always has the residual LayerNorm-MLP after the GRU)")
-    for key in (_SA + "to_q.bias", _SA + "to_k.bias", _SA + "to_v.bias"):
-        if take.has(key):
-            raise UserError(f"{NAME} checkpoint: parameter '{key}' does not map (slotrun's slot_attention has "
-                            "no q/k/v biases)")
     if take.has(_M + "perceptual_grouping.empty_slot"):
         raise UserError(f"{NAME} checkpoint: parameter '{_M}perceptual_grouping.empty_slot' does not map "
                         "(use_empty_slot_for_masked_slots has no counterpart in slotrun)")
-    q = take.take(_SA + "to_q.weight")
-    k, v = take.take(_SA + "to_k.weight"), take.take(_SA + "to_v.weight")
-    if q.shape != (slot_dim, slot_dim) or k.shape != (slot_dim, slot_dim) or v.shape != k.shape:
-        raise UserError(f"{NAME} checkpoint: parameter '{_SA}to_q.weight' {tuple(q.shape)} does not map "
-                        f"(slotrun's slot_attention needs queries, keys and values of the slot width {slot_dim}: "
-                        "kvq_dim unset, one head)")
-    weights["grouper.project_q.weight"] = q
-    weights["grouper.project_kv.weight"] = torch.cat([k, v], dim=0)
-    for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-        weights[f"grouper.gru.{p}"] = take.take(f"{_SA}gru.{p}")
-    for src, dst in (("norm_input", "norm_inputs"), ("norm_slots", "norm_slots"), ("ff_mlp.module.0", "norm_mlp"),
-                     ("ff_mlp.module.1", "mlp.0"), ("ff_mlp.module.3", "mlp.2")):
-        for p in ("weight", "bias"):
-            weights[f"grouper.{dst}.{p}"] = take.take(f"{_SA}{src}.{p}")
+    slot_attention_update(NAME, take, _SA, OCLF_SLOT_ATTENTION, slot_dim, weights)
     if take.has(_SA + "ff_mlp.module.5.weight"):
         raise UserError(f"{NAME} checkpoint: parameter '{_SA}ff_mlp.module.5.weight' does not map (slotrun's "
                         "slot_attention MLP has one hidden layer)")

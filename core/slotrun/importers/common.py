@@ -27,7 +27,7 @@ class Reported:
     model: str  # e.g. "the released COCO model"
     metrics: Mapping[str, float]
     source: str  # e.g. "gkakogeorgiou/spot README.md"
-    protocol: str = ""  # what the data must be for the figures to compare, e.g. how COCO was converted
+    protocol: str = ""  # what makes the figures comparable, e.g. how COCO was converted, how many seeds
 
     def to_data(self) -> dict[str, Any]:
         return {"model": self.model, "metrics": dict(self.metrics), "source": self.source,
@@ -199,7 +199,7 @@ def reported_beside(run_dir: Path, measured: Mapping[str, Any]) -> str | None:
         return None
     return (f"beside the authors' figures for {reported['model']} ({reported['source']}): " + ", ".join(pairs)
             + (f"; not measured here: {', '.join(missing)}" if missing else "")
-            + (f"; they compare on {reported['protocol']}" if reported.get("protocol") else ""))
+            + (f"; note: {reported['protocol']}" if reported.get("protocol") else ""))
 
 
 def vit_geometry(fmt: str, where: str, enc: Mapping[str, Tensor], *, patches: Sequence[int], family: str,
@@ -269,3 +269,33 @@ def layernorm_mlp(fmt: str, take: Taker, src: str, dst: tuple[str, str], weights
             weights[f"{dst[1]}.{i - 1}.{p}"] = take.take(f"{src}{i}.{p}")
         widths.append(int(weights[f"{dst[1]}.{i - 1}.weight"].shape[0]))
     return widths
+
+
+# The releases' names for the modules of one Slot Attention update, keyed by slotrun's slot_attention's own: the
+# query, key and value projections, the norms of the inputs, slots and MLP input, and the residual MLP's Linears.
+OCLF_SLOT_ATTENTION = {"q": "to_q", "k": "to_k", "v": "to_v", "norm_inputs": "norm_input", "norm_slots": "norm_slots",
+                       "norm_mlp": "ff_mlp.module.0", "mlp.0": "ff_mlp.module.1", "mlp.2": "ff_mlp.module.3"}
+
+
+def slot_attention_update(fmt: str, take: Taker, prefix: str, names: Mapping[str, str], slot_dim: int,
+                          weights: dict[str, Tensor]) -> None:
+    """Slot Attention's update stored under `prefix` with the release's module `names` (as OCLF_SLOT_ATTENTION)
+    -> slotrun's `grouper.*`: q, k and v without biases (k and v stacked into project_kv), all of the slot width,
+    the GRU, the three LayerNorms and the one-hidden-layer residual MLP. What does not fit is refused by name."""
+    for part in ("q", "k", "v"):
+        if take.has(f"{prefix}{names[part]}.bias"):
+            raise UserError(f"{fmt} checkpoint: parameter '{prefix}{names[part]}.bias' does not map (slotrun's "
+                            "slot_attention has no q/k/v biases)")
+    q, k, v = (take.take(f"{prefix}{names[part]}.weight") for part in ("q", "k", "v"))
+    for part, w in (("q", q), ("k", k), ("v", v)):
+        if w.shape[0] != slot_dim or (part == "q" and w.shape[1] != slot_dim) or (part == "v" and v.shape != k.shape):
+            raise UserError(f"{fmt} checkpoint: parameter '{prefix}{names[part]}.weight' {tuple(w.shape)} does not "
+                            f"map (slotrun's slot_attention needs queries, keys and values of the slot width "
+                            f"{slot_dim}: kvq_dim unset, one head)")
+    weights["grouper.project_q.weight"] = q
+    weights["grouper.project_kv.weight"] = torch.cat([k, v], dim=0)
+    for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        weights[f"grouper.gru.{p}"] = take.take(f"{prefix}gru.{p}")
+    for part in ("norm_inputs", "norm_slots", "norm_mlp", "mlp.0", "mlp.2"):
+        for p in ("weight", "bias"):
+            weights[f"grouper.{part}.{p}"] = take.take(f"{prefix}{names[part]}.{p}")

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from slotrun.errors import UserError
-from slotrun.importers.common import Format, Mapped, Taker, timm_encoder, unused_final_norm, vit_geometry
+from slotrun.importers.common import (OCLF_SLOT_ATTENTION, Format, Mapped, Reported, Taker, slot_attention_update,
+                                     timm_encoder, unused_final_norm, vit_geometry)
 
 NAME = "ftdinosaur"
 # timm architecture per (width, register tokens); DINOv2 ViTs have patch 14.
@@ -29,7 +30,14 @@ SETTINGS: dict[str, Any] = {
     "heads": 0,  # the ViT's attention heads; 0 = DINOv2's for the width (6 for ViT-S, 12 for ViT-B)
     "image_size": 224,  # the model's input size (the released models: 224 or 518)
     "data_path": "data/coco2017",
+    "released": "auto",  # "auto": the project page's figures when the checkpoint is the one they belong to; "none"
 }
+# The project page's COCO comparison (rw-ocrl.github.io/ftdinosaur-paper, "Comparison to Prior Work"): ViT-B/14,
+# top-k decoding, high-resolution (518 px) adaptation, i.e. dinosaur_base_patch14_518_topk3.coco_dv2_ft_s7_300k+10k.
+# The page gives no COCO figures for the other three released models.
+_BASE_518 = Reported(model="FT-DINOSAUR ViT-B/14, 518 px, top-3", metrics={"fg_ari": 0.488, "mbo": 0.363},
+                     source="rw-ocrl.github.io/ftdinosaur-paper",
+                     protocol="COCO val2017; their figures are a mean over 3 training seeds, the release is one model")
 
 
 def _encoder(take: Taker, heads: int) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -54,6 +62,8 @@ def _encoder(take: Taker, heads: int) -> tuple[dict[str, Any], dict[str, Tensor]
 
 
 def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
+    if settings["released"] not in ("auto", "none"):
+        raise UserError(f"{NAME}: released={settings['released']!r} is not one of auto, none")
     take = Taker(NAME, state)
     encoder, weights = _encoder(take, int(settings["heads"]))
     sa = "slot_attention.slot_attention."
@@ -63,10 +73,6 @@ def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
         if not take.has(key):
             raise UserError(f"{NAME} checkpoint: missing parameter '{key}' (the released models have a "
                             "residual MLP after the GRU and a LayerNorm-MLP feature transform)")
-    for key in (sa + "to_q.bias", sa + "to_k.bias", sa + "to_v.bias"):
-        if take.has(key):
-            raise UserError(f"{NAME} checkpoint: parameter '{key}' does not map (slotrun's slot_attention has "
-                            "no q/k/v biases)")
     if take.has("decoder.inp_transform.weight"):
         raise UserError(f"{NAME} checkpoint: parameter 'decoder.inp_transform.weight' does not map "
                         "(dinosaur_mlp has no input transform)")
@@ -77,18 +83,7 @@ def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
     for src, dst in (("0", "norm"), ("1", "mlp.0"), ("3", "mlp.2")):
         for p in ("weight", "bias"):
             weights[f"grouper.input_mlp.{dst}.{p}"] = take.take(f"{ft}{src}.{p}")
-    weights["grouper.project_q.weight"] = take.take(sa + "to_q.weight")
-    k, v = take.take(sa + "to_k.weight"), take.take(sa + "to_v.weight")
-    if k.shape != v.shape or k.shape[0] != slot_dim:
-        raise UserError(f"{NAME} checkpoint: parameter '{sa}to_k.weight' {tuple(k.shape)} does not map (slotrun's "
-                        f"slot_attention needs keys and values of the slot width {slot_dim})")
-    weights["grouper.project_kv.weight"] = torch.cat([k, v], dim=0)
-    for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-        weights[f"grouper.gru.{p}"] = take.take(f"{sa}gru.{p}")
-    for src, dst in (("norm_input", "norm_inputs"), ("norm_slots", "norm_slots"), ("ff_mlp.module.0", "norm_mlp"),
-                     ("ff_mlp.module.1", "mlp.0"), ("ff_mlp.module.3", "mlp.2")):
-        for p in ("weight", "bias"):
-            weights[f"grouper.{dst}.{p}"] = take.take(f"{sa}{src}.{p}")
+    slot_attention_update(NAME, take, sa, OCLF_SLOT_ATTENTION, slot_dim, weights)
     weights["decoder.pos_embed"] = take.take("decoder.pos_embed")
     layers = sorted({int(k.split(".")[2]) for k in take.left if k.startswith("decoder.decoder.")})
     if not layers or layers != list(range(0, 2 * len(layers), 2)):
@@ -120,7 +115,16 @@ def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
                                              {"type": "mbo", "ignore_overlaps": True}]},
     }
     implied = {"encoder": encoder, "grouper": grouper, "decoder": decoder, "image_size": size}
-    return Mapped(recipe=recipe, weights=weights, implied=implied)
+    return Mapped(recipe=recipe, weights=weights, implied=implied,
+                  reported=reported_for(settings["released"], encoder["name"], size, grouper["num_slots"],
+                                        decoder["top_k"]))
+
+
+def reported_for(released: str, timm_name: str, image_size: int, num_slots: int, top_k: int) -> Reported | None:
+    """The published figures of the released checkpoint this one is shaped like (`released = "auto"`): only the
+    ViT-B/14 518 px top-3 model has any."""
+    base_518 = (timm_name, image_size, num_slots, top_k) == ("vit_base_patch14_dinov2", 518, 7, 3)
+    return _BASE_518 if released == "auto" and base_518 else None
 
 
 FORMAT = Format(NAME, "FT-DINOSAUR / DINOSAUR with a DINOv2 ViT (rw-ocrl/ftdinosaur-inference state dicts)",

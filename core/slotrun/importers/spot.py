@@ -31,7 +31,8 @@ import torch
 from torch import Tensor
 
 from slotrun.errors import UserError
-from slotrun.importers.common import Format, Mapped, Reported, Taker, released, timm_encoder, vit_geometry
+from slotrun.importers.common import (Format, Mapped, Reported, Taker, released, slot_attention_update, timm_encoder,
+                                     vit_geometry)
 
 NAME = "spot"
 # timm architecture per (width, patch): the torch-hub DINO ViTs (and MAE's ViT-B/16) in timm's layout
@@ -63,6 +64,8 @@ RELEASED = {
                     source="gkakogeorgiou/spot README.md"),
 }
 _SA = "slot_attn.slot_attention."
+_SLOT_ATTENTION = {"q": "project_q", "k": "project_k", "v": "project_v", **{n: n for n in (
+    "norm_inputs", "norm_slots", "norm_mlp", "mlp.0", "mlp.2")}}
 
 
 def _encoder_state(take: Taker, prefix: str) -> dict[str, Tensor]:
@@ -119,22 +122,7 @@ def _grouper(take: Taker, weights: dict[str, Tensor], settings: dict[str, Any]) 
     for src, dst in (("layer_norm", "norm"), ("mlp.0", "mlp.0"), ("mlp.2", "mlp.2")):
         for p in ("weight", "bias"):
             weights[f"grouper.input_mlp.{dst}.{p}"] = take.take(f"slot_attn.{src}.{p}")
-    for key in (_SA + "project_q.bias", _SA + "project_k.bias", _SA + "project_v.bias"):
-        if take.has(key):
-            raise UserError(f"{NAME} checkpoint: parameter '{key}' does not map (slotrun's slot_attention has "
-                            "no q/k/v biases)")
-    q = take.take(_SA + "project_q.weight")
-    k, v = take.take(_SA + "project_k.weight"), take.take(_SA + "project_v.weight")
-    if q.shape[0] != slot_dim or k.shape != v.shape or k.shape[0] != slot_dim:
-        raise UserError(f"{NAME} checkpoint: parameter '{_SA}project_k.weight' {tuple(k.shape)} does not map "
-                        f"(slotrun's slot_attention needs keys and values of the slot width {slot_dim})")
-    weights["grouper.project_q.weight"] = q
-    weights["grouper.project_kv.weight"] = torch.cat([k, v], dim=0)
-    for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-        weights[f"grouper.gru.{p}"] = take.take(f"{_SA}gru.{p}")
-    for name in ("norm_inputs", "norm_slots", "norm_mlp", "mlp.0", "mlp.2"):
-        for p in ("weight", "bias"):
-            weights[f"grouper.{name}.{p}"] = take.take(f"{_SA}{name}.{p}")
+    slot_attention_update(NAME, take, _SA, _SLOT_ATTENTION, slot_dim, weights)
     implicit, straight = _TRUNCATE[str(settings["truncate"])]
     return {"type": "slot_attention", "num_slots": num_slots, "iters": int(settings["iters"]),
             "slot_dim": slot_dim, "mlp_hidden": int(weights["grouper.mlp.0.weight"].shape[0]), "init": init,

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 
 from slotrun.errors import UserError
-from slotrun.importers.common import (Format, Mapped, Reported, Taker, layernorm_mlp, released, timm_encoder,
-                                     unused_final_norm, vit_geometry)
+from slotrun.importers.common import (Format, Mapped, Reported, Taker, layernorm_mlp, released, slot_attention_update,
+                                     timm_encoder, unused_final_norm, vit_geometry)
 from slotrun.importers.ftdinosaur import _TIMM
 
 NAME = "videosaur"
@@ -46,11 +46,13 @@ SETTINGS: dict[str, Any] = {
 RELEASED = {
     "coco_dinov2": Reported(model="the released COCO DINOv2 ViT-B/14 model", metrics={"fg_ari": 0.456, "mbo": 0.296},
                             source="martius-lab/videosaur README.md",
-                            protocol="224 px masks of COCO val2017 converted with --crowd drop"),
+                            protocol="computed on 224 px masks of COCO val2017 converted with --crowd drop"),
 }
 _ENC = "encoder.backbone.model."
 _OT = "encoder.output_transform.layers."
 _SA = "processor.corrector."
+_SLOT_ATTENTION = {"q": "to_q", "k": "to_k", "v": "to_v", "norm_inputs": "norm_features", "norm_slots": "norm_slots",
+                   "norm_mlp": "mlp.layers.0", "mlp.0": "mlp.layers.1", "mlp.2": "mlp.layers.3"}
 
 
 def _refuse_video(state: dict[str, Tensor]) -> None:
@@ -129,24 +131,7 @@ def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
         if not take.has(key):
             raise UserError(f"{NAME} checkpoint: missing parameter '{key}' (slotrun's slot_attention always has "
                             "the residual MLP after the GRU: use_mlp true, as in the DINOSAUR config)")
-    for key in (_SA + "to_q.bias", _SA + "to_k.bias", _SA + "to_v.bias"):
-        if take.has(key):
-            raise UserError(f"{NAME} checkpoint: parameter '{key}' does not map (slotrun's slot_attention has "
-                            "no q/k/v biases)")
-    q = take.take(_SA + "to_q.weight")
-    k, v = take.take(_SA + "to_k.weight"), take.take(_SA + "to_v.weight")
-    if q.shape[0] != slot_dim or k.shape[0] != slot_dim or v.shape != k.shape:
-        raise UserError(f"{NAME} checkpoint: parameter '{_SA}to_q.weight' {tuple(q.shape)} does not map "
-                        f"(slotrun's slot_attention needs queries, keys and values of the slot width {slot_dim}: "
-                        "kvq_dim unset)")
-    weights["grouper.project_q.weight"] = q
-    weights["grouper.project_kv.weight"] = torch.cat([k, v], dim=0)
-    for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-        weights[f"grouper.gru.{p}"] = take.take(f"{_SA}gru.{p}")
-    for src, dst in (("norm_features", "norm_inputs"), ("norm_slots", "norm_slots"), ("mlp.layers.0", "norm_mlp"),
-                     ("mlp.layers.1", "mlp.0"), ("mlp.layers.3", "mlp.2")):
-        for p in ("weight", "bias"):
-            weights[f"grouper.{dst}.{p}"] = take.take(f"{_SA}{src}.{p}")
+    slot_attention_update(NAME, take, _SA, _SLOT_ATTENTION, slot_dim, weights)
 
     pos = take.take("decoder.pos_emb")
     if pos.ndim != 4 or pos.shape[0] != 1 or pos.shape[1] != 1:

@@ -256,8 +256,26 @@ def test_refusals(tmp_path: Path, plugins, capsys) -> None:
 
 def test_format_registry_lists_settings() -> None:
     fmt = FORMATS["ftdinosaur"]
-    assert {"num_slots", "iters", "top_k", "heads", "image_size", "data_path"} == set(fmt.settings)
+    assert {"num_slots", "iters", "top_k", "heads", "image_size", "data_path", "released"} == set(fmt.settings)
     with pytest.raises(UserError, match="must be int"):
         from slotrun.importers.common import parse_settings
 
         parse_settings(fmt, ["num_slots=many"])
+
+
+def test_reported_figures_belong_to_the_base_518_model(tmp_path: Path, capsys) -> None:
+    from slotrun.importers.ftdinosaur import reported_for
+
+    base = reported_for("auto", "vit_base_patch14_dinov2", 518, 7, 3)
+    assert base is not None and dict(base.metrics) == {"fg_ari": 0.488, "mbo": 0.363}
+    assert "3 training seeds" in base.protocol
+    # the other three releases (and anything decoded or sized otherwise) have no published COCO figures
+    for args in (("vit_base_patch14_dinov2", 224, 7, 3), ("vit_small_patch14_dinov2", 518, 7, 3),
+                 ("vit_base_patch14_dinov2", 518, 7, 0), ("vit_base_patch14_reg4_dinov2", 518, 7, 3),
+                 ("vit_base_patch14_dinov2", 518, 5, 3)):
+        assert reported_for("auto", *args) is None, args
+    assert reported_for("none", "vit_base_patch14_dinov2", 518, 7, 3) is None
+    save_file(released_state(), str(tmp_path / "w.safetensors"))
+    assert main(["import", "ftdinosaur", str(tmp_path / "w.safetensors"), str(tmp_path / "run"),
+                 f"heads={HEADS}", "released=base_518"]) == 2
+    assert "released='base_518' is not one of auto, none" in capsys.readouterr().err

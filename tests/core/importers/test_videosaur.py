@@ -257,7 +257,7 @@ def test_cli_import_then_eval(tmp_path: Path, capsys) -> None:
     beside = [line for line in err.splitlines() if "beside the authors' figures" in line]
     assert beside == [f"slotrun: beside the authors' figures for the released COCO DINOv2 ViT-B/14 model "
                       f"(martius-lab/videosaur README.md): fg_ari {metrics['fg_ari']:.4f} (reported 0.4560), "
-                      f"mbo {metrics['mbo']:.4f} (reported 0.2960); they compare on 224 px masks of COCO val2017 "
+                      f"mbo {metrics['mbo']:.4f} (reported 0.2960); note: computed on 224 px masks of COCO val2017 "
                       "converted with --crowd drop"]
     other = tmp_path / "other"
     assert main(["import", "videosaur", str(tmp_path / "coco_dinosaur.ckpt"), str(other), f"data_path={shards}",
