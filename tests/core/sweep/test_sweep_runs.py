@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import ENV, NAMES, sweep_command
+from sweep_case import ENV, NAMES, sweep_command
 from slotrun import engine, recipe
 from slotrun.cli import main
 from slotrun.engine.checkpoint import is_complete
