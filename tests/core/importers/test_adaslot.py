@@ -23,6 +23,7 @@ from slotrun.errors import UserError
 from slotrun.importers import FORMATS, import_checkpoint
 from slotrun.plugins import load_plugins
 from slotrun.types import Batch
+from reference_ops import gru_cell, lin, ln, two_layer_mlp, vit_blocks
 
 WIDTH, HEADS, DEPTH, SLOT, K = 32, 2, 2, 16, 6
 IMAGE = 64  # 4 x 4 patches of 16 px
@@ -73,19 +74,6 @@ def released_state(seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
-def _ln(x: torch.Tensor, s: dict, key: str, eps: float = 1e-5) -> torch.Tensor:
-    return F.layer_norm(x, x.shape[-1:], s[f"{key}.weight"], s[f"{key}.bias"], eps)
-
-
-def _lin(x: torch.Tensor, s: dict, key: str, bias: bool = True) -> torch.Tensor:
-    return F.linear(x, s[f"{key}.weight"], s[f"{key}.bias"] if bias else None)
-
-
-def _two_layer(x: torch.Tensor, s: dict, key: str) -> torch.Tensor:
-    """build_two_layer_mlp(initial_layer_norm=True): LayerNorm 0, Linear 1, ReLU, Linear 3."""
-    return _lin(F.relu(_lin(_ln(x, s, key + "0"), s, key + "1")), s, key + "3")
-
-
 def reference(s: dict[str, torch.Tensor], images: torch.Tensor, seed: int, decision: str):
     """The released forward, step by step (OCLF modules as amazon-science/AdaSlot has them): DINO ViT to the last
     block, class token dropped; RandomConditioning; positional_embedding MLP; SlotAttentionGumbelV1 (3 iterations,
@@ -96,37 +84,24 @@ def reference(s: dict[str, torch.Tensor], images: torch.Tensor, seed: int, decis
     x = F.conv2d(images, s[e + "patch_embed.proj.weight"], s[e + "patch_embed.proj.bias"], stride=16)
     x = x.flatten(2).transpose(1, 2)
     x = torch.cat([s[e + "cls_token"].expand(b, -1, -1), x], dim=1) + s[e + "pos_embed"]
-    for i in range(DEPTH):
-        p = f"{e}blocks.{i}."
-        y = _ln(x, s, p + "norm1", 1e-6)
-        n = y.shape[1]
-        q, k, v = _lin(y, s, p + "attn.qkv").reshape(b, n, 3, HEADS, WIDTH // HEADS).permute(2, 0, 3, 1, 4)
-        a = ((q * (WIDTH // HEADS) ** -0.5) @ k.transpose(-2, -1)).softmax(-1) @ v
-        x = x + _lin(a.transpose(1, 2).reshape(b, n, WIDTH), s, p + "attn.proj")
-        y = _ln(x, s, p + "norm2", 1e-6)
-        x = x + _lin(F.gelu(_lin(y, s, p + "mlp.fc1")), s, p + "mlp.fc2")
+    x = vit_blocks(x, s, e, DEPTH, HEADS, layer_scale=False)
     feats = x[:, 1:]
 
     torch.manual_seed(seed)
     mu = s[M + "conditioning.slots_mu"].expand(b, K, -1)
     slots = mu + s[M + "conditioning.slots_logsigma"].exp().expand(b, K, -1) * torch.randn_like(mu)
-    f = _ln(_two_layer(feats, s, PE), s, SA + "norm_input")
-    keys, values = _lin(f, s, SA + "to_k", False), _lin(f, s, SA + "to_v", False)
+    f = ln(two_layer_mlp(feats, s, PE), s, SA + "norm_input")
+    keys, values = lin(f, s, SA + "to_k", False), lin(f, s, SA + "to_v", False)
     for _ in range(3):
         prev = slots
-        q = _lin(_ln(slots, s, SA + "norm_slots"), s, SA + "to_q", False)
+        q = lin(ln(slots, s, SA + "norm_slots"), s, SA + "to_q", False)
         attn = (torch.einsum("bkd,bnd->bkn", q, keys) * SLOT ** -0.5).softmax(dim=1)
         w = attn + 1e-8
         upd = torch.einsum("bkn,bnd->bkd", w / w.sum(-1, keepdim=True), values)
-        gi = F.linear(upd, s[SA + "gru.weight_ih"], s[SA + "gru.bias_ih"])
-        gh = F.linear(prev, s[SA + "gru.weight_hh"], s[SA + "gru.bias_hh"])
-        r = torch.sigmoid(gi[..., :SLOT] + gh[..., :SLOT])
-        z = torch.sigmoid(gi[..., SLOT:2 * SLOT] + gh[..., SLOT:2 * SLOT])
-        cand = torch.tanh(gi[..., 2 * SLOT:] + r * gh[..., 2 * SLOT:])
-        slots = (1 - z) * cand + z * prev
-        slots = slots + _two_layer(slots, s, SA + "ff_mlp.module.")
+        slots = gru_cell(upd, prev, s, SA + "gru")
+        slots = slots + two_layer_mlp(slots, s, SA + "ff_mlp.module.")
 
-    logits = _two_layer(slots, s, SCORE)  # [B, K, 2]
+    logits = two_layer_mlp(slots, s, SCORE)  # [B, K, 2]
     if decision == "sample":
         keep = F.gumbel_softmax(logits, hard=True, tau=1)[..., 1]
     else:
@@ -135,7 +110,7 @@ def reference(s: dict[str, torch.Tensor], images: torch.Tensor, seed: int, decis
 
     out = slots.unsqueeze(2) + s[DEC + "pos_embed"].unsqueeze(1)  # [B, K, P, D]
     for i in range(4):
-        out = _lin(out, s, f"{DEC}decoder.{2 * i}")
+        out = lin(out, s, f"{DEC}decoder.{2 * i}")
         if i < 3:
             out = F.relu(out)
     patches, alpha = out.split([WIDTH, 1], dim=-1)

@@ -23,6 +23,7 @@ from slotrun.errors import UserError
 from slotrun.importers import FORMATS, import_checkpoint
 from slotrun.plugins import load_plugins
 from slotrun.types import Batch
+from reference_ops import gru_cell, lin, ln, vit_blocks
 
 WIDTH, HEADS, DEPTH, SLOT, K = 32, 2, 2, 16, 5
 IMAGE = 56  # 4 x 4 patches of 14 px
@@ -71,14 +72,6 @@ def released_state(regs: int = 0, seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
-def _ln(x: torch.Tensor, s: dict, key: str, eps: float) -> torch.Tensor:
-    return F.layer_norm(x, x.shape[-1:], s[f"{key}.weight"], s[f"{key}.bias"], eps)
-
-
-def _lin(x: torch.Tensor, s: dict, key: str, bias: bool = True) -> torch.Tensor:
-    return F.linear(x, s[f"{key}.weight"], s[f"{key}.bias"] if bias else None)
-
-
 def reference(s: dict[str, torch.Tensor], images: torch.Tensor, regs: int, top_k: int | None, seed: int):
     """The released forward, step by step: ViT with dynamically resampled positions and no final norm, prefix
     tokens dropped; random slot init; feature transform; slot attention (one head, 3 iterations, residual MLP);
@@ -97,37 +90,24 @@ def reference(s: dict[str, torch.Tensor], images: torch.Tensor, regs: int, top_k
         x = torch.cat([cls, s["encoder.reg_token"].expand(b, -1, -1), x + patch_pos], dim=1)
     else:
         x = torch.cat([cls + cls_pos, x + patch_pos], dim=1)
-    for i in range(DEPTH):
-        p = f"encoder.blocks.{i}."
-        y = _ln(x, s, p + "norm1", 1e-6)
-        n = y.shape[1]
-        q, k, v = _lin(y, s, p + "attn.qkv").reshape(b, n, 3, HEADS, WIDTH // HEADS).permute(2, 0, 3, 1, 4)
-        a = ((q * (WIDTH // HEADS) ** -0.5) @ k.transpose(-2, -1)).softmax(-1) @ v
-        x = x + s[p + "ls1.gamma"] * _lin(a.transpose(1, 2).reshape(b, n, WIDTH), s, p + "attn.proj")
-        y = _ln(x, s, p + "norm2", 1e-6)
-        x = x + s[p + "ls2.gamma"] * _lin(F.gelu(_lin(y, s, p + "mlp.fc1")), s, p + "mlp.fc2")
+    x = vit_blocks(x, s, "encoder.", DEPTH, HEADS, layer_scale=True)
     feats = x[:, 1 + regs:]
 
     torch.manual_seed(seed)
     mu = s["slot_init.slots_mu"].expand(b, K, -1)
     slots = mu + s["slot_init.slots_logsigma"].exp().expand(b, K, -1) * torch.randn_like(mu)
     ft, sa = "slot_attention.feature_transform.", "slot_attention.slot_attention."
-    f = _lin(F.relu(_lin(_ln(feats, s, ft + "0", 1e-5), s, ft + "1")), s, ft + "3")
-    f = _ln(f, s, sa + "norm_input", 1e-5)
-    keys, values = _lin(f, s, sa + "to_k", False), _lin(f, s, sa + "to_v", False)
+    f = lin(F.relu(lin(ln(feats, s, ft + "0", 1e-5), s, ft + "1")), s, ft + "3")
+    f = ln(f, s, sa + "norm_input", 1e-5)
+    keys, values = lin(f, s, sa + "to_k", False), lin(f, s, sa + "to_v", False)
     for _ in range(3):
         prev = slots
-        q = _lin(_ln(slots, s, sa + "norm_slots", 1e-5), s, sa + "to_q", False) * SLOT ** -0.5
+        q = lin(ln(slots, s, sa + "norm_slots", 1e-5), s, sa + "to_q", False) * SLOT ** -0.5
         attn = torch.einsum("bkd,bnd->bkn", q, keys).softmax(dim=1)
         upd = torch.einsum("bkn,bnd->bkd", attn / (attn.sum(-1, keepdim=True) + 1e-8), values)
-        gi, gh = F.linear(upd, s[sa + "gru.weight_ih"], s[sa + "gru.bias_ih"]), \
-            F.linear(prev, s[sa + "gru.weight_hh"], s[sa + "gru.bias_hh"])
-        r = torch.sigmoid(gi[..., :SLOT] + gh[..., :SLOT])
-        z = torch.sigmoid(gi[..., SLOT:2 * SLOT] + gh[..., SLOT:2 * SLOT])
-        cand = torch.tanh(gi[..., 2 * SLOT:] + r * gh[..., 2 * SLOT:])
-        slots = (1 - z) * cand + z * prev
+        slots = gru_cell(upd, prev, s, sa + "gru")
         ff = sa + "ff_mlp.module."
-        slots = slots + _lin(F.relu(_lin(_ln(slots, s, ff + "0", 1e-5), s, ff + "1")), s, ff + "3")
+        slots = slots + lin(F.relu(lin(ln(slots, s, ff + "0", 1e-5), s, ff + "1")), s, ff + "3")
 
     dec = slots.unsqueeze(2) + s["decoder.pos_embed"].unsqueeze(1)  # [B, K, P, D]
     if top_k:
@@ -135,7 +115,7 @@ def reference(s: dict[str, torch.Tensor], images: torch.Tensor, regs: int, top_k
         dec = torch.gather(dec, 1, idx.unsqueeze(-1).expand(-1, -1, -1, SLOT))
     out = dec
     for i in range(4):
-        out = _lin(out, s, f"decoder.decoder.{2 * i}")
+        out = lin(out, s, f"decoder.decoder.{2 * i}")
         if i < 3:
             out = F.relu(out)
     patches, alpha = out.split([WIDTH, 1], dim=-1)

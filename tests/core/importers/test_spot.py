@@ -25,6 +25,7 @@ from slotrun.importers import FORMATS, import_checkpoint
 from slotrun.importers.common import parse_settings
 from slotrun.plugins import load_plugins
 from slotrun.types import Batch
+from reference_ops import gru_cell, lin, ln, vit_blocks
 
 WIDTH, VIT_HEADS, DEPTH, PATCH = 32, 2, 2, 16  # the released ViT-B/16: 768, 12, 12, 16
 SLOT, K, MLP_HIDDEN = 16, 4, 24  # --slot_size 256, --num_slots 7, --mlp_hidden_size 1024
@@ -127,13 +128,6 @@ def spot_checkpoint(state: dict[str, torch.Tensor]) -> dict:
 
 # ---- SPOT's computation, in plain torch, from the released code ------------------------------------------------
 
-def _ln(x: torch.Tensor, s: dict, key: str, eps: float = 1e-5) -> torch.Tensor:
-    return F.layer_norm(x, x.shape[-1:], s[f"{key}.weight"], s[f"{key}.bias"], eps)
-
-
-def _lin(x: torch.Tensor, s: dict, key: str, bias: bool = True) -> torch.Tensor:
-    return F.linear(x, s[f"{key}.weight"], s[f"{key}.bias"] if bias else None)
-
 
 def dino_features(s: dict, prefix: str, images: torch.Tensor) -> torch.Tensor:
     """SPOT.forward_encoder on a DINO ViT: prepare_tokens (patch embed, class token, positions), all blocks, no
@@ -142,47 +136,33 @@ def dino_features(s: dict, prefix: str, images: torch.Tensor) -> torch.Tensor:
     x = F.conv2d(images, s[f"{prefix}patch_embed.proj.weight"], s[f"{prefix}patch_embed.proj.bias"], stride=PATCH)
     x = x.flatten(2).transpose(1, 2)
     x = torch.cat([s[f"{prefix}cls_token"].expand(b, -1, -1), x], dim=1) + s[f"{prefix}pos_embed"]
-    for i in range(DEPTH):
-        p = f"{prefix}blocks.{i}."
-        y = _ln(x, s, p + "norm1", 1e-6)
-        n = y.shape[1]
-        q, k, v = _lin(y, s, p + "attn.qkv").reshape(b, n, 3, VIT_HEADS, WIDTH // VIT_HEADS).permute(2, 0, 3, 1, 4)
-        a = ((q @ k.transpose(-2, -1)) * (WIDTH // VIT_HEADS) ** -0.5).softmax(-1) @ v
-        x = x + _lin(a.transpose(1, 2).reshape(b, n, WIDTH), s, p + "attn.proj")
-        y = _ln(x, s, p + "norm2", 1e-6)
-        x = x + _lin(F.gelu(_lin(y, s, p + "mlp.fc1")), s, p + "mlp.fc2")
-    return x[:, 1:]
+    return vit_blocks(x, s, prefix, DEPTH, VIT_HEADS, layer_scale=False)[:, 1:]
 
 
 def slot_attention(s: dict, x: torch.Tensor, seed: int):
     """slot_attn.py SlotAttentionEncoder.forward + SlotAttention.forward (num_heads 1)."""
     b = x.shape[0]
-    x = _lin(F.relu(_lin(_ln(x, s, "slot_attn.layer_norm"), s, "slot_attn.mlp.0")), s, "slot_attn.mlp.2")
+    x = lin(F.relu(lin(ln(x, s, "slot_attn.layer_norm"), s, "slot_attn.mlp.0")), s, "slot_attn.mlp.2")
     torch.manual_seed(seed)
     if "slot_attn.slots_init.weight" in s:
         slots = s["slot_attn.slots_init.weight"].expand(b, -1, -1).contiguous()
     else:
         noise = torch.empty((b, K, SLOT)).normal_()
         slots = s["slot_attn.slot_mu"] + torch.exp(s["slot_attn.slot_log_sigma"]) * noise
-    inputs = _ln(x, s, SA + "norm_inputs")
-    k = _lin(inputs, s, SA + "project_k", False) * SLOT ** -0.5
-    v = _lin(inputs, s, SA + "project_v", False)
+    inputs = ln(x, s, SA + "norm_inputs")
+    k = lin(inputs, s, SA + "project_k", False) * SLOT ** -0.5
+    v = lin(inputs, s, SA + "project_v", False)
     for _ in range(3):
         slots_prev = slots
-        slots = _ln(slots, s, SA + "norm_slots")
-        q = _lin(slots, s, SA + "project_q", False)
+        slots = ln(slots, s, SA + "norm_slots")
+        q = lin(slots, s, SA + "project_q", False)
         attn = torch.softmax(k @ q.transpose(-1, -2), dim=-1)  # [B, N, K]: over slots
         attn_vis = attn
         attn = attn + 1e-8
         attn = attn / attn.sum(dim=-2, keepdim=True)
         updates = attn.transpose(-1, -2) @ v
-        gi = F.linear(updates, s[SA + "gru.weight_ih"], s[SA + "gru.bias_ih"])
-        gh = F.linear(slots_prev, s[SA + "gru.weight_hh"], s[SA + "gru.bias_hh"])
-        r = torch.sigmoid(gi[..., :SLOT] + gh[..., :SLOT])
-        z = torch.sigmoid(gi[..., SLOT:2 * SLOT] + gh[..., SLOT:2 * SLOT])
-        cand = torch.tanh(gi[..., 2 * SLOT:] + r * gh[..., 2 * SLOT:])
-        slots = (1 - z) * cand + z * slots_prev  # GRUCell(updates, slots_prev)
-        slots = slots + _lin(F.relu(_lin(_ln(slots, s, SA + "norm_mlp"), s, SA + "mlp.0")), s, SA + "mlp.2")
+        slots = gru_cell(updates, slots_prev, s, SA + "gru")
+        slots = slots + lin(F.relu(lin(ln(slots, s, SA + "norm_mlp"), s, SA + "mlp.0")), s, SA + "mlp.2")
     return slots, attn_vis
 
 
@@ -209,17 +189,17 @@ def transformer_decoder(s: dict, x: torch.Tensor, memory: torch.Tensor):
     for i in range(DEC_BLOCKS):
         p = f"dec.blocks.{i}."
         if i == 0:
-            x = _ln(x, s, p + "self_attn_layer_norm")
+            x = ln(x, s, p + "self_attn_layer_norm")
             x = x + _mha(s, p + "self_attn", x, x, DEC_HEADS, mask)[0]
         else:
-            h = _ln(x, s, p + "self_attn_layer_norm")
+            h = ln(x, s, p + "self_attn_layer_norm")
             x = x + _mha(s, p + "self_attn", h, h, DEC_HEADS, mask)[0]
-        h = _ln(x, s, p + "encoder_decoder_attn_layer_norm")
+        h = ln(x, s, p + "encoder_decoder_attn_layer_norm")
         update, attn = _mha(s, p + "encoder_decoder_attn", h, memory, DEC_HEADS)
         x = x + update
-        h = _ln(x, s, p + "ffn_layer_norm")
-        x = x + _lin(F.relu(_lin(h, s, p + "ffn.0")), s, p + "ffn.2")
-    return _ln(x, s, "dec.layer_norm"), attn
+        h = ln(x, s, p + "ffn_layer_norm")
+        x = x + lin(F.relu(lin(h, s, p + "ffn.0")), s, p + "ffn.2")
+    return ln(x, s, "dec.layer_norm"), attn
 
 
 def _spiral_pattern_top_right(a: np.ndarray) -> np.ndarray:
@@ -257,13 +237,13 @@ def reference(s: dict[str, torch.Tensor], images: torch.Tensor, which: list[int]
     emb_target = dino_features(s, "second_encoder.", images) if "second_encoder.cls_token" in s else emb_input
     slots, slots_attns = slot_attention(s, emb_input, seed)
     perms = spot_permutations(GRID)
-    memory = _ln(F.linear(slots, s["slot_proj.0.weight"]), s, "slot_proj.1")
+    memory = ln(F.linear(slots, s["slot_proj.0.weight"]), s, "slot_proj.1")
     outs, attns = [], []
     for perm_id in which:
         perm = perms[perm_id]
         bos = s["bos_tokens"][perm_id].expand(images.shape[0], -1, -1)
         dec_input = torch.cat((bos, emb_target[:, perm, :][:, :-1, :]), dim=1)
-        dec_input = _ln(F.linear(dec_input, s["input_proj.0.weight"]), s, "input_proj.1")
+        dec_input = ln(F.linear(dec_input, s["input_proj.0.weight"]), s, "input_proj.1")
         out, attn = transformer_decoder(s, dec_input, memory)
         attn = attn.sum(dim=1)
         attn = attn / attn.sum(dim=2, keepdim=True)

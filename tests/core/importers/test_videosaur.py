@@ -27,6 +27,7 @@ from slotrun.importers import FORMATS, import_checkpoint
 from slotrun.importers.common import parse_settings
 from slotrun.plugins import load_plugins
 from slotrun.types import Batch
+from reference_ops import gru_cell, lin, ln, vit_blocks
 
 WIDTH, HEADS, DEPTH, SLOT, K = 32, 2, 2, 16, 5
 IMAGE = 56  # 4 x 4 patches of 14 px
@@ -93,14 +94,6 @@ def lightning_checkpoint(state: dict[str, torch.Tensor]) -> dict:
     }
 
 
-def _ln(x: torch.Tensor, s: dict, key: str, eps: float = 1e-5) -> torch.Tensor:
-    return F.layer_norm(x, x.shape[-1:], s[f"{key}.weight"], s[f"{key}.bias"], eps)
-
-
-def _lin(x: torch.Tensor, s: dict, key: str, bias: bool = True) -> torch.Tensor:
-    return F.linear(x, s[f"{key}.weight"], s[f"{key}.bias"] if bias else None)
-
-
 def reference(s: dict[str, torch.Tensor], images: torch.Tensor, block: int, seed: int):
     """videosaur's forward, step by step: TimmExtractor (timm ViT, positions resampled for the input, output of
     blocks.{block-1}, class token dropped), FrameEncoder.output_transform, initializer, SlotAttention (3
@@ -116,18 +109,10 @@ def reference(s: dict[str, torch.Tensor], images: torch.Tensor, block: int, seed
     patch_pos = F.interpolate(patch_pos.reshape(1, g, g, WIDTH).permute(0, 3, 1, 2), size=(h, w), mode="bicubic",
                               antialias=True).permute(0, 2, 3, 1).reshape(1, h * w, WIDTH)
     x = torch.cat([s[f"{ENC}cls_token"].expand(b, -1, -1) + cls_pos, x + patch_pos], dim=1)
-    for i in range(block):
-        p = f"{ENC}blocks.{i}."
-        y = _ln(x, s, p + "norm1", 1e-6)
-        n = y.shape[1]
-        q, k, v = _lin(y, s, p + "attn.qkv").reshape(b, n, 3, HEADS, WIDTH // HEADS).permute(2, 0, 3, 1, 4)
-        a = ((q * (WIDTH // HEADS) ** -0.5) @ k.transpose(-2, -1)).softmax(-1) @ v
-        x = x + s[p + "ls1.gamma"] * _lin(a.transpose(1, 2).reshape(b, n, WIDTH), s, p + "attn.proj")
-        y = _ln(x, s, p + "norm2", 1e-6)
-        x = x + s[p + "ls2.gamma"] * _lin(F.gelu(_lin(y, s, p + "mlp.fc1")), s, p + "mlp.fc2")
+    x = vit_blocks(x, s, ENC, block, HEADS, layer_scale=True)
     feats = x[:, 1:]  # TimmExtractor: v[:, 1:]
 
-    f = _lin(F.relu(_lin(_ln(feats, s, OT + "0"), s, OT + "1")), s, OT + "3")
+    f = lin(F.relu(lin(ln(feats, s, OT + "0"), s, OT + "1")), s, OT + "3")
 
     torch.manual_seed(seed)
     if "initializer.slots" in s:
@@ -136,29 +121,24 @@ def reference(s: dict[str, torch.Tensor], images: torch.Tensor, block: int, seed
         noise = torch.randn(b, K, SLOT)
         slots = s["initializer.mean"] + noise * s["initializer.log_std"].exp()
 
-    f = _ln(f, s, SA + "norm_features")
-    keys, values = _lin(f, s, SA + "to_k", False), _lin(f, s, SA + "to_v", False)
+    f = ln(f, s, SA + "norm_features")
+    keys, values = lin(f, s, SA + "to_k", False), lin(f, s, SA + "to_v", False)
     for _ in range(3):
-        slots = _ln(slots, s, SA + "norm_slots")
-        queries = _lin(slots, s, SA + "to_q", False)
+        slots = ln(slots, s, SA + "norm_slots")
+        queries = lin(slots, s, SA + "to_q", False)
         dots = torch.einsum("bsd, bfd -> bsf", queries, keys) * SLOT ** -0.5
         pre_norm_attn = torch.softmax(dots, dim=1)
         attn = pre_norm_attn + 1e-8
         attn = attn / attn.sum(-1, keepdim=True)
         updates = torch.einsum("bsf, bfd -> bsd", attn, values)
-        gi = F.linear(updates, s[SA + "gru.weight_ih"], s[SA + "gru.bias_ih"])
-        gh = F.linear(slots, s[SA + "gru.weight_hh"], s[SA + "gru.bias_hh"])
-        r = torch.sigmoid(gi[..., :SLOT] + gh[..., :SLOT])
-        z = torch.sigmoid(gi[..., SLOT:2 * SLOT] + gh[..., SLOT:2 * SLOT])
-        cand = torch.tanh(gi[..., 2 * SLOT:] + r * gh[..., 2 * SLOT:])
-        slots = (1 - z) * cand + z * slots  # the hidden state is the normalised slots
+        slots = gru_cell(updates, slots, s, SA + "gru")  # the hidden state is the normalised slots
         m = SA + "mlp.layers."
-        slots = slots + _lin(F.relu(_lin(_ln(slots, s, m + "0"), s, m + "1")), s, m + "3")
+        slots = slots + lin(F.relu(lin(ln(slots, s, m + "0"), s, m + "1")), s, m + "3")
 
     dec = slots.unsqueeze(2) + s["decoder.pos_emb"]  # [B, K, P, D]
     out = dec
     for i in range(4):
-        out = _lin(out, s, f"decoder.mlp.layers.{2 * i}")
+        out = lin(out, s, f"decoder.mlp.layers.{2 * i}")
         if i < 3:
             out = F.relu(out)
     recons, alpha = out.split((WIDTH, 1), dim=-1)
