@@ -37,18 +37,15 @@ class AdaSlotConfig(SlotAttentionConfig):
 
     @classmethod
     def conformance(cls) -> list[AdaSlotConfig]:
-        """The defaults, and OCLF's flavour with a DINOSAUR feature transform in front."""
+        """The defaults, OCLF's flavour with a DINOSAUR feature transform in front, and the CLEVR10 model's
+        queries, keys and values wider than the slots."""
         return [cls(slot_dim=16, mlp_hidden=32), cls(slot_dim=16, mlp_hidden=32, input_mlp=(24, 16),
-                                                     weight_init="oclf", layer_norm_eps=1e-5, score_hidden=8)]
+                                                     weight_init="oclf", layer_norm_eps=1e-5, score_hidden=8),
+                cls(slot_dim=16, mlp_hidden=32, kvq_dim=32, weight_init="oclf", layer_norm_eps=1e-5)]
 
     def build(self, inputs: GrouperInputs) -> AdaptiveSlotAttention:
-        return AdaptiveSlotAttention(
-            inputs.dim, slot_dim=self.slot_dim, num_slots=self.num_slots, iters=self.iters,
-            mlp_hidden=self.mlp_hidden, init=self.init, implicit_diff=self.implicit_diff,
-            straight_through=self.straight_through, eps=self.eps, layer_norm_eps=self.layer_norm_eps,
-            input_mlp=self.input_mlp, weight_init=self.weight_init, gru_hidden=self.gru_hidden,
-            score_hidden=self.score_hidden, temperature=float(self.temperature), eval_decision=self.eval_decision,
-        )
+        return AdaptiveSlotAttention(inputs.dim, **self.module_kwargs(), score_hidden=self.score_hidden,
+                                     temperature=float(self.temperature), eval_decision=self.eval_decision)
 
 
 @_frozen

@@ -6,7 +6,7 @@ plain nn.Module, taking input dimensions from the component before it.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 from attrs import field
@@ -113,14 +113,24 @@ class SlotAttentionConfig:
     # the GRU's hidden state: "slots" (before the LayerNorm, the paper's Algorithm 1) or "normed" (the
     # layer-normalised slots: videosaur's SlotAttention, martius-lab/videosaur videosaur/modules/groupers.py)
     gru_hidden: Literal["slots", "normed"] = field(default="slots", validator=v.in_(GRU_HIDDEN))
+    # the width of queries, keys and values, and so of the updates the GRU reads; None: slot_dim. OCLF's kvq_dim
+    # (AdaSlot's CLEVR10 model: 128 for 64-wide slots)
+    kvq_dim: int | None = field(default=None, validator=v.optional(size(MAX_WIDTH)))
+
+    @classmethod
+    def conformance(cls) -> list[SlotAttentionConfig]:
+        """The defaults, and queries, keys and values wider than the slots (kvq_dim)."""
+        return [cls(), cls(slot_dim=16, mlp_hidden=32, kvq_dim=24)]
+
+    def module_kwargs(self) -> dict[str, Any]:
+        """SlotAttention's keyword arguments from this table (subclasses' modules take them too)."""
+        return dict(slot_dim=self.slot_dim, num_slots=self.num_slots, iters=self.iters, mlp_hidden=self.mlp_hidden,
+                    init=self.init, implicit_diff=self.implicit_diff, straight_through=self.straight_through,
+                    eps=self.eps, layer_norm_eps=self.layer_norm_eps, input_mlp=self.input_mlp,
+                    weight_init=self.weight_init, gru_hidden=self.gru_hidden, kvq_dim=self.kvq_dim)
 
     def build(self, inputs: GrouperInputs) -> SlotAttention:
-        return SlotAttention(
-            inputs.dim, slot_dim=self.slot_dim, num_slots=self.num_slots, iters=self.iters,
-            mlp_hidden=self.mlp_hidden, init=self.init, implicit_diff=self.implicit_diff,
-            straight_through=self.straight_through, eps=self.eps, layer_norm_eps=self.layer_norm_eps,
-            input_mlp=self.input_mlp, weight_init=self.weight_init, gru_hidden=self.gru_hidden,
-        )
+        return SlotAttention(inputs.dim, **self.module_kwargs())
 
 
 @_frozen

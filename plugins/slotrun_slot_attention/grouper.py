@@ -2,7 +2,7 @@
 
 Speed (bench/: `python -m bench grouper`): the keys and values are linear in the normalised inputs x, k = x Wk^T
 and v = x Wv^T, so the attention logits q k^T equal (q Wk) x^T and the weighted mean of the values equals
-(weights x) Wv^T. When the slots are few (K * T * in_dim <= slot_dim * (in_dim + K * T), e.g. CLEVR's K=7, T=3,
+(weights x) Wv^T. When the slots are few (K * T * in_dim <= D * (in_dim + K * T), D the key width, e.g. CLEVR's K=7, T=3,
 D=64) this "query-side" form never projects the N tokens at all: per update it costs two [K x N x in_dim]
 products instead of one [N x in_dim x 2D] projection plus two [K x N x D] products, and autograd keeps only x
 instead of x, k and v. Otherwise the keys and values are projected once per forward (one fused matmul for k and
@@ -92,6 +92,7 @@ class SlotAttention(IterativeGrouper):
         input_mlp: tuple[int, ...] = (),
         weight_init: str = "keras",
         gru_hidden: str = "slots",
+        kvq_dim: int | None = None,
     ) -> None:
         super().__init__(slot_dim=slot_dim, num_slots=num_slots, iters=iters, implicit_diff=implicit_diff,
                          straight_through=straight_through)
@@ -102,15 +103,17 @@ class SlotAttention(IterativeGrouper):
         if gru_hidden not in GRU_HIDDEN:
             raise ValueError(f"unknown gru_hidden '{gru_hidden}' (known: {', '.join(GRU_HIDDEN)})")
         self.gru_hidden = gru_hidden
-        self.scale = slot_dim**-0.5
+        # the width of queries, keys and values (None: the slot width); the GRU reads updates of this width
+        self.kvq_dim = kvq_dim or slot_dim
+        self.scale = self.kvq_dim**-0.5
         self.query_side = query_side
         self.deferred_grad = True  # query-side training: x's gradient in one product (deferred_grad); False = plain
         self.init = SlotInit(slot_dim, num_slots, init, in_dim=in_dim)
         self.norm_inputs = nn.LayerNorm(in_dim, eps=layer_norm_eps)
-        self.project_kv = nn.Linear(in_dim, 2 * slot_dim, bias=False)  # k and v fused: one matmul per forward
+        self.project_kv = nn.Linear(in_dim, 2 * self.kvq_dim, bias=False)  # k and v fused: one matmul per forward
         self.norm_slots = nn.LayerNorm(slot_dim, eps=layer_norm_eps)
-        self.project_q = nn.Linear(slot_dim, slot_dim, bias=False)
-        self.gru = nn.GRUCell(slot_dim, slot_dim)
+        self.project_q = nn.Linear(slot_dim, self.kvq_dim, bias=False)
+        self.gru = nn.GRUCell(self.kvq_dim, slot_dim)
         self.norm_mlp = nn.LayerNorm(slot_dim, eps=layer_norm_eps)
         self.mlp = mlp(slot_dim, [mlp_hidden], slot_dim)
         self._initialise(weight_init)
@@ -123,7 +126,7 @@ class SlotAttention(IterativeGrouper):
             raise ValueError(f"unknown weight_init '{weight_init}' (known: {', '.join(GROUPER_WEIGHT_INITS)})")
         if weight_init in ("keras", "slate"):  # xavier / glorot Linears with zero biases, GRU xavier + orthogonal
             keras_init_(self)
-            xavier_per_block_(self.project_kv.weight, self.slot_dim)  # the official k and v are two layers
+            xavier_per_block_(self.project_kv.weight, self.kvq_dim)  # the official k and v are two layers
         mlps = [self.mlp] if self.input_mlp is None else [self.mlp, self.input_mlp.mlp]
         for seq in mlps:
             if weight_init == "slate":  # the token MLP as SLATE's before its Slot Attention
@@ -138,7 +141,7 @@ class SlotAttention(IterativeGrouper):
         if self.query_side is not None:
             return self.query_side
         work = num_slots * iters
-        return work * in_dim <= self.slot_dim * (in_dim + work)
+        return work * in_dim <= self.kvq_dim * (in_dim + work)
 
     def prepare(self, tokens: Tensor) -> Any:
         k, v = self.project_kv(self.norm_inputs(tokens)).chunk(2, dim=-1)
@@ -157,13 +160,14 @@ class SlotAttention(IterativeGrouper):
 
     def step(self, slots: Tensor, prepared: Any) -> tuple[Tensor, Tensor]:
         b, n_slots, d = slots.shape
+        kv = self.kvq_dim
         normed = self.norm_slots(slots)
         q = self.project_q(normed) * self.scale
         # The assignment in float32 with autocast off: a softmax over few slots is precision sensitive.
         with torch.autocast(device_type=q.device.type, enabled=False):
             if isinstance(prepared, _QuerySide):
                 x = prepared.x.float()
-                q_in = q.float() @ self.project_kv.weight[:d].float()  # [B, K, in_dim]: (q Wk) x^T = q k^T
+                q_in = q.float() @ self.project_kv.weight[:kv].float()  # [B, K, in_dim]: (q Wk) x^T = q k^T
                 if prepared.deferred is not None and torch.is_grad_enabled():
                     attn, pooled = attend_pool(q_in, x, prepared.x_sum.float(), prepared.token,
                                                prepared.deferred, self.eps)
@@ -174,13 +178,13 @@ class SlotAttention(IterativeGrouper):
                 attn = torch.bmm(q.float(), prepared.k.float().transpose(1, 2)).softmax(dim=1)
                 updates = _pool(attn, prepared.v.float(), prepared.v_sum.float(), self.eps)  # [B, K, D]
         if isinstance(prepared, _QuerySide):
-            updates = F.linear(pooled.to(q.dtype), self.project_kv.weight[d:])  # (w x) Wv^T = w v
+            updates = F.linear(pooled.to(q.dtype), self.project_kv.weight[kv:])  # (w x) Wv^T = w v
         else:
             updates = updates.to(q.dtype)
         # The GRU's hidden state is the slots before the LayerNorm (prev), as in the paper; "normed": videosaur's.
         if self.gru_hidden == "normed":
             slots = normed
-        slots = self.gru(updates.reshape(b * n_slots, d), slots.reshape(b * n_slots, d).to(updates.dtype))
+        slots = self.gru(updates.reshape(b * n_slots, kv), slots.reshape(b * n_slots, d).to(updates.dtype))
         slots = slots.reshape(b, n_slots, d)
         slots = slots + self.mlp(self.norm_mlp(slots))
         return slots, attn

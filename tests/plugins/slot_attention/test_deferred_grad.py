@@ -76,3 +76,23 @@ def test_not_used_without_gradients() -> None:
         prepared = m.prepare_for(tokens, 4, 2)
     assert prepared.deferred is None
     assert m.prepare_for(tokens, 4, 2).deferred is not None  # training: LayerNorm parameters need x's gradient
+
+
+@pytest.mark.parametrize("kvq_dim", [None, 24])
+def test_query_side_and_projected_forms_agree(kvq_dim: int | None) -> None:
+    """Both forms of the step, with queries / keys / values as wide as the slots or wider (kvq_dim: the GRU then
+    reads updates of that width), give the same slots and gradients."""
+    torch.manual_seed(0)
+    m = SlotAttention(12, slot_dim=16, num_slots=4, iters=3, mlp_hidden=32, kvq_dim=kvq_dim)
+    width = kvq_dim or 16
+    assert m.project_q.weight.shape == (width, 16) and m.project_kv.weight.shape == (2 * width, 12)
+    assert m.gru.weight_ih.shape == (48, width) and m.scale == width**-0.5
+    tokens, init = torch.randn(3, 40, 12), torch.randn(3, 4, 16)
+    m.query_side = True
+    slots_q, x_q, p_q = grads(m, tokens, init, deferred=True)
+    m.query_side = False
+    slots_p, x_p, p_p = grads(m, tokens, init, deferred=False)
+    torch.testing.assert_close(slots_q, slots_p, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x_q, x_p, rtol=1e-4, atol=1e-5)
+    for name in p_p:
+        torch.testing.assert_close(p_q[name], p_p[name], rtol=1e-4, atol=1e-5, msg=name)
