@@ -12,11 +12,11 @@ from slotrun.bounds import MAX_LAYERS, MAX_WIDTH, size
 from slotrun.errors import UserError
 from slotrun.protocols import DecoderInputs, GrouperInputs
 
-from slotrun_adaslot.decoders import MASK_TYPES, MaskedMLPFeatureDecoder
+from slotrun_adaslot.decoders import MASK_TYPES, MaskedBroadcastDecoder, MaskedMLPFeatureDecoder
 from slotrun_adaslot.grouper import AdaptiveSlotAttention
 from slotrun_adaslot.selection import EVAL_DECISIONS
 from slotrun_dinosaur.decoders import BIAS_INITS
-from slotrun_slot_attention.configs import SlotAttentionConfig
+from slotrun_slot_attention.configs import SlotAttentionConfig, SpatialBroadcastConfig
 
 _frozen = attrs.frozen(kw_only=True)
 _num = v.instance_of((int, float))
@@ -81,3 +81,29 @@ class AdaSlotMLPConfig:
             linear_weight=float(self.linear_weight), quadratic_weight=float(self.quadratic_weight),
             quadratic_bias=float(self.quadratic_bias),
         )
+
+
+@_frozen
+class AdaSlotBroadcastConfig(SpatialBroadcastConfig):
+    """AdaSlot's masked spatial broadcast decoder (Fan et al., CVPR 2024; the CLEVR10 pixel model's
+    SlotAttentionDecoderGumbel): every field of spatial_broadcast, masks renormalised over the kept slots, loss
+    terms "recon" (MSE) and "sparse_penalty"."""
+
+    mask_type: Literal["mask_normalized", "logit"] = field(default="mask_normalized", validator=v.in_(MASK_TYPES))
+    # SparsePenalty as adaslot_mlp's; the released CLEVR10 config: linear 10, quadratic 0, bias 0.5
+    linear_weight: float = field(default=10.0, validator=[_num, v.ge(0.0), v.le(1e4)])
+    quadratic_weight: float = field(default=0.0, validator=[_num, v.ge(0.0), v.le(1e4)])
+    quadratic_bias: float = field(default=0.5, validator=[_num, v.ge(0.0), v.le(1.0)])
+
+    @classmethod
+    def conformance(cls) -> list[AdaSlotBroadcastConfig]:
+        return [cls(channels=16), cls(channels=16, mask_type="logit", padding="symmetric", quadratic_weight=1.0)]
+
+    def build(self, inputs: DecoderInputs) -> MaskedBroadcastDecoder:
+        try:
+            return MaskedBroadcastDecoder(
+                inputs.slot_dim, **self.module_kwargs(inputs), mask_type=self.mask_type,
+                linear_weight=float(self.linear_weight), quadratic_weight=float(self.quadratic_weight),
+                quadratic_bias=float(self.quadratic_bias))
+        except ValueError as exc:  # a recipe mistake (size mismatch with the data), not a crash
+            raise UserError(f"adaslot_broadcast decoder: {exc}") from exc

@@ -5,7 +5,7 @@ from __future__ import annotations
 import slotrun
 from slotrun.hookspecs import Register
 
-from slotrun_adaslot.configs import AdaSlotConfig, AdaSlotMLPConfig
+from slotrun_adaslot.configs import AdaSlotBroadcastConfig, AdaSlotConfig, AdaSlotMLPConfig
 
 
 @slotrun.hookimpl
@@ -16,3 +16,4 @@ def register_groupers(register: Register) -> None:
 @slotrun.hookimpl
 def register_decoders(register: Register) -> None:
     register("adaslot_mlp", AdaSlotMLPConfig)
+    register("adaslot_broadcast", AdaSlotBroadcastConfig)

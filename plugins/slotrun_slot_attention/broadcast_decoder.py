@@ -151,8 +151,14 @@ class SpatialBroadcastDecoder(nn.Module):
         uniform = torch.full((batch, num_slots, h * w), 1.0 / (h * w), device=device)
         return slot_frames(uniform, (h, w))
 
-    def decode_slots(self, slots: torch.Tensor, frames: tuple[torch.Tensor, torch.Tensor] | None = None
-                     ) -> DecoderOutput:
+    def mask_weights(self, alpha: torch.Tensor, grouped: Slots | None) -> torch.Tensor:
+        """Alpha logits [B, K, 1, H, W] -> mask weights over the slots: a softmax, slots compete for each pixel.
+        `grouped` is the grouper's output when there is one (None for a prior's samples), for subclasses that
+        weigh slots by what the grouper decided about them (AdaSlot's kept slots)."""
+        return alpha.float().softmax(dim=1)
+
+    def decode_slots(self, slots: torch.Tensor, frames: tuple[torch.Tensor, torch.Tensor] | None = None, *,
+                     grouped: Slots | None = None) -> DecoderOutput:
         """Slots alone [B, K, D] -> image, masks and per-slot parts, no loss (samples of a prior). With
         frame = "slot", `frames` = (centre, spread) [B, K, 2] each; None = every slot's frame is the whole image."""
         if self.frame == "slot":
@@ -161,7 +167,7 @@ class SpatialBroadcastDecoder(nn.Module):
             rgb, alpha = self.decode_framed(slots, *frames)
         else:
             rgb, alpha = self.decode(slots)
-        masks = alpha.float().softmax(dim=1)  # [B, K, 1, H, W]: slots compete for each pixel
+        masks = self.mask_weights(alpha, grouped)  # [B, K, 1, H, W]
         per_slot = masks * rgb.float()
         return DecoderOutput(losses={}, recon=per_slot.sum(dim=1), masks=masks.squeeze(2), per_slot=per_slot)
 
@@ -172,7 +178,7 @@ class SpatialBroadcastDecoder(nn.Module):
                 raise UserError('model.decoder.frame = "slot" reads each slot\'s centre and spread from the '
                                 "grouper's attention maps; this grouper reports none")
             frames = slot_frames(slots.attn[-1], features.grid)
-        out = self.decode_slots(slots.slots, frames)
+        out = self.decode_slots(slots.slots, frames, grouped=slots)
         losses = {"recon": F.mse_loss(out.recon, batch.image.float())}
         if self.perceptual is not None:
             losses["perceptual"] = self.perceptual(out.recon, batch.image.float())

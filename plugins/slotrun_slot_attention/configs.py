@@ -174,18 +174,19 @@ class SpatialBroadcastConfig:
     padding: Literal["tf_same", "symmetric"] = field(default="tf_same", validator=_padding,
                                                       metadata=earlier_default("symmetric"))
 
-    def build(self, inputs: DecoderInputs) -> SpatialBroadcastDecoder:
+    def module_kwargs(self, inputs: DecoderInputs) -> dict[str, Any]:
+        """SpatialBroadcastDecoder's keyword arguments (besides the slot width) from this table and the data."""
         image = inputs.image
         perceptual = None if self.perceptual == "none" else PerceptualLoss(
             self.perceptual, pretrained=self.perceptual_pretrained, value_range=self.perceptual_value_range)
+        return dict(out_channels=image.channels, image_size=(image.height, image.width),
+                    broadcast_size=self.broadcast_size, channels=self.channels, full_res_layers=self.full_res_layers,
+                    channels_last=self.channels_last, perceptual=perceptual, weight_init=self.weight_init,
+                    frame=self.frame, frame_scale=float(self.frame_scale), padding=self.padding)
+
+    def build(self, inputs: DecoderInputs) -> SpatialBroadcastDecoder:
         try:
-            return SpatialBroadcastDecoder(
-                inputs.slot_dim, out_channels=image.channels, image_size=(image.height, image.width),
-                broadcast_size=self.broadcast_size, channels=self.channels,
-                full_res_layers=self.full_res_layers, channels_last=self.channels_last, perceptual=perceptual,
-                weight_init=self.weight_init, frame=self.frame, frame_scale=float(self.frame_scale),
-                padding=self.padding,
-            )
+            return SpatialBroadcastDecoder(inputs.slot_dim, **self.module_kwargs(inputs))
         except ValueError as exc:  # a recipe mistake (size mismatch with the data), not a crash
             raise UserError(f"spatial_broadcast decoder: {exc}") from exc
 

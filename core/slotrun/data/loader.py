@@ -25,7 +25,8 @@ it shrinks. A training batch with no good sample at all borrows one already read
 last good one); elsewhere such a batch is left out.
 
 Load-time conventions (per sample, after decoding, before flipping): `crop` ("none"; "center": the largest
-centred square; "clevr": rows 29:221, cols 64:256 of a 240x320 CLEVR-with-masks image, as in Slot Attention),
+centred square; "clevr": rows 29:221, cols 64:256 of a 240x320 CLEVR-with-masks image, as in Slot Attention;
+"clevr_oclf": rows 24:216, cols 64:256, OCLF's centred 192 px crop of it),
 then a resize to `size` when given (images bilinear without antialiasing, like TF's tf.image.resize, or bicubic
 as torchvision resizes float images: `interpolation`, see resize_image; masks and ignore maps nearest, or left
 at the stored resolution with resize_masks=False: COCO's protocol scores masks at 320 px while the model sees
@@ -58,9 +59,10 @@ VALUE_RANGES = ("minus_one_one", "zero_one", "imagenet")
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
-CROPS = ("none", "center", "clevr")
-INTERPOLATIONS = ("bilinear", "bicubic", "bicubic_antialias")
+CROPS = ("none", "center", "clevr", "clevr_oclf")
+INTERPOLATIONS = ("bilinear", "bilinear_float", "bicubic", "bicubic_antialias")
 CLEVR_CROP = (29, 221, 64, 256)  # top, bottom, left, right of a 240x320 CLEVR (with masks) image
+CLEVR_OCLF_CROP = (24, 216, 64, 256)  # OCLF's CenterCrop(192) of the same image (AdaSlot's CLEVR10 preprocessing)
 CLEVR_SHAPE = (240, 320)
 
 
@@ -72,18 +74,21 @@ def crop_box(height: int, width: int, crop: str) -> tuple[int, int, int, int]:
         side = min(height, width)
         top, left = (height - side) // 2, (width - side) // 2
         return top, top + side, left, left + side
-    if crop == "clevr":
+    if crop in ("clevr", "clevr_oclf"):
+        box = CLEVR_CROP if crop == "clevr" else CLEVR_OCLF_CROP
         if (height, width) != CLEVR_SHAPE:
-            raise ValueError(f"the 'clevr' crop (rows 29:221, cols 64:256) needs 240x320 images, got "
-                             f"{height}x{width}")
-        return CLEVR_CROP
+            raise ValueError(f"the '{crop}' crop (rows {box[0]}:{box[1]}, cols {box[2]}:{box[3]}) needs 240x320 "
+                             f"images, got {height}x{width}")
+        return box
     raise ValueError(f"crop must be one of {', '.join(CROPS)}, got {crop!r}")
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int], *, interpolation: str = "bilinear") -> np.ndarray:
     """uint8 [H, W, C] -> [h, w, C] with half-pixel centres.
 
-    bilinear: no antialiasing (TF2 tf.image.resize's convention), rounded back to uint8.
+    bilinear: no antialiasing (TF2 tf.image.resize's convention), rounded back to uint8. bilinear_float: the same,
+    returned as float32 without rounding (torchvision's Resize of the float image, without antialiasing, as OCLF's
+    CLEVR preprocessing with torchvision < 0.17).
     bicubic, bicubic_antialias: torchvision's Resize(BICUBIC) of the float image (ToTensor then Resize, as OCLF's
     DINOSAUR preprocessing): without antialiasing, which is what torchvision < 0.17 (OCLF pins 0.15.1) does for
     tensors, or with it, torchvision >= 0.17's default. Clamped to [0, 255] (OCLF clamps to [0, 1]: bicubic
@@ -94,7 +99,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int], *, interpolation: str
     if tuple(image.shape[:2]) == tuple(size):
         return image
     t = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None].float()
-    mode = "bilinear" if interpolation == "bilinear" else "bicubic"
+    mode = "bicubic" if interpolation.startswith("bicubic") else "bilinear"
     t = torch.nn.functional.interpolate(t, size=tuple(size), mode=mode, align_corners=False,
                                         antialias=interpolation == "bicubic_antialias")[0].permute(1, 2, 0)
     if interpolation == "bilinear":

@@ -285,11 +285,13 @@ class ShardsData:
     # must match the index (checked in prepare)
     image_size: int = field(default=64, validator=[_int, v.ge(1), v.le(MAX_IMAGE_SIZE)])
     layout: str = field(default="none", validator=_known_layout)  # property layout, known without disk
-    crop: str = field(default="none", validator=v.in_(CROPS))  # at load time: "center" square or CLEVR's box
+    # at load time: "center" square, CLEVR's box ("clevr": Slot Attention's; "clevr_oclf": OCLF's 192 px centre)
+    crop: str = field(default="none", validator=v.in_(CROPS))
     resize: bool = field(default=False, validator=_bool)  # at load time: resize (after the crop) to image_size
     # false: masks and ignore maps keep the stored (cropped) resolution, so metrics score at it (COCO: 320 px)
     resize_masks: bool = field(default=True, validator=_bool)
-    # how data.resize resizes images: "bilinear" (no antialiasing, TF's tf.image.resize), or torchvision's
+    # how data.resize resizes images: "bilinear" (no antialiasing, TF's tf.image.resize; "bilinear_float": the
+    # same unrounded, as torchvision resizes OCLF's float CLEVR images), or torchvision's
     # bicubic of the float image, clamped, unrounded: "bicubic" (OCLF's DINOSAUR COCO preprocessing under its
     # pinned torchvision 0.15.1, which does not antialias tensors) or "bicubic_antialias" (the same config
     # under torchvision >= 0.17)

@@ -119,3 +119,30 @@ def test_oclf_dinosaur_recipes_resize_as_oclf(plugins, recipe: str) -> None:
     data = load(RECIPES / recipe, plugins=plugins).data.config
     assert (data.resize, data.resize_interpolation, data.image_size, data.value_range) == \
         (True, "bicubic", 224, "imagenet")
+
+
+def test_clevr_shards_batches_are_oclfs_clevr_preprocessing(tmp_path: Path) -> None:
+    """AdaSlot's CLEVR10 preprocessing (amazon-science/AdaSlot configs/experiment/slot_attention/
+    _preprocessing_clevr.yaml: ToTensor, CenterCrop(192), Resize(128), Normalize(0.5, 0.5); masks the same crop,
+    nearest-exact): data.crop = "clevr_oclf", resize_interpolation = "bilinear_float" on 240 x 320 shards."""
+    from slotrun.data.loader import crop_box
+
+    assert crop_box(240, 320, "clevr_oclf") == (24, 216, 64, 256)
+    with pytest.raises(ValueError, match="'clevr_oclf' crop .* needs 240x320"):
+        crop_box(128, 128, "clevr_oclf")
+    rng = np.random.default_rng(0)
+    images = [_image(20 + i, 240, 320) for i in range(3)]
+    masks = [rng.integers(0, 4, (240, 320)).astype(np.uint8) for _ in range(3)]
+    samples = [Sample(key=f"val-{i:08d}", image=images[i], mask=masks[i]) for i in range(3)]
+    out = write_dataset(tmp_path / "clevr", {"train": samples[:1], "val": samples}, properties=None)
+    config = ShardsData(path=str(out), image_size=128, crop="clevr_oclf", resize=True,
+                        resize_interpolation="bilinear_float", value_range="minus_one_one")
+    (batch,) = itertools.islice(config.build().batches("val", 3, seed=0, epoch=0, shuffle=False, drop_last=False), 1)
+    image_tf = T.Compose([T.ToTensor(), T.CenterCrop(192), T.Resize(128, antialias=False),
+                          T.Normalize([0.5] * 3, [0.5] * 3)])
+    want = torch.stack([image_tf(Image.fromarray(im)) for im in images])
+    diff = (batch.image - want).abs().max().item()
+    assert diff < 1e-5, diff
+    mask_tf = T.Compose([T.CenterCrop(192), T.Resize(128, interpolation=T.InterpolationMode.NEAREST_EXACT)])
+    want_masks = torch.stack([mask_tf(torch.from_numpy(m)[None])[0] for m in masks]).long()
+    assert torch.equal(batch.mask.long(), want_masks)
