@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from slotrun.errors import UserError
-from slotrun.importers import adaslot, ftdinosaur, spot, videosaur
+from slotrun.importers import adaslot, adaslot_clevr, ftdinosaur, spot, videosaur
 from slotrun.importers.common import Format, Mapped, parse_settings, read_state, write_run
 
-FORMATS: dict[str, Format] = {f.name: f for f in (ftdinosaur.FORMAT, videosaur.FORMAT, spot.FORMAT, adaslot.FORMAT)}
+FORMATS: dict[str, Format] = {f.name: f for f in (ftdinosaur.FORMAT, videosaur.FORMAT, spot.FORMAT, adaslot.FORMAT,
+                                                   adaslot_clevr.FORMAT)}
 
 __all__ = ["FORMATS", "Format", "Mapped", "import_checkpoint"]
 

@@ -16,7 +16,8 @@ The released checkpoint is a Lightning file whose `state_dict` holds ocl.combine
 - `models.object_decoder.pos_embed` [1, P, D], `models.object_decoder.decoder.{0,2,4,...}`:
   PatchDecoderGumbelV1 (an MLP -> features + alpha; mask_type mask_normalized).
 The architecture settings are read from the shapes. The pixel CLEVR10 model (SlotAttentionDecoderGumbel, a
-CNN encoder and kvq_dim 128) is refused, naming its parameters.
+CNN encoder and kvq_dim 128) is the format `adaslot_clevr` (importers/adaslot_clevr.py); what both read alike
+(the checkpoint's layout, the slot init, the score network, the decoder's settings) is here.
 """
 
 from __future__ import annotations
@@ -55,13 +56,60 @@ _SCORE = _SA + "single_gumbel_score_network."
 _DEC = _M + "object_decoder."
 
 
-def _refuse_pixel_model(state: dict[str, Tensor]) -> None:
-    """The CLEVR10 pixel model (CNN feature extractor, spatial broadcast decoder): no counterpart here."""
-    pixel = sorted(k for k in state if k.startswith(_M + "object_decoder.decoder.") and state[k].ndim == 4)
-    if pixel:
-        raise UserError(f"{NAME} checkpoint: parameter '{pixel[0]}' (a convolution of the pixel model's "
-                        "SlotAttentionDecoderGumbel) does not map: only AdaSlot's DINOSAUR models (an MLP "
-                        "PatchDecoderGumbelV1) import")
+def is_pixel_model(state: dict[str, Tensor]) -> bool:
+    """The CLEVR10 pixel model: convolutions in the decoder (SlotAttentionDecoderGumbel)."""
+    return any(k.startswith(_M + "object_decoder.decoder.") and state[k].ndim == 4 for k in state)
+
+
+def check_layout(fmt: str, state: dict[str, Tensor], settings: dict[str, Any]) -> None:
+    """AdaSlot's Lightning layout (everything under `models.`) and the decoder settings both formats take."""
+    if not any(k.startswith(_M) for k in state):
+        first = sorted(state)[0]
+        raise UserError(f"{fmt} checkpoint: parameter '{first}' does not map: AdaSlot's Lightning checkpoints "
+                        "hold the model under 'models.' (models.perceptual_grouping..., models.object_decoder...)")
+    for key in ("eval_decision", "mask_type"):
+        allowed = {"eval_decision": ("sample", "argmax"), "mask_type": ("mask_normalized", "logit")}[key]
+        if settings[key] not in allowed:
+            raise UserError(f"import {fmt}: setting '{key}' must be one of {', '.join(allowed)}, got "
+                            f"{settings[key]!r}")
+
+
+def slot_init(take: Taker, weights: dict[str, Tensor]) -> int:
+    """RandomConditioning -> the grouper's Gaussian init; returns the slot width."""
+    mu = take.take(_M + "conditioning.slots_mu")
+    weights["grouper.init.mu"] = mu
+    weights["grouper.init.log_sigma"] = take.take(_M + "conditioning.slots_logsigma")
+    return int(mu.shape[-1])
+
+
+def score_network(fmt: str, take: Taker, weights: dict[str, Tensor]) -> int:
+    """single_gumbel_score_network -> the adaslot grouper's `score`; returns its hidden width."""
+    if take.has(_M + "perceptual_grouping.empty_slot"):
+        raise UserError(f"{fmt} checkpoint: parameter '{_M}perceptual_grouping.empty_slot' does not map "
+                        "(use_empty_slot_for_masked_slots has no counterpart in slotrun)")
+    if take.has(_SA + "ff_mlp.module.5.weight"):
+        raise UserError(f"{fmt} checkpoint: parameter '{_SA}ff_mlp.module.5.weight' does not map (slotrun's "
+                        "slot_attention MLP has one hidden layer)")
+    if not take.has(_SCORE + "0.weight"):
+        raise UserError(f"{fmt} checkpoint: missing parameter '{_SCORE}0.weight' (AdaSlot's selection network; "
+                        "without it the checkpoint is a plain Slot Attention model, not AdaSlot)")
+    # OCLF's build_two_layer_mlp (LayerNorm 0, Linear 1, ReLU 2, Linear 3) has the indices of slotrun's
+    # score network
+    for i in (0, 1, 3):
+        for p in ("weight", "bias"):
+            weights[f"grouper.score.{i}.{p}"] = take.take(f"{_SCORE}{i}.{p}")
+    score_out = tuple(weights["grouper.score.3.weight"].shape)
+    if score_out[0] != 2 or weights["grouper.score.0.weight"].ndim != 1:
+        raise UserError(f"{fmt} checkpoint: parameter '{_SCORE}3.weight' {score_out} is not the last layer of "
+                        "build_two_layer_mlp(object_dim, 2, initial_layer_norm=true) (drop and keep logits)")
+    return int(weights["grouper.score.1.weight"].shape[0])
+
+
+def masking(settings: dict[str, Any]) -> dict[str, Any]:
+    """The decoder's mask type and SparsePenalty, from the settings."""
+    return {"mask_type": str(settings["mask_type"]), "linear_weight": float(settings["linear_weight"]),
+            "quadratic_weight": float(settings["quadratic_weight"]),
+            "quadratic_bias": float(settings["quadratic_bias"])}
 
 
 def _encoder(take: Taker, heads: int) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -80,23 +128,14 @@ def _encoder(take: Taker, heads: int) -> tuple[dict[str, Any], dict[str, Tensor]
 
 
 def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
-    if not any(k.startswith(_M) for k in state):
-        first = sorted(state)[0]
-        raise UserError(f"{NAME} checkpoint: parameter '{first}' does not map: AdaSlot's Lightning checkpoints "
-                        "hold the model under 'models.' (models.perceptual_grouping..., models.object_decoder...)")
-    _refuse_pixel_model(state)
-    for key in ("eval_decision", "mask_type"):
-        allowed = {"eval_decision": ("sample", "argmax"), "mask_type": ("mask_normalized", "logit")}[key]
-        if settings[key] not in allowed:
-            raise UserError(f"import {NAME}: setting '{key}' must be one of {', '.join(allowed)}, got "
-                            f"{settings[key]!r}")
+    check_layout(NAME, state, settings)
+    if is_pixel_model(state):
+        first = sorted(k for k in state if k.startswith(_DEC + "decoder.") and state[k].ndim == 4)[0]
+        raise UserError(f"{NAME} checkpoint: parameter '{first}' is a convolution of the pixel CLEVR10 model's "
+                        "SlotAttentionDecoderGumbel: import it as `slotrun import adaslot_clevr`")
     take = Taker(NAME, state)
     encoder, weights = _encoder(take, int(settings["heads"]))
-
-    mu = take.take(_M + "conditioning.slots_mu")
-    slot_dim = int(mu.shape[-1])
-    weights["grouper.init.mu"] = mu
-    weights["grouper.init.log_sigma"] = take.take(_M + "conditioning.slots_logsigma")
+    slot_dim = slot_init(take, weights)
     if not take.has(_PE + "1.0.weight"):
         raise UserError(f"{NAME} checkpoint: missing parameter '{_PE}1.0.weight' (the released models put a "
                         "LayerNorm-MLP after DummyPositionEmbed in front of the slot attention)")
@@ -108,26 +147,8 @@ def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
     if not take.has(_SA + "ff_mlp.module.0.weight"):
         raise UserError(f"{NAME} checkpoint: missing parameter '{_SA}ff_mlp.module.0.weight' (slotrun's "
                         "slot_attention always has the residual LayerNorm-MLP after the GRU)")
-    if take.has(_M + "perceptual_grouping.empty_slot"):
-        raise UserError(f"{NAME} checkpoint: parameter '{_M}perceptual_grouping.empty_slot' does not map "
-                        "(use_empty_slot_for_masked_slots has no counterpart in slotrun)")
     slot_attention_update(NAME, take, _SA, OCLF_SLOT_ATTENTION, slot_dim, weights)
-    if take.has(_SA + "ff_mlp.module.5.weight"):
-        raise UserError(f"{NAME} checkpoint: parameter '{_SA}ff_mlp.module.5.weight' does not map (slotrun's "
-                        "slot_attention MLP has one hidden layer)")
-    if not take.has(_SCORE + "0.weight"):
-        raise UserError(f"{NAME} checkpoint: missing parameter '{_SCORE}0.weight' (AdaSlot's selection network; "
-                        "without it the checkpoint is a plain DINOSAUR model, not AdaSlot)")
-    # OCLF's build_two_layer_mlp (LayerNorm 0, Linear 1, ReLU 2, Linear 3) has the indices of slotrun's
-    # score network
-    for i in (0, 1, 3):
-        for p in ("weight", "bias"):
-            weights[f"grouper.score.{i}.{p}"] = take.take(f"{_SCORE}{i}.{p}")
-    score_out = tuple(weights["grouper.score.3.weight"].shape)
-    if score_out[0] != 2 or weights["grouper.score.0.weight"].ndim != 1:
-        raise UserError(f"{NAME} checkpoint: parameter '{_SCORE}3.weight' {score_out} is not the last layer of "
-                        "build_two_layer_mlp(object_dim, 2, initial_layer_norm=true) (drop and keep logits)")
-    score_hidden = int(weights["grouper.score.1.weight"].shape[0])
+    score_hidden = score_network(NAME, take, weights)
     if take.has(_DEC + "inp_transform.weight"):
         raise UserError(f"{NAME} checkpoint: parameter '{_DEC}inp_transform.weight' does not map (adaslot_mlp "
                         "has no input transform: decoder_input_dim unset)")
@@ -162,10 +183,7 @@ def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
                "init": "gaussian", "layer_norm_eps": 1e-5, "eps": 1e-8, "input_mlp": input_mlp,
                "weight_init": "oclf", "score_hidden": score_hidden, "temperature": 1.0,
                "eval_decision": str(settings["eval_decision"])}
-    decoder = {"type": "adaslot_mlp", "hidden": hidden, "mask_type": str(settings["mask_type"]),
-               "linear_weight": float(settings["linear_weight"]),
-               "quadratic_weight": float(settings["quadratic_weight"]),
-               "quadratic_bias": float(settings["quadratic_bias"])}
+    decoder = {"type": "adaslot_mlp", "hidden": hidden, **masking(settings)}
     recipe = {
         # OCLF's coco ccrop evaluation: bicubic resize to 224 and a centre crop, ImageNet normalisation, masks
         # resized (nearest) and cropped alike

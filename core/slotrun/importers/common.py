@@ -278,20 +278,24 @@ OCLF_SLOT_ATTENTION = {"q": "to_q", "k": "to_k", "v": "to_v", "norm_inputs": "no
 
 
 def slot_attention_update(fmt: str, take: Taker, prefix: str, names: Mapping[str, str], slot_dim: int,
-                          weights: dict[str, Tensor]) -> None:
+                          weights: dict[str, Tensor], *, wider_kvq: bool = False) -> int:
     """Slot Attention's update stored under `prefix` with the release's module `names` (as OCLF_SLOT_ATTENTION)
-    -> slotrun's `grouper.*`: q, k and v without biases (k and v stacked into project_kv), all of the slot width,
-    the GRU, the three LayerNorms and the one-hidden-layer residual MLP. What does not fit is refused by name."""
+    -> slotrun's `grouper.*`: q, k and v without biases (k and v stacked into project_kv), the GRU, the three
+    LayerNorms and the one-hidden-layer residual MLP. q, k and v are of the slot width, or (`wider_kvq`) of the
+    width the stored query projection has (OCLF's kvq_dim, slot_attention's kvq_dim). Returns that width; what
+    does not fit is refused by name."""
     for part in ("q", "k", "v"):
         if take.has(f"{prefix}{names[part]}.bias"):
             raise UserError(f"{fmt} checkpoint: parameter '{prefix}{names[part]}.bias' does not map (slotrun's "
                             "slot_attention has no q/k/v biases)")
     q, k, v = (take.take(f"{prefix}{names[part]}.weight") for part in ("q", "k", "v"))
+    kvq = int(q.shape[0]) if wider_kvq else slot_dim
     for part, w in (("q", q), ("k", k), ("v", v)):
-        if w.shape[0] != slot_dim or (part == "q" and w.shape[1] != slot_dim) or (part == "v" and v.shape != k.shape):
+        if w.shape[0] != kvq or (part == "q" and w.shape[1] != slot_dim) or (part == "v" and v.shape != k.shape):
+            need = (f"queries, keys and values of one width (kvq_dim {kvq})" if wider_kvq else
+                    f"queries, keys and values of the slot width {slot_dim}: kvq_dim unset")
             raise UserError(f"{fmt} checkpoint: parameter '{prefix}{names[part]}.weight' {tuple(w.shape)} does not "
-                            f"map (slotrun's slot_attention needs queries, keys and values of the slot width "
-                            f"{slot_dim}: kvq_dim unset, one head)")
+                            f"map (slotrun's slot_attention needs {need}, one head)")
     weights["grouper.project_q.weight"] = q
     weights["grouper.project_kv.weight"] = torch.cat([k, v], dim=0)
     for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
@@ -299,3 +303,4 @@ def slot_attention_update(fmt: str, take: Taker, prefix: str, names: Mapping[str
     for part in ("norm_inputs", "norm_slots", "norm_mlp", "mlp.0", "mlp.2"):
         for p in ("weight", "bias"):
             weights[f"grouper.{part}.{p}"] = take.take(f"{prefix}{names[part]}.{p}")
+    return kvq
