@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,18 @@ def worker_devices(jobs: int | None) -> list[str | None]:
     return gpus[:jobs]
 
 
+def worker_env(device: str | None, workers: int, environ: Mapping[str, str], cpus: int | None) -> dict[str, str]:
+    """The environment of one worker process: its GPU, or on CPU an equal share of the cores as its torch threads
+    (each process would otherwise start one thread per core, `workers` times too many), unless the caller set
+    OMP_NUM_THREADS."""
+    env = dict(environ)
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device
+    elif "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (cpus or 1) // workers))
+    return env
+
+
 def run_sweep(sweep: Sweep, plugins: Any, *, jobs: int | None = None) -> None:
     """Train every run of `sweep` that is not finished (`prepare` has written their recipes)."""
     failures = Failures(sweep.dir)
@@ -204,9 +217,7 @@ def _run_workers(sweep: Sweep, pending: list[Run], devices: list[str | None], fa
     logs.mkdir(exist_ok=True)
 
     def work(device: str | None) -> None:
-        env = dict(os.environ)
-        if device is not None:
-            env["CUDA_VISIBLE_DEVICES"] = device
+        env = worker_env(device, len(devices), os.environ, os.cpu_count())
         while not stop.is_set():
             try:
                 run = todo.get_nowait()

@@ -13,7 +13,7 @@ from slotrun.cli import main
 from slotrun.errors import UserError
 from slotrun.sweep import plan, prepare
 from slotrun.sweep.grid import split_values
-from slotrun.sweep.runner import failure_reason, worker_devices
+from slotrun.sweep.runner import failure_reason, worker_devices, worker_env
 
 
 def test_values_split_at_top_level_commas() -> None:
@@ -135,6 +135,16 @@ def test_one_worker_per_visible_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert worker_devices(None) == []
     assert worker_devices(2) == [None, None]  # CPU worker processes
+
+
+def test_cpu_workers_share_the_cores_unless_told() -> None:
+    base = {"PATH": "/bin"}
+    assert worker_env(None, 2, base, cpus=16)["OMP_NUM_THREADS"] == "8"  # not 16 threads in each of 2 processes
+    assert worker_env(None, 3, base, cpus=2)["OMP_NUM_THREADS"] == "1"
+    assert worker_env(None, 2, {**base, "OMP_NUM_THREADS": "4"}, cpus=16)["OMP_NUM_THREADS"] == "4"  # the caller's
+    gpu = worker_env("5", 2, base, cpus=16)
+    assert gpu["CUDA_VISIBLE_DEVICES"] == "5" and "OMP_NUM_THREADS" not in gpu
+    assert base == {"PATH": "/bin"}  # the caller's mapping is not changed
 
 
 def test_a_worker_failure_is_read_from_its_log(tmp_path: Path) -> None:
