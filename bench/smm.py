@@ -8,9 +8,9 @@ sprites, trained and evaluated through slotrun's own engine (`slotrun.engine.tra
    vs with Slot Attention, several seeds, and their ratio paired by seed;
 4. vanilla GMM vs k-means groupers: FG-ARI / mBO of the grouper's own partition untrained (random encoder) and
    after the same short training, beside the decoder's masks, several seeds.
-5. discovery_quickstart: the object-discovery curves again on the quickstart's 32 px scenes (recipes/smm/
-   quickstart.toml vs recipes/quickstart.toml), long enough for Slot Attention to leave the background-only
-   plateau, for every seed (mean +- std, plotted).
+
+The comparison on the quickstart's 32 px scenes, long enough for Slot Attention to leave the background-only
+plateau, is a pair of `slotrun sweep` runs over seeds (docs/results.md, "Slot Mixture Module vs Slot Attention").
 
 Each pair runs the shipped recipes, which differ only in their [model.grouper] table. The paper trains both
 groupers with the detach trick (first-order implicit differentiation) and the SMM recipes count 4 slot updates, the
@@ -19,7 +19,7 @@ last from detached slots, so the Slot Attention side gets `model.grouper.iters=4
 (BUDGET) fit about 100 minutes on one CPU thread, so every number is an early-training number at batch 16, far from
 the paper's 100k-300k steps at batch 64-512; the warmup is shortened to a tenth of the run and SLATE's gumbel
 temperature anneals over the run. `python -m bench smm SECTION ...` reruns only those sections (set_prediction,
-discovery, slate, clustering, discovery_quickstart) and keeps the others from bench/results/smm/CONDITION.json.
+discovery, slate, clustering) and keeps the others from bench/results/smm/CONDITION.json.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from bench.common import RESULTS, md_table
 
 ROOT = Path(__file__).resolve().parents[1]
 PLOT = ROOT / "docs" / "smm_vs_sa_discovery.png"
-PLOT_QUICKSTART = ROOT / "docs" / "smm_vs_sa_quickstart.png"
 SA_MATCHED = ("model.grouper.iters=4", "model.grouper.implicit_diff=true")
 AP_KEYS = ("ap_inf", "ap_1", "ap_0.5", "ap_0.25", "ap_0.125")
 AP_NAMES = ("AP∞", "AP1", "AP0.5", "AP0.25", "AP0.125")
@@ -54,14 +53,6 @@ DISCOVERY = {"SMM": ("recipes/smm/shapes_object_discovery.toml", ()),
 SLATE = {"SMM": ("recipes/slate/shapes_smm.toml", ()),  # shapes_sa already makes SMM's 4 detached-last updates
          "Slot Attention": ("recipes/slate/shapes_sa.toml", ())}
 CLUSTERING = {"GMM": ("recipes/smm/shapes_gmm.toml", ()), "k-means": ("recipes/smm/shapes_kmeans.toml", ())}
-# The quickstart's 32 px scenes, where Slot Attention leaves the background-only plateau within ~1,000 steps:
-# curves long enough to see which grouper converges first, over several seeds.
-# Slot Attention keeps the paper's shared Gaussian start here (the quickstart itself now starts from the image's
-# tokens, init = "fps"), as the SMM paper compared against.
-QUICKSTART = {"SMM": ("recipes/smm/quickstart.toml", ()),
-              "Slot Attention": ("recipes/quickstart.toml", (*SA_MATCHED, "model.grouper.init=gaussian"))}
-
-
 @dataclass(frozen=True)
 class Budget:
     batch: int = 16
@@ -71,8 +62,6 @@ class Budget:
     discovery_every: int = 40  # evaluation checkpoints of the curve (and step 0, untrained)
     slate_steps: int = 100
     clustering_steps: int = 100
-    quickstart_steps: int = 1200  # discovery_quickstart: 32 px, every seed
-    quickstart_every: int = 200
     eval_images: int = 320  # the test split
     slate_generated_images: int = 64  # greedy generation is sequential: the MSE of generated images uses fewer
     data: tuple[str, ...] = ()  # extra data overrides (tiny: small scenes in a scratch cache)
@@ -80,7 +69,7 @@ class Budget:
 
 BUDGET = Budget()
 TINY = Budget(batch=2, seeds=(0, 1), set_steps=2, discovery_steps=4, discovery_every=2, slate_steps=2,
-              clustering_steps=2, quickstart_steps=2, quickstart_every=1, eval_images=4, slate_generated_images=2,
+              clustering_steps=2, eval_images=4, slate_generated_images=2,
               data=("data.image_size=32", "data.num_train=8", "data.num_val=4", "data.num_test=4"))
 
 
@@ -187,33 +176,6 @@ def run_discovery(budget: Budget, scratch: Path, plugins: Any) -> dict[str, Any]
         curve = [{"step": 0, **start}] + [{"step": int(e["step"]), **_metrics(e)} for e in evals]
         methods[name] = {"recipe": recipe, "overrides": list(extra), "train_s": seconds, "curve": curve}
     return {"steps": budget.discovery_steps, "seed": 0, "methods": methods}
-
-
-def curve_summary(curves: Sequence[Sequence[dict[str, float]]], keys: Sequence[str]) -> list[dict[str, Any]]:
-    """Per evaluated step (those every curve has), mean and std over the curves (seeds) of each key."""
-    steps = sorted(set.intersection(*({int(c["step"]) for c in curve} for curve in curves)))
-    by_step = [{int(c["step"]): c for c in curve} for curve in curves]
-    return [{"step": step, **{k: dict(zip(("mean", "std"), mean_std([b[step][k] for b in by_step]))) for k in keys}}
-            for step in steps]
-
-
-def run_discovery_quickstart(budget: Budget, scratch: Path, plugins: Any) -> dict[str, Any]:
-    methods = {}
-    for name, (recipe, extra) in QUICKSTART.items():
-        curves, seconds = [], []
-        for seed in budget.seeds:
-            run_dir = scratch / f"quickstart_{name}_{seed}".replace(" ", "_")
-            overrides = _overrides(budget, run_dir, budget.quickstart_steps, seed,
-                                   (f"eval.every={budget.quickstart_every}", *extra))
-            # the quickstart's own warmup (200 steps), not a tenth of the run
-            overrides = [o for o in overrides if not o.startswith("train.warmup_steps=")]
-            start = evaluate_untrained(recipe, overrides, plugins)
-            _, evals, took = train_run(recipe, overrides, plugins)
-            curves.append([{"step": 0, **start}] + [{"step": int(e["step"]), **_metrics(e)} for e in evals])
-            seconds.append(took)
-        methods[name] = {"recipe": recipe, "overrides": list(extra), "train_s": seconds, "curves": curves,
-                         "summary": curve_summary(curves, ("fg_ari", "mbo", "mse"))}
-    return {"steps": budget.quickstart_steps, "seeds": list(budget.seeds), "methods": methods}
 
 
 SLATE_KEYS = ("token_ce", "dvae_recon", "mse_generated", "fg_ari", "mbo")
@@ -351,16 +313,8 @@ def plot(discovery: dict[str, Any], path: Path) -> str | None:
                        "the small y ranges)", path)
 
 
-def plot_quickstart(section: dict[str, Any], path: Path) -> str | None:
-    """Mean FG-ARI, mBO and MSE over steps with a +-1 std band over seeds."""
-    series = {name: m["summary"] for name, m in section["methods"].items()}
-    return plot_curves(series, section.get("batch", 0), "Object discovery on the quickstart's 32 px sprites, SMM vs "
-                       f"Slot Attention: mean and ±1 std over seeds {', '.join(map(str, section['seeds']))}, 320 "
-                       "test images", path)
-
-
 SECTIONS = {"set_prediction": run_set_prediction, "discovery": run_discovery, "slate": run_slate,
-            "clustering": run_clustering, "discovery_quickstart": run_discovery_quickstart}
+            "clustering": run_clustering}
 
 
 def run(*, tiny: bool = False, plot_path: Path | None = None, out_dir: Path = RESULTS / "smm", condition: str = "cpu-t1",
@@ -413,12 +367,6 @@ def run(*, tiny: bool = False, plot_path: Path | None = None, out_dir: Path = RE
         result.pop("plot_missing", None)
         if reason:
             result["plot_missing"] = reason
-    if "discovery_quickstart" in chosen:
-        path = (plot_path or PLOT).with_name(PLOT_QUICKSTART.name)
-        section = result["discovery_quickstart"]
-        reason = plot_quickstart(section, path)
-        section["plot"] = None if reason else (str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path))
-        section["plot_link"] = None if reason else os.path.relpath(path.resolve(), Path(out_dir).resolve())
     return result
 
 
@@ -499,28 +447,8 @@ def markdown(r: dict[str, Any]) -> str:
     lines += [md_table(["grouper", "FG-ARI grouper, untrained (random encoder)", "mBO grouper, untrained",
                         f"FG-ARI grouper, {k} steps", f"mBO grouper, {k} steps", f"FG-ARI decoder, {k} steps",
                         f"MSE, {k} steps"], rows)]
-    if "discovery_quickstart" in r:
-        lines += [""] + markdown_quickstart(r["discovery_quickstart"])
     runs = {(r[k]["command"], r[k]["date"][:10]) for k in SECTIONS if "command" in r.get(k, {})}
     if len(runs) > 1:
         lines += ["", "Sections made by: " + "; ".join(
             f"{k.replace('_', ' ')}: `{r[k]['command']}` on {r[k]['date']}" for k in SECTIONS if "command" in r.get(k, {}))]
     return "\n".join(lines)
-
-
-def markdown_quickstart(q: dict[str, Any]) -> list[str]:
-    names = list(q["methods"])
-    rows_by = {n: {row["step"]: row for row in q["methods"][n]["summary"]} for n in names}
-    steps = sorted(set.intersection(*(set(r) for r in rows_by.values())))
-    minutes = {n: sum(q["methods"][n]["train_s"]) / len(q["methods"][n]["train_s"]) / 60 for n in names}
-    lines = [f"**Object discovery on the quickstart's 32 px scenes**, {q['steps']} steps of batch {q.get('batch', '?')}, "
-             f"seeds {', '.join(map(str, q['seeds']))} (mean ± std over seeds; paper: SMM converges much faster). "
-             "Training time per run: " + ", ".join(f"{n} {minutes[n]:.1f} min" for n in names) + ":", ""]
-    header = ["step"] + [f"{k} {n}" for k in ("FG-ARI", "mBO", "MSE") for n in names]
-    rows = [[str(step)] + [fmt_mean_std(rows_by[n][step][k]["mean"], rows_by[n][step][k]["std"],
-                                        4 if k == "mse" else 3)
-                           for k in ("fg_ari", "mbo", "mse") for n in names] for step in steps]
-    lines += [md_table(header, rows)]
-    if q.get("plot"):
-        lines += ["", f"![object discovery on the quickstart scenes, SMM vs Slot Attention]({q.get('plot_link') or q['plot']})"]
-    return lines
