@@ -84,6 +84,8 @@ def test_evaluate_run_picks_a_checkpoint_and_keeps_every_evaluation(trained: tup
 
     run = trained[0] / "run"
     plugins = ef.plugins()
+    # an evaluation with overrides of its own (this test may run apart from the others on `trained`)
+    engine.evaluate_run(run, ["model.grouper.iters=5", "model.grouper.num_slots=4"], plugins)
     newest = engine.evaluate_run(run, [], plugins)
     older = engine.evaluate_run(run, [], plugins, checkpoint=5)
     assert older["mse"] != newest["mse"]

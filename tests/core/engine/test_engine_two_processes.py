@@ -7,12 +7,24 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import cli_runs as cr
+
+
+def stop(pid: int, timeout: float = 60.0) -> None:
+    """SIGSTOP `pid` and wait until it is stopped: kill() returns before a busy machine has scheduled the signal,
+    and the process may write a little more in between."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} did not stop within {timeout} s")
+        time.sleep(0.01)
 
 
 def snapshot(run: Path) -> dict[str, bytes]:
@@ -32,7 +44,7 @@ def test_a_second_process_on_a_run_dir_is_refused_and_the_first_is_unharmed(
         assert holder["pid"] == first.proc.pid
         # Paused mid-run while the second one tries, so the two surely overlap however slow the machine is,
         # and so that anything the second process wrote would show.
-        os.kill(first.proc.pid, signal.SIGSTOP)
+        stop(first.proc.pid)
         try:
             before = snapshot(run)
             second = subprocess.run(cr.command(recipe, run), env=cr.ENV, capture_output=True, text=True,
