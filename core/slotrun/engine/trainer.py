@@ -128,7 +128,13 @@ def train(recipe: Recipe, plugins: Any, *, on_log: LogHook | None = None) -> dic
     evaluation's metrics (every rank gets the same). `on_log`, if given, receives every logged record on
     every rank (tests and notebooks; files are written by the main process only)."""
     with Trainer(recipe, versions=plugins.versions(), on_log=on_log) as trainer:
-        return trainer.fit()
+        metrics = trainer.fit()
+    if trainer.world > 1:  # the whole run: leave the process group, which torch asks for before exit (a gloo
+        # group left to the interpreter's teardown can abort a rank with "terminate called without an active
+        # exception" after training finished)
+        trainer.accelerator.wait_for_everyone()
+        trainer.accelerator.state.destroy_process_group()
+    return metrics
 
 
 def _compile_probe(x: torch.Tensor) -> torch.Tensor:
