@@ -29,8 +29,8 @@ from torch import Tensor
 
 from slotrun.errors import UserError
 from slotrun.importers.common import (
-    OCLF_SLOT_ATTENTION, Format, Mapped, Taker, layernorm_mlp, slot_attention_update, timm_encoder, unused_final_norm,
-    vit_geometry,
+    OCLF_SLOT_ATTENTION, Format, Mapped, Taker, layernorm_mlp, slot_attention_update, stacked_layers, timm_encoder,
+    unused_final_norm, vit_geometry,
 )
 
 NAME = "adaslot"
@@ -158,13 +158,7 @@ def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
                         f"[1, P, {slot_dim}]")
     weights["decoder.pos_embed"] = pos
     dec = _DEC + "decoder."
-    layers = sorted({int(k[len(dec):].split(".")[0]) for k in take.left if k.startswith(dec)})
-    if not layers or layers != list(range(0, 2 * len(layers), 2)):
-        raise UserError(f"{NAME} checkpoint: {dec}* layers {layers} are not an MLP of Linear layers 0, 2, 4, ... "
-                        "(ReLU between)")
-    for i in layers:
-        for p in ("weight", "bias"):
-            weights[f"decoder.mlp.{i}.{p}"] = take.take(f"{dec}{i}.{p}")
+    layers = stacked_layers(NAME, take, dec, "decoder.mlp", weights, "an MLP of Linear layers")
     take.finish()
 
     target = int(weights[f"decoder.mlp.{layers[-1]}.weight"].shape[0]) - 1

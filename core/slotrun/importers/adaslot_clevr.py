@@ -27,7 +27,8 @@ from torch import Tensor
 
 from slotrun.errors import UserError
 from slotrun.importers.adaslot import check_layout, is_pixel_model, masking, score_network, slot_init
-from slotrun.importers.common import OCLF_SLOT_ATTENTION, Format, Mapped, Taker, slot_attention_update
+from slotrun.importers.common import (OCLF_SLOT_ATTENTION, Format, Mapped, Taker, slot_attention_update,
+                                     stacked_layers)
 
 NAME = "adaslot_clevr"
 SETTINGS: dict[str, Any] = {
@@ -55,16 +56,13 @@ def broadcast_grid(height: int, width: int) -> Tensor:
 
 
 def _encoder(take: Taker, weights: dict[str, Tensor]) -> dict[str, Any]:
-    layers = sorted({int(k[len(_CNN):].split(".")[0]) for k in take.left if k.startswith(_CNN)})
-    if not layers or layers != list(range(0, 2 * len(layers), 2)):
-        raise UserError(f"{NAME} checkpoint: {_CNN}* layers {layers} are not Conv2d layers 0, 2, 4, ... (ReLU "
-                        "between): SlotAttentionFeatureExtractor")
+    layers = stacked_layers(NAME, take, _CNN, "encoder.convs", weights,
+                            "SlotAttentionFeatureExtractor's Conv2d layers")
     for i in layers:
-        w = take.take(f"{_CNN}{i}.weight")
+        w = weights[f"encoder.convs.{i}.weight"]
         if w.ndim != 4 or w.shape[-1] != w.shape[-2] or w.shape[-1] % 2 == 0:
             raise UserError(f"{NAME} checkpoint: parameter '{_CNN}{i}.weight' {tuple(w.shape)} is not an odd "
                             "square convolution kernel")
-        weights[f"encoder.convs.{i}.weight"], weights[f"encoder.convs.{i}.bias"] = w, take.take(f"{_CNN}{i}.bias")
     channels = int(weights["encoder.convs.0.weight"].shape[0])
     kernel = int(weights["encoder.convs.0.weight"].shape[-1])
     for src, dst in (("0.dense", "pos.proj"), ("1.0", "norm"), ("1.1", "mlp.0"), ("1.3", "mlp.2")):
@@ -93,17 +91,14 @@ def _decoder(take: Taker, weights: dict[str, Tensor], slot_dim: int, size: int,
     for p in ("weight", "bias"):
         weights[f"decoder.pos.proj.{p}"] = take.take(f"{_DEC}positional_embedding.dense.{p}")
     dec = _DEC + "decoder."
-    layers = sorted({int(k[len(dec):].split(".")[0]) for k in take.left if k.startswith(dec)})
     ups = (size // side).bit_length() - 1
     if side << ups != size:
         raise UserError(f"{NAME}: image_size={size} is not the broadcast grid's {side} px times a power of 2")
-    if layers != list(range(0, 2 * (ups + 2), 2)):
+    layers = stacked_layers(NAME, take, dec, "decoder.net", weights, "SlotAttentionDecoderGumbel's ConvTranspose layers")
+    if len(layers) != ups + 2:
         raise UserError(f"{NAME} checkpoint: {dec}* layers {layers} are not SlotAttentionDecoderGumbel's "
                         f"{ups} stride-2 and 2 stride-1 ConvTranspose layers 0, 2, ..., {2 * (ups + 1)} for "
                         f"{side} -> {size} px; set image_size")
-    for i in layers:
-        for p in ("weight", "bias"):
-            weights[f"decoder.net.{i}.{p}"] = take.take(f"{dec}{i}.{p}")
     channels = int(weights["decoder.net.0.weight"].shape[1])
     out = int(weights[f"decoder.net.{layers[-1]}.weight"].shape[1])
     if out != 4 or int(weights["decoder.net.0.weight"].shape[0]) != slot_dim:

@@ -249,6 +249,21 @@ def unused_final_norm(enc: dict[str, Tensor], width: int) -> None:
     enc["norm.bias"] = torch.zeros(width)
 
 
+def stacked_layers(fmt: str, take: Taker, src: str, dst: str, weights: dict[str, Tensor], what: str,
+                   first: int = 0) -> list[int]:
+    """An nn.Sequential whose parametrised layers sit at `first`, first + 2, ... (an activation between), stored
+    as `src`i.{weight,bias} -> `dst`.(i - first).{weight,bias}; returns the stored indices. Other indices are
+    refused, naming `what` (e.g. "an MLP of Linear layers")."""
+    layers = sorted({int(k[len(src):].split(".")[0]) for k in take.left if k.startswith(src)})
+    if not layers or layers != list(range(first, first + 2 * len(layers), 2)):
+        raise UserError(f"{fmt} checkpoint: {src}* layers {layers} are not {what} {first}, {first + 2}, ... "
+                        "(an activation between)")
+    for i in layers:
+        for p in ("weight", "bias"):
+            weights[f"{dst}.{i - first}.{p}"] = take.take(f"{src}{i}.{p}")
+    return layers
+
+
 def layernorm_mlp(fmt: str, take: Taker, src: str, dst: tuple[str, str], weights: dict[str, Tensor],
                   what: str) -> list[int]:
     """A LayerNorm followed by Linear layers with ReLUs between, stored as `src`0 (the norm), `src`1, 3, ...
@@ -259,16 +274,8 @@ def layernorm_mlp(fmt: str, take: Taker, src: str, dst: tuple[str, str], weights
         raise UserError(f"{fmt} checkpoint: parameter '{src}0.weight' {tuple(first.shape)} is a Linear, not the "
                         f"LayerNorm {what} starts with")
     weights[f"{dst[0]}.weight"], weights[f"{dst[0]}.bias"] = first, take.take(f"{src}0.bias")
-    layers = sorted({int(k[len(src):].split(".")[0]) for k in take.left if k.startswith(src)})
-    if not layers or layers != list(range(1, 2 * len(layers), 2)):
-        raise UserError(f"{fmt} checkpoint: {src}* layers {[0, *layers]} are not LayerNorm 0 then Linear layers "
-                        f"1, 3, ... (ReLU between) of {what}")
-    widths = []
-    for i in layers:
-        for p in ("weight", "bias"):
-            weights[f"{dst[1]}.{i - 1}.{p}"] = take.take(f"{src}{i}.{p}")
-        widths.append(int(weights[f"{dst[1]}.{i - 1}.weight"].shape[0]))
-    return widths
+    layers = stacked_layers(fmt, take, src, dst[1], weights, f"LayerNorm 0 then, in {what}, Linear layers", first=1)
+    return [int(weights[f"{dst[1]}.{i - 1}.weight"].shape[0]) for i in layers]
 
 
 # The releases' names for the modules of one Slot Attention update, keyed by slotrun's slot_attention's own: the

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from slotrun.errors import UserError
 from slotrun.importers.common import (OCLF_SLOT_ATTENTION, Format, Mapped, Reported, Taker, slot_attention_update,
-                                     timm_encoder, unused_final_norm, vit_geometry)
+                                     stacked_layers, timm_encoder, unused_final_norm, vit_geometry)
 
 NAME = "ftdinosaur"
 # timm architecture per (width, register tokens); DINOv2 ViTs have patch 14.
@@ -85,13 +85,7 @@ def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
             weights[f"grouper.input_mlp.{dst}.{p}"] = take.take(f"{ft}{src}.{p}")
     slot_attention_update(NAME, take, sa, OCLF_SLOT_ATTENTION, slot_dim, weights)
     weights["decoder.pos_embed"] = take.take("decoder.pos_embed")
-    layers = sorted({int(k.split(".")[2]) for k in take.left if k.startswith("decoder.decoder.")})
-    if not layers or layers != list(range(0, 2 * len(layers), 2)):
-        raise UserError(f"{NAME} checkpoint: decoder.decoder.* layers {layers} are not an MLP of Linear layers "
-                        "0, 2, 4, ... (ReLU between)")
-    for i in layers:
-        for p in ("weight", "bias"):
-            weights[f"decoder.mlp.{i}.{p}"] = take.take(f"decoder.decoder.{i}.{p}")
+    layers = stacked_layers(NAME, take, "decoder.decoder.", "decoder.mlp", weights, "an MLP of Linear layers")
     take.finish()
 
     patches = int(weights["decoder.pos_embed"].shape[1])

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from slotrun.errors import UserError
 from slotrun.importers.common import (Format, Mapped, Reported, Taker, layernorm_mlp, released, slot_attention_update,
-                                     timm_encoder, unused_final_norm, vit_geometry)
+                                     stacked_layers, timm_encoder, unused_final_norm, vit_geometry)
 from slotrun.importers.ftdinosaur import _TIMM
 
 NAME = "videosaur"
@@ -137,14 +137,7 @@ def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
     if pos.ndim != 4 or pos.shape[0] != 1 or pos.shape[1] != 1:
         raise UserError(f"{NAME} checkpoint: decoder.pos_emb {tuple(pos.shape)} is not MLPDecoder's [1, 1, P, D]")
     weights["decoder.pos_embed"] = pos.reshape(1, pos.shape[2], pos.shape[3])
-    dec = "decoder.mlp.layers."
-    layers = sorted({int(k[len(dec):].split(".")[0]) for k in take.left if k.startswith(dec)})
-    if not layers or layers != list(range(0, 2 * len(layers), 2)):
-        raise UserError(f"{NAME} checkpoint: {dec}* layers {layers} are not an MLP of Linear layers 0, 2, 4, ... "
-                        "(ReLU between)")
-    for i in layers:
-        for p in ("weight", "bias"):
-            weights[f"decoder.mlp.{i}.{p}"] = take.take(f"{dec}{i}.{p}")
+    layers = stacked_layers(NAME, take, "decoder.mlp.layers.", "decoder.mlp", weights, "an MLP of Linear layers")
     take.finish()
 
     patches = int(pos.shape[2])
