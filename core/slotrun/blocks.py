@@ -29,15 +29,22 @@ def mlp(
 
 class TokenMLP(nn.Module):
     """LayerNorm(in_dim) -> MLP through `widths` (ReLU between, none after): the feature transform DINOSAUR puts
-    between a ViT and its grouper (768 -> 768 -> 256 is widths = [768, 256]). `out_dim` = widths[-1]."""
+    between a ViT and its grouper (768 -> 768 -> 256 is widths = [768, 256]). `out_dim` = widths[-1].
+    `inner_norm`: a second LayerNorm after the first layer's ReLU (Stange et al.'s token path, widths [D, D, D]:
+    LN -> Linear -> ReLU -> LN -> Linear -> ReLU -> Linear); needs at least two widths."""
 
-    def __init__(self, in_dim: int, widths: Sequence[int], *, layer_norm_eps: float = 1e-5) -> None:
+    def __init__(self, in_dim: int, widths: Sequence[int], *, layer_norm_eps: float = 1e-5,
+                 inner_norm: bool = False) -> None:
         super().__init__()
         if not widths:
             raise ValueError("TokenMLP needs at least one width")
+        if inner_norm and len(widths) < 2:
+            raise ValueError("a LayerNorm after the first layer needs at least two widths")
         self.out_dim = int(widths[-1])
         self.norm = nn.LayerNorm(in_dim, eps=layer_norm_eps)
         self.mlp = mlp(in_dim, list(widths[:-1]), self.out_dim)
+        if inner_norm:  # after Linear, ReLU
+            self.mlp.insert(2, nn.LayerNorm(int(widths[0]), eps=layer_norm_eps))
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.mlp(self.norm(tokens))

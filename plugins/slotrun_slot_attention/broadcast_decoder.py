@@ -7,11 +7,14 @@ in which its object is drawn small and blurred, so reconstruction itself pulls t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from slotrun.blocks import SoftPositionEmbed, coordinate_grid
+from slotrun.blocks import mlp as make_mlp
 from slotrun.errors import UserError
 from slotrun.metrics.reconstruction import PerceptualLoss
 from slotrun.types import Batch, DecoderOutput, Features, Slots
@@ -64,6 +67,8 @@ class SpatialBroadcastDecoder(nn.Module):
     batch of B * K. `padding` "tf_same" crops the stride-2 layers' output as TensorFlow's 'SAME' does (1 before,
     2 after; the official code's); "symmetric" is PyTorch's padding 2 + output_padding 1 (crops 2 before, 1
     after: the same sizes on a grid shifted by one pixel, see tf_padding). Stride-1 layers are the same in both.
+    `mlp`: widths of a per-pixel MLP (ReLU between, none after) on the broadcast slots and their ramps before the
+    convolutions, which then start from its last width (Stange et al.'s coco-adaptive decoder: [32, 32, 32]).
     """
 
     loss_terms = ("recon",)
@@ -83,6 +88,7 @@ class SpatialBroadcastDecoder(nn.Module):
         frame: str = "image",
         frame_scale: float = 5.0,
         padding: str = "tf_same",
+        mlp: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if frame not in ("image", "slot"):
@@ -101,8 +107,9 @@ class SpatialBroadcastDecoder(nn.Module):
         self.channels_last = channels_last
         self.grid = (image_size[0] >> n_up, image_size[1] >> n_up)
         self.pos = SoftPositionEmbed(slot_dim, *self.grid)
+        self.pixel_mlp = make_mlp(slot_dim, list(mlp[:-1]), mlp[-1]) if mlp else None
         layers: list[nn.Module] = []
-        c = slot_dim
+        c = mlp[-1] if mlp else slot_dim
         for _ in range(n_up):
             up = (TFSameConvTranspose2d(c, channels, 5, stride=2) if padding == "tf_same" else
                   nn.ConvTranspose2d(c, channels, 5, stride=2, padding=2, output_padding=1))
@@ -115,6 +122,8 @@ class SpatialBroadcastDecoder(nn.Module):
         self.net = nn.Sequential(*layers)
         apply_weight_init(self.net, weight_init)  # "keras": the official code's initialisation (keras_init)
         apply_weight_init(self.pos, weight_init)
+        if self.pixel_mlp is not None:
+            apply_weight_init(self.pixel_mlp, weight_init)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 
@@ -123,10 +132,14 @@ class SpatialBroadcastDecoder(nn.Module):
         b, k, d = slots.shape
         h, w = self.grid
         x = slots.reshape(b * k, 1, 1, d).expand(b * k, h, w, d)  # a view until the embedding is added
-        x = self.pos(x).permute(0, 3, 1, 2)  # NCHW view of channels-last memory
+        x = self.pixels(self.pos(x)).permute(0, 3, 1, 2)  # NCHW view of channels-last memory
         if not self.channels_last:
             x = x.contiguous()
         return self.render(x, b, k)
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-pixel MLP, if any, on broadcast slots with their ramps [B * K, h, w, D] (channels last)."""
+        return x if self.pixel_mlp is None else self.pixel_mlp(x)
 
     def render(self, x: torch.Tensor, b: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Broadcast slots with their ramps [B * K, D, h, w] -> (rgb [B, K, C, H, W], alpha logits [B, K, 1, H, W])."""
@@ -142,7 +155,7 @@ class SpatialBroadcastDecoder(nn.Module):
         h, w = self.grid
         rel = (unit_grid(h, w, slots.device)[None, None] - centre[:, :, None]) / (spread[:, :, None] * self.frame_scale)
         ramps = torch.cat([rel, 1.0 - rel], dim=-1).reshape(b * k, h, w, 4)  # the paper's (y, x, 1-y, 1-x) form
-        x = slots.reshape(b * k, 1, 1, d) + self.pos.proj(ramps.to(slots.dtype))
+        x = self.pixels(slots.reshape(b * k, 1, 1, d) + self.pos.proj(ramps.to(slots.dtype)))
         return self.render(x.permute(0, 3, 1, 2).contiguous(), b, k)
 
     def default_frames(self, batch: int, num_slots: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

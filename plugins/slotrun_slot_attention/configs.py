@@ -50,6 +50,12 @@ def _needs_implicit_diff(instance: object, attribute: attrs.Attribute, value: bo
                          "initial slots already get the full gradient)")
 
 
+def _needs_two_widths(instance: object, attribute: attrs.Attribute, value: bool) -> None:
+    if value and len(instance.input_mlp) < 2:  # type: ignore[attr-defined]
+        raise ValueError(f"'{attribute.name}' puts a LayerNorm after input_mlp's first layer: input_mlp needs at "
+                         f"least two widths, got {list(instance.input_mlp)}")  # type: ignore[attr-defined]
+
+
 def _odd(_instance: object, attribute: attrs.Attribute, value: int) -> None:
     if value % 2 != 1:
         raise ValueError(f"'{attribute.name}' must be odd ('same' padding), got {value}")
@@ -107,8 +113,11 @@ class SlotAttentionConfig:
     # LayerNorm -> MLP on the tokens before the attention, as widths (DINOSAUR: [768, 256]); [] = none.
     input_mlp: tuple[int, ...] = field(default=(), converter=tuple,
                                        validator=[v.max_len(MAX_LAYERS), v.deep_iterable(size(MAX_WIDTH))])
-    # also "slate" / "oclf": SLATE's and OCLF's PyTorch initialisers (slotrun_slot_attention.pytorch_code_init)
-    weight_init: Literal["torch", "keras", "slate", "oclf"] = field(
+    # a second LayerNorm after input_mlp's first layer (Stange et al.'s LN -> Linear -> ReLU -> LN -> ... tokens)
+    input_mlp_inner_norm: bool = field(default=False, validator=[_bool, _needs_two_widths])
+    # also "slate" / "oclf" / "stange": SLATE's, OCLF's and Stange et al.'s PyTorch initialisers
+    # (slotrun_slot_attention.pytorch_code_init)
+    weight_init: Literal["torch", "keras", "slate", "oclf", "stange"] = field(
         default="keras", validator=v.in_(GROUPER_WEIGHT_INITS), metadata=earlier_default("torch"))
     # the GRU's hidden state: "slots" (before the LayerNorm, the paper's Algorithm 1) or "normed" (the
     # layer-normalised slots: videosaur's SlotAttention, martius-lab/videosaur videosaur/modules/groupers.py)
@@ -119,15 +128,18 @@ class SlotAttentionConfig:
 
     @classmethod
     def conformance(cls) -> list[SlotAttentionConfig]:
-        """The defaults, and queries, keys and values wider than the slots (kvq_dim)."""
-        return [cls(), cls(slot_dim=16, mlp_hidden=32, kvq_dim=24)]
+        """The defaults, queries, keys and values wider than the slots (kvq_dim), and Stange et al.'s token path
+        and initialisation."""
+        return [cls(), cls(slot_dim=16, mlp_hidden=32, kvq_dim=24),
+                cls(slot_dim=16, mlp_hidden=64, input_mlp=(16, 16, 16), input_mlp_inner_norm=True,
+                    weight_init="stange")]
 
     def module_kwargs(self) -> dict[str, Any]:
         """SlotAttention's keyword arguments from this table (subclasses' modules take them too)."""
         return dict(slot_dim=self.slot_dim, num_slots=self.num_slots, iters=self.iters, mlp_hidden=self.mlp_hidden,
                     init=self.init, implicit_diff=self.implicit_diff, straight_through=self.straight_through,
                     eps=self.eps, layer_norm_eps=self.layer_norm_eps, input_mlp=self.input_mlp,
-                    weight_init=self.weight_init, gru_hidden=self.gru_hidden, kvq_dim=self.kvq_dim)
+                    input_mlp_inner_norm=self.input_mlp_inner_norm, weight_init=self.weight_init, gru_hidden=self.gru_hidden, kvq_dim=self.kvq_dim)
 
     def build(self, inputs: GrouperInputs) -> SlotAttention:
         return SlotAttention(inputs.dim, **self.module_kwargs())
@@ -173,6 +185,15 @@ class SpatialBroadcastConfig:
     # 2 after); "symmetric": PyTorch's padding 2 + output_padding 1, same sizes, one pixel shifted
     padding: Literal["tf_same", "symmetric"] = field(default="tf_same", validator=_padding,
                                                       metadata=earlier_default("symmetric"))
+    # widths of a per-pixel MLP on the broadcast slots before the convolutions (Stange et al.'s coco-adaptive
+    # decoder: [32, 32, 32]); [] = none, the Slot Attention paper's
+    mlp: tuple[int, ...] = field(default=(), converter=tuple,
+                                 validator=[v.max_len(MAX_LAYERS), v.deep_iterable(size(MAX_WIDTH))])
+
+    @classmethod
+    def conformance(cls) -> list[SpatialBroadcastConfig]:
+        """The defaults, and Stange et al.'s coco-adaptive form (a per-pixel MLP, PyTorch's conventions)."""
+        return [cls(), cls(channels=16, mlp=(16, 16), padding="symmetric", weight_init="torch")]
 
     def module_kwargs(self, inputs: DecoderInputs) -> dict[str, Any]:
         """SpatialBroadcastDecoder's keyword arguments (besides the slot width) from this table and the data."""
@@ -182,7 +203,7 @@ class SpatialBroadcastConfig:
         return dict(out_channels=image.channels, image_size=(image.height, image.width),
                     broadcast_size=self.broadcast_size, channels=self.channels, full_res_layers=self.full_res_layers,
                     channels_last=self.channels_last, perceptual=perceptual, weight_init=self.weight_init,
-                    frame=self.frame, frame_scale=float(self.frame_scale), padding=self.padding)
+                    frame=self.frame, frame_scale=float(self.frame_scale), padding=self.padding, mlp=self.mlp)
 
     def build(self, inputs: DecoderInputs) -> SpatialBroadcastDecoder:
         try:

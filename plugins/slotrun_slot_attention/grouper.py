@@ -69,8 +69,9 @@ class SlotAttention(IterativeGrouper):
     """Features [B, N, in_dim] -> Slots [B, K, slot_dim] by `iters` rounds of attention normalised over slots,
     a GRU update and a residual MLP. See `iterative` for the `iters` / `implicit_diff` semantics.
     `input_mlp`: widths of an MLP (after a LayerNorm) applied to the tokens first, DINOSAUR's 768 -> 768 -> 256
-    is [768, 256]; the attention then works on its output. `query_side`: None = pick the cheaper equivalent form per call (module docstring), True / False = force it.
-    `weight_init`: "keras" (the TF code's), "torch" (PyTorch's defaults), "slate" or "oclf" (pytorch_code_init).
+    is [768, 256]; the attention then works on its output. `input_mlp_inner_norm`: a second LayerNorm after its
+    first layer (Stange et al.'s token path). `query_side`: None = pick the cheaper equivalent form per call (module docstring), True / False = force it.
+    `weight_init`: "keras" (the TF code's), "torch" (PyTorch's defaults), "slate", "oclf" or "stange" (pytorch_code_init).
     `gru_hidden`: the GRU's hidden state, "slots" (the slots before the LayerNorm, Locatello et al. 2020,
     Algorithm 1) or "normed" (the layer-normalised slots, as videosaur's SlotAttention.step does:
     martius-lab/videosaur, videosaur/modules/groupers.py, `slots = self.norm_slots(slots)` before `self.gru`)."""
@@ -90,6 +91,7 @@ class SlotAttention(IterativeGrouper):
         layer_norm_eps: float = 1e-3,
         query_side: bool | None = None,
         input_mlp: tuple[int, ...] = (),
+        input_mlp_inner_norm: bool = False,
         weight_init: str = "keras",
         gru_hidden: str = "slots",
         kvq_dim: int | None = None,
@@ -97,7 +99,8 @@ class SlotAttention(IterativeGrouper):
         super().__init__(slot_dim=slot_dim, num_slots=num_slots, iters=iters, implicit_diff=implicit_diff,
                          straight_through=straight_through)
         if input_mlp:
-            self.input_mlp = TokenMLP(in_dim, input_mlp, layer_norm_eps=layer_norm_eps)
+            self.input_mlp = TokenMLP(in_dim, input_mlp, layer_norm_eps=layer_norm_eps,
+                                      inner_norm=input_mlp_inner_norm)
             in_dim = self.input_mlp.out_dim
         self.eps = eps
         if gru_hidden not in GRU_HIDDEN:
@@ -119,8 +122,8 @@ class SlotAttention(IterativeGrouper):
         self._initialise(weight_init)
 
     def _initialise(self, weight_init: str) -> None:
-        """"torch": PyTorch's defaults; "keras": the TF code's (keras_init); "slate", "oclf": those PyTorch
-        code bases' (pytorch_code_init). Those codes have only the Gaussian slot init: learned slots keep SlotInit's
+        """"torch": PyTorch's defaults; "keras": the TF code's (keras_init); "slate", "oclf", "stange": those
+        PyTorch code bases' (pytorch_code_init). Those codes have only the Gaussian slot init: learned slots keep SlotInit's
         draw, and the fps projection is initialised as any other Linear."""
         if weight_init not in GROUPER_WEIGHT_INITS:
             raise ValueError(f"unknown weight_init '{weight_init}' (known: {', '.join(GROUPER_WEIGHT_INITS)})")
@@ -136,6 +139,9 @@ class SlotAttention(IterativeGrouper):
         if weight_init in ("slate", "oclf") and self.init.kind == "gaussian":
             nn.init.xavier_uniform_(self.init.mu)  # torch's fans of [1, 1, D]: U(+-sqrt(3 / D))
             nn.init.xavier_uniform_(self.init.log_sigma)
+        if weight_init == "stange" and self.init.kind == "gaussian":  # torch.randn / torch.rand parameters
+            nn.init.normal_(self.init.mu)
+            nn.init.uniform_(self.init.log_sigma, 0.0, 1.0)
 
     def use_query_side(self, in_dim: int, num_slots: int, iters: int) -> bool:
         if self.query_side is not None:

@@ -1,4 +1,5 @@
-"""The Slot Attention initialisations of two PyTorch code bases, for the grouper (`weight_init` "slate", "oclf").
+"""The Slot Attention initialisations of three PyTorch code bases, for the grouper (`weight_init` "slate", "oclf",
+"stange").
 
 "slate" is SLATE's slot_attn.py and utils.py (singhgautam/slate @ 06f63c5): `linear()` is xavier-uniform with a
 zero bias, or kaiming-uniform (ReLU gain) where the layer feeds a ReLU (`weight_init='kaiming'`); `gru_cell()` is
@@ -10,6 +11,11 @@ keep PyTorch's defaults, the MLPs come from `build_mlp`, which keeps PyTorch's w
 (the residual MLP and the DINOSAUR token MLP, slotrun's `input_mlp`), and RandomConditioning initialises the
 slot mean and log-sigma with `xavier_uniform_` on [1, 1, D].
 
+"stange" is Stange et al.'s SlotAttention (robert1003/slot-attention-disentanglement @ 6018e8b, pytorch/model.py,
+the module of its image-reconstruction, multi-dSprites and DINOSAUR-projection models): PyTorch's defaults
+everywhere, and the slot mean and log-sigma as created, `torch.randn(1, 1, D)` and `torch.rand(1, 1, D)`: N(0, 1)
+and U[0, 1), so the initial slots start with sigma between 1 and e.
+
 torch computes a [1, 1, D] tensor's fans as fan_in = fan_out = D (the last axis is the "receptive field"), so
 that slot init is U(+-sqrt(3 / D)), narrower than Keras' fans (1 in, D out): U(+-sqrt(6 / (1 + D))).
 """
@@ -18,8 +24,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-# "torch": PyTorch's defaults; "keras": the TF code's (keras_init); "slate" / "oclf": the module docstring
-GROUPER_WEIGHT_INITS = ("torch", "keras", "slate", "oclf")
+# "torch": PyTorch's defaults; "keras": the TF code's (keras_init); "slate" / "oclf" / "stange": the module docstring
+GROUPER_WEIGHT_INITS = ("torch", "keras", "slate", "oclf", "stange")
 
 
 def xavier_per_block_(weight: Tensor, rows: int) -> None:

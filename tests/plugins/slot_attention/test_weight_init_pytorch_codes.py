@@ -107,6 +107,42 @@ def check_oclf(g: SlotAttention) -> None:
     _default_norms(g, 1e-5)
 
 
+def check_stange(g: SlotAttention) -> None:
+    """Stange et al.'s SlotAttention (robert1003/slot-attention-disentanglement @ 6018e8b, pytorch/model.py): every
+    layer as PyTorch creates it; slots_mu = nn.Parameter(torch.randn(1, 1, D)), slots_log_sigma =
+    nn.Parameter(torch.rand(1, 1, D))."""
+    d, n_in = g.slot_dim, g.norm_inputs.normalized_shape[0]
+    _uniform(g.project_q.weight, 1 / math.sqrt(d), "to_q")  # nn.Linear's default: U(+-1/sqrt(fan_in))
+    _uniform(g.project_kv.weight, 1 / math.sqrt(n_in), "to_k / to_v")
+    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        _uniform(getattr(g.gru, name), 1 / math.sqrt(d), f"gru {name}")
+    for i, layer in enumerate(m for m in g.mlp if isinstance(m, nn.Linear)):
+        _uniform(layer.weight, 1 / math.sqrt(layer.in_features), f"mlp {i}")
+        _uniform(layer.bias, 1 / math.sqrt(layer.in_features), f"mlp {i} bias")
+    mu, log_sigma = g.init.mu.detach().flatten(), g.init.log_sigma.detach().flatten()
+    n = mu.numel()  # moments of N(0, 1) and U[0, 1) within 6 standard errors
+    assert abs(float(mu.mean())) < 6 / math.sqrt(n) and abs(float(mu.var()) - 1) < 6 * math.sqrt(2 / n), "slot mu"
+    assert float(log_sigma.min()) >= 0 and float(log_sigma.max()) < 1, "slot log_sigma outside [0, 1)"
+    assert abs(float(log_sigma.mean()) - 0.5) < 6 * math.sqrt(1 / 12 / n), "slot log_sigma mean"
+    _default_norms(g, 1e-3)
+
+
+# wider slots than Stange et al.'s 64 / 128 so that the slot moments are tight (1,024 draws each)
+STANGE = {"in_dim": 128, "slot_dim": 1024, "num_slots": 7, "mlp_hidden": 512}
+
+
+def test_stange_initialises_as_their_code() -> None:
+    torch.manual_seed(0)
+    check_stange(SlotAttention(weight_init="stange", **STANGE))
+
+
+@pytest.mark.parametrize("other", ["torch", "keras", "slate", "oclf"])
+def test_the_stange_check_rejects_the_other_initialisations(other: str) -> None:
+    torch.manual_seed(0)
+    with pytest.raises(AssertionError):
+        check_stange(SlotAttention(weight_init=other, **STANGE))
+
+
 def test_slate_initialises_as_slates_code() -> None:
     check_slate(_build("slate", **SLATE))
 
@@ -164,7 +200,7 @@ def test_learned_slots_keep_slot_inits_draw() -> None:
 
 
 def test_config_accepts_the_pytorch_codes_and_rejects_unknown_names() -> None:
-    for name in ("slate", "oclf"):
+    for name in ("slate", "oclf", "stange"):
         assert SlotAttentionConfig(weight_init=name).weight_init == name
     with pytest.raises(ValueError):
         SlotAttentionConfig(weight_init="lucidrains")
@@ -183,10 +219,12 @@ def test_config_accepts_the_pytorch_codes_and_rejects_unknown_names() -> None:
     ("dinosaur/coco_slotdim1024.toml", "oclf"),
     ("dinosaur/coco_slotdim1024_covloss.toml", "oclf"),
     ("dinosaur_covloss.toml", "oclf"),
-    # robert1003's PyTorch Slot Attention: PyTorch's defaults
-    ("dinosaur/image_recon.toml", "torch"),
-    ("dinosaur/image_recon_cosine.toml", "torch"),
-    ("dinosaur/multi_dsprites_covloss.toml", "torch"),
+    # robert1003's PyTorch Slot Attention: PyTorch's defaults, slot mean randn, log-sigma rand
+    ("dinosaur/image_recon.toml", "stange"),
+    ("dinosaur/image_recon_cosine.toml", "stange"),
+    ("dinosaur/image_recon_covloss.toml", "stange"),
+    ("dinosaur/multi_dsprites_covloss.toml", "stange"),
+    ("dinosaur/multi_dsprites_cosine.toml", "stange"),
 ])
 def test_recipes_use_their_papers_initialisation(plugins, recipe: str, expected: str) -> None:
     from slotrun.recipe import load_data, structure
