@@ -14,7 +14,9 @@ size {small, large} | material {rubber, metal} | shape {cube, sphere, cylinder} 
 yellow, red, green, purple, cyan} | presence; one row per object in scene order, zero-padded to --pad-objects
 (10). CLEVR6 / CLEVR10: --max-objects 6 / 10 keeps scenes with at most that many objects. No masks (CLEVR v1.0 has
 none; use clevr_with_masks for segmentation). Images: --crop none (the whole image, as the set-prediction code
-does) then bilinear resize to --image-size (128); --crop center takes the centred square instead.
+does) then bilinear resize to --image-size (128); --crop center takes the centred square instead. --resize tf
+(default) resizes as the Slot Attention code's tf.image.resize (no antialiasing); --resize pil as the SMM code's
+torchvision Resize of the PIL image (PIL's antialiased bilinear filter), which is what recipes/smm/ expect.
 """
 
 from __future__ import annotations
@@ -38,6 +40,16 @@ NAMES = {
     "color": ("gray", "blue", "brown", "yellow", "red", "green", "purple", "cyan"),
 }
 SPLITS = {"train": "train", "val": "val"}  # CLEVR split -> shards split
+RESIZES = ("tf", "pil")
+
+
+def resize(image: np.ndarray, size: int, how: str) -> np.ndarray:
+    """uint8 [H, W, 3] -> [size, size, 3]: "tf" (tf.image.resize bilinear) or "pil" (PIL BILINEAR, antialiased)."""
+    if how == "pil":
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(image).resize((size, size), resample=Image.BILINEAR))
+    return resize_image(image, (size, size))
 
 
 def add_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
@@ -47,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument("--pad-objects", type=int, default=10, help="property rows per scene (default 10)")
     parser.add_argument("--crop", choices=("none", "center"), default="none")
     parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--resize", choices=RESIZES, default="tf",
+                        help="tf: bilinear without antialiasing (Slot Attention's code); pil: PIL's antialiased "
+                             "bilinear (the SMM code's)")
 
 
 def properties(scene: dict, rows: int, path: Path, number: int) -> np.ndarray:
@@ -90,7 +105,7 @@ def samples(root: Path, split: str, args: argparse.Namespace) -> Iterator[Sample
         props = properties(scene, args.pad_objects, scenes_path, number)
         image = open_image(inside(images, scene["image_filename"], "image_filename"))
         top, bottom, left, right = crop_box(*image.shape[:2], args.crop)
-        image = resize_image(image[top:bottom, left:right], (size, size))
+        image = resize(np.ascontiguousarray(image[top:bottom, left:right]), size, args.resize)
         yield Sample(key=f"{SPLITS[split]}-{number:08d}", image=image, properties=props)
 
 
@@ -114,11 +129,11 @@ def run(kind: str, src: Path, out: Path, args: argparse.Namespace) -> dict:
     for split in wanted:
         need(src / "scenes" / f"CLEVR_{split}_scenes.json")
     options = {k: getattr(args, k) for k in ("splits", "min_objects", "max_objects", "pad_objects", "crop",
-                                              "image_size")}
+                                              "image_size", "resize")}
     summary = write(out, {SPLITS[s]: _rekey(SPLITS[s], samples(src, s, args)) for s in wanted}, kind=kind, src=src,
                     options=options, layout=CLEVR_LAYOUT, layout_name="clevr", meta={"image_coords": False},
                     shard_size=args.shard_size, force=args.force)
     return {"splits": summary, "image_size": args.image_size, "layout": "clevr"}
 
 
-__all__ = ["NAMES", "add_arguments", "run"]
+__all__ = ["NAMES", "RESIZES", "add_arguments", "resize", "run"]

@@ -73,3 +73,26 @@ def test_clevr_errors_name_the_file(clevr_root, tmp_path, convert):
     with pytest.raises(UserError, match=r"missing file .*CLEVR_train_scenes\.json"):
         convert("clevr", clevr_root, tmp_path / "d")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["CLEVR_v1.0"]  # nothing half-written
+
+
+@pytest.mark.parametrize("how", ["tf", "pil"])
+def test_clevr_resize_follows_each_code(clevr_root, tmp_path, convert, load, how):
+    """--resize pil stores what the SMM code's torchvision Resize((128, 128)) of the PIL image gives; tf what the
+    Slot Attention code's tf.image.resize (bilinear, no antialiasing) gives; the two differ on a textured image."""
+    from torchvision import transforms
+
+    from slotrun.data.loader import resize_image
+
+    path = clevr_root / "images" / "val" / "CLEVR_val_000000.png"
+    rgba = np.random.default_rng(0).integers(0, 256, (320, 480, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    Image.fromarray(rgba, "RGBA").save(path)
+    out = tmp_path / how
+    convert("clevr", clevr_root, out, "--splits", "val", "--max-objects", "6", "--image-size", "64", "--resize", how)
+    assert read_index(out).meta["options"]["resize"] == how
+    _, (batch,) = load(out, 64, "clevr", split="val", value_range="zero_one")
+    stored = (batch.image[0].permute(1, 2, 0).numpy() * 255).round().astype(np.int64)
+    pil = np.asarray(transforms.Resize((64, 64))(Image.open(path).convert("RGB"))).astype(np.int64)
+    tf = resize_image(rgba[..., :3].copy(), (64, 64)).astype(np.int64)
+    assert np.array_equal(stored, pil if how == "pil" else tf)
+    assert np.abs(pil - tf).mean() > 10  # antialiasing matters on texture: not a silent no-op
