@@ -294,7 +294,7 @@ def build_parser(plugins=None) -> argparse.ArgumentParser:  # noqa: ANN001 - Plu
 
     p = sub.add_parser("train", help="train a recipe (resumes if the run dir has a checkpoint)")
     p.add_argument("recipe")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("check", help="validate recipes fully (structure, the model and one run of it on 2 "
@@ -308,7 +308,7 @@ def build_parser(plugins=None) -> argparse.ArgumentParser:  # noqa: ANN001 - Plu
 
     p = sub.add_parser("show", help="print the fully resolved recipe as TOML")
     p.add_argument("recipe")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("recipes", help="list the shipped recipes (by shell-style pattern, e.g. 'slate/*')")
@@ -335,7 +335,7 @@ def build_parser(plugins=None) -> argparse.ArgumentParser:  # noqa: ANN001 - Plu
     p = sub.add_parser("eval", help="evaluate a run directory's checkpoint; prints metrics as JSON (appended to "
                                     "RUN_DIR/eval.jsonl, written to RUN_DIR/eval/STEP[-HASH].json and eval.json)")
     p.add_argument("run_dir")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--checkpoint", default=None, metavar="STEP|PATH",
                    help="the checkpoint to score: a step (500) or a checkpoint directory (default: the newest)")
     p.__class__ = _Intermixed  # `eval RUN --checkpoint 500 KEY=VALUE ...`: the option between positionals
@@ -364,7 +364,7 @@ def build_parser(plugins=None) -> argparse.ArgumentParser:  # noqa: ANN001 - Plu
     p = sub.add_parser("sweep", help="train settings x seeds as named runs under one directory (resumable), "
                                      "then summarise them: mean ± std over seeds (Markdown, JSON, CSV, PNG)")
     p.add_argument("recipe", nargs="?", help="the recipe; its [sweep] table (seeds, grid) adds to the command line")
-    p.add_argument("items", nargs="*", metavar="KEY=V1,V2|KEY=VALUE",
+    p.add_argument("items", nargs="*", default=[], metavar="KEY=V1,V2|KEY=VALUE",
                    help="an axis (its values separated by commas) or an override of every run")
     p.add_argument("--seeds", type=int, default=None, metavar="N", help="N seeds per setting: train.seed S, ..., "
                                                                        "S+N-1 (S: the recipe's)")
@@ -381,7 +381,7 @@ def build_parser(plugins=None) -> argparse.ArgumentParser:  # noqa: ANN001 - Plu
     p.add_argument("format", help="the checkpoint's format, e.g. ftdinosaur")
     p.add_argument("checkpoint", help="the released weights (safetensors, or torch loaded with weights_only)")
     p.add_argument("run_dir", help="a new (or empty) run directory")
-    p.add_argument("settings", nargs="*", metavar="KEY=VALUE", help="the format's settings (docs/import.md)")
+    p.add_argument("settings", nargs="*", default=[], metavar="KEY=VALUE", help="the format's settings (docs/import.md)")
     p.set_defaults(func=cmd_import)
 
     from slotrun.data.cli import add_commands

@@ -90,6 +90,16 @@ def test_user_mistakes_are_one_line(args, fragment, capsys):
     assert len(err) == 1 and fragment in err[0] and err[0].startswith("slotrun: error: ")
 
 
+@pytest.mark.parametrize(("command", "required"), [("import", "format, checkpoint, run_dir"), ("eval", "run_dir"),
+                                                 ("sample", "run_dir"), ("show", "recipe")])
+def test_missing_arguments_name_only_the_required_ones(command, required, capsys):
+    """Optional KEY=VALUE positionals are not listed as required (argparse does so for nargs='*' without a default)."""
+    with pytest.raises(SystemExit) as stop:
+        main([command])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"the following arguments are required: {required}")
+
+
 def test_eval_of_a_checkpoint_that_does_not_exist_lists_the_steps(tmp_path, capsys):
     from slotrun.plugins import load_plugins
     from slotrun.recipe import load, to_toml
