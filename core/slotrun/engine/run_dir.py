@@ -217,7 +217,7 @@ class RunDir:
         if self.eval_dir.is_dir():
             leftovers += [p for p in self.eval_dir.glob(".*.json.tmp-*") if _writer_gone(p)]
         if self.pictures.is_dir():
-            leftovers += [*self.pictures.glob(".step_*.png.tmp"), *self.pictures.glob(".samples_step_*.png.tmp")]
+            leftovers += [*self.pictures.glob(".step_*.png.tmp-*"), *self.pictures.glob(".samples_step_*.png.tmp-*")]
         for path in leftovers:
             if path.is_file():
                 path.unlink(missing_ok=True)

@@ -143,10 +143,11 @@ def test_temporary_files_of_a_killed_write_are_removed_on_reopening(tmp_path: Pa
     run.close()
     dead = 2**22 + 12345  # above Linux's largest pid
     stale = [run.path / f".metrics.jsonl.tmp-{dead}", run.path / f".recipe.toml.tmp-{dead}",
-             run.pictures / ".step_0000005.png.tmp"]
+             run.pictures / f".step_0000005.png.tmp-{dead}",  # write_png's names; the lock holder's own
+             run.pictures / f".samples_step_0000005.png.tmp-{os.getpid()}"]
     kept = [run.path / "notes.tmp",  # a name slotrun never writes
             run.path / f".eval.json.tmp-{os.getpid()}",  # a live writer's (`slotrun eval` may run meanwhile)
-            run.pictures / ".eval_step_0000005.png.tmp"]  # `slotrun eval`'s picture, written without the lock
+            run.pictures / f".eval_step_0000005.png.tmp-{dead}"]  # `slotrun eval`'s picture, written without the lock
     for path in stale + kept:
         path.write_text("half")
     RunDir(tmp_path / "run").open(recipe, plugins.versions())
