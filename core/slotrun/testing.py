@@ -661,12 +661,15 @@ def _decoder_terms(s: _Subject) -> None:
 
 
 def _image_outputs(out: DecoderOutput, n: int, what: str, *, recon_as_target: tuple[int, ...] | None) -> None:
-    """recon (the image, or the target when `recon_as_target` is its shape), masks and per_slot shapes."""
-    image = (n, IMAGE.channels, IMAGE.height, IMAGE.width)
+    """recon (an image with the input's channels, at the input's resolution or the decoder's own, or the target
+    when `recon_as_target` is its shape), masks and per_slot shapes."""
+    channels = IMAGE.channels
     if out.recon is not None:
-        allowed = [image] + ([recon_as_target] if recon_as_target else [])
-        _expect(_shape(out.recon) in allowed, f"{what} recon {_shape(out.recon)}, expected "
-                + " or ".join(str(a) for a in allowed) + " (the image [B, C, H, W] or the target [B, N, Dt])")
+        shape = _shape(out.recon)
+        as_image = len(shape) == 4 and shape[:2] == (n, channels)
+        _expect(as_image or shape == recon_as_target,
+                f"{what} recon {shape}, expected an image [{n}, {channels}, h, w]"
+                + (f" or the target {recon_as_target} [B, N, Dt]" if recon_as_target else ""))
         _finite(out.recon, f"{what} recon")
     if out.masks is not None:
         _expect(out.masks.dim() == 4 and _shape(out.masks)[:2] == (n, SLOTS),
@@ -675,12 +678,16 @@ def _image_outputs(out: DecoderOutput, n: int, what: str, *, recon_as_target: tu
         off = float((out.masks.detach().float().sum(1) - 1).abs().max())
         _expect(off <= ATOL, f"{what} masks do not sum to 1 over slots: max |sum - 1| {off:.3g}")
     if out.per_slot is not None:
-        want = (n, SLOTS, *image[1:])
-        _expect(_shape(out.per_slot) == want, f"{what} per_slot {_shape(out.per_slot)}, expected {want}")
+        image_recon = out.recon is not None and out.recon.dim() == 4
+        size = _shape(out.recon)[-2:] if image_recon else (IMAGE.height, IMAGE.width)
+        want = (n, SLOTS, channels, *size)
+        _expect(_shape(out.per_slot) == want, f"{what} per_slot {_shape(out.per_slot)}, expected {want} (the "
+                "reconstruction's resolution)")
 
 
-@_property("decoders", "output shapes", "recon is the image [B, C, H, W] or the target [B, N, Dt]; masks "
-           "[B, K, h, w] sum to 1 over K; per_slot [B, K, C, H, W]; predictions [B, K, P]")
+@_property("decoders", "output shapes", "recon is an image [B, C, h, w] (the input's C, at the input's resolution "
+           "or the decoder's) or the target [B, N, Dt]; masks [B, K, h, w] sum to 1 over K; per_slot [B, K, C, h, "
+           "w] at recon's resolution; predictions [B, K, P]")
 def _decoder_shapes(s: _Subject) -> None:
     out, f = s.values["out"], s.values["features"]
     _image_outputs(out, BATCH, "forward's", recon_as_target=tuple(f.target.shape))
@@ -696,7 +703,7 @@ def _decoder_gradient(s: _Subject) -> None:
     _expect(z.grad is not None and bool(z.grad.abs().sum() > 0), "no gradient reaches the slots")
 
 
-@_property("decoders", "decode_slots", "decode_slots(slots [B, K, D]) renders an image [B, C, H, W] (and masks, "
+@_property("decoders", "decode_slots", "decode_slots(slots [B, K, D]) renders an image [B, C, h, w] (and masks, "
            "per_slot) without one")
 def _decoder_decode_slots(s: _Subject) -> None:
     if not s.has("decode_slots"):

@@ -148,9 +148,11 @@ class DecoderOutput:
     """Decoder output.
 
     losses: named scalar loss terms (the engine weights and sums them; names are the recipe's handles).
-    recon: the reconstruction of the decoder's target ([B, C, H, W] image or [B, N, Dt] features), or None.
+    recon: the reconstruction of the decoder's target, or None: an image [B, C, h, w] (the input's channels, at
+        the input's resolution or the decoder's own: metrics score it against the input resized to it, bilinear
+        and antialiased) or features [B, N, Dt].
     masks: [B, K, h, w] per-slot masks summing to one over K, at the decoder's own resolution, or None.
-    per_slot: [B, K, C, H, W] each slot's own reconstruction (pictures), or None.
+    per_slot: [B, K, C, h, w] each slot's own reconstruction (pictures) at recon's resolution, or None.
     predictions: [B, K, P] per-slot property predictions (set prediction), or None.
     """
 

@@ -16,7 +16,7 @@ from torch import nn
 from slotrun.blocks import SoftPositionEmbed, coordinate_grid
 from slotrun.blocks import mlp as make_mlp
 from slotrun.errors import UserError
-from slotrun.metrics.reconstruction import PerceptualLoss
+from slotrun.metrics.reconstruction import PerceptualLoss, image_at
 from slotrun.types import Batch, DecoderOutput, Features, Slots
 
 from slotrun_slot_attention.keras_init import apply_weight_init
@@ -69,6 +69,8 @@ class SpatialBroadcastDecoder(nn.Module):
     after: the same sizes on a grid shifted by one pixel, see tf_padding). Stride-1 layers are the same in both.
     `mlp`: widths of a per-pixel MLP (ReLU between, none after) on the broadcast slots and their ramps before the
     convolutions, which then start from its last width (Stange et al.'s coco-adaptive decoder: [32, 32, 32]).
+    `image_size` is the reconstruction's; an input image of another size is the target after a bilinear,
+    antialiased resize to it (Stange et al. reconstruct 224 px ViT inputs at 128 px).
     """
 
     loss_terms = ("recon",)
@@ -192,10 +194,15 @@ class SpatialBroadcastDecoder(nn.Module):
                                 "grouper's attention maps; this grouper reports none")
             frames = slot_frames(slots.attn[-1], features.grid)
         out = self.decode_slots(slots.slots, frames, grouped=slots)
-        losses = {"recon": F.mse_loss(out.recon, batch.image.float())}
+        target = self.target(batch.image)
+        losses = {"recon": F.mse_loss(out.recon, target)}
         if self.perceptual is not None:
-            losses["perceptual"] = self.perceptual(out.recon, batch.image.float())
+            losses["perceptual"] = self.perceptual(out.recon, target)
         return DecoderOutput(losses=losses, recon=out.recon, masks=out.masks, per_slot=out.per_slot)
+
+    def target(self, image: torch.Tensor) -> torch.Tensor:
+        """The image the reconstruction is scored against: the input, resized to image_size if it differs."""
+        return image_at(image, self.image_size)
 
     def load_pretrained(self) -> None:
         """The perceptual loss's LPIPS weights (the engine calls this before step 0)."""

@@ -189,18 +189,24 @@ class SpatialBroadcastConfig:
     # decoder: [32, 32, 32]); [] = none, the Slot Attention paper's
     mlp: tuple[int, ...] = field(default=(), converter=tuple,
                                  validator=[v.max_len(MAX_LAYERS), v.deep_iterable(size(MAX_WIDTH))])
+    # reconstruct the image resized to this square size (bilinear, antialiased) instead of at the input's size:
+    # Stange et al.'s 128 px target for 224 px ViT inputs; None = the input's size
+    target_size: int | None = field(default=None, validator=v.optional(size(MAX_IMAGE_SIZE)))
 
     @classmethod
     def conformance(cls) -> list[SpatialBroadcastConfig]:
-        """The defaults, and Stange et al.'s coco-adaptive form (a per-pixel MLP, PyTorch's conventions)."""
-        return [cls(), cls(channels=16, mlp=(16, 16), padding="symmetric", weight_init="torch")]
+        """The defaults, and Stange et al.'s coco-adaptive form (a per-pixel MLP, PyTorch's conventions, a target
+        smaller than the input)."""
+        return [cls(), cls(broadcast_size=4, channels=16, mlp=(16, 16), padding="symmetric", weight_init="torch",
+                           target_size=8)]
 
     def module_kwargs(self, inputs: DecoderInputs) -> dict[str, Any]:
         """SpatialBroadcastDecoder's keyword arguments (besides the slot width) from this table and the data."""
         image = inputs.image
         perceptual = None if self.perceptual == "none" else PerceptualLoss(
             self.perceptual, pretrained=self.perceptual_pretrained, value_range=self.perceptual_value_range)
-        return dict(out_channels=image.channels, image_size=(image.height, image.width),
+        size = (image.height, image.width) if self.target_size is None else (self.target_size, self.target_size)
+        return dict(out_channels=image.channels, image_size=size,
                     broadcast_size=self.broadcast_size, channels=self.channels, full_res_layers=self.full_res_layers,
                     channels_last=self.channels_last, perceptual=perceptual, weight_init=self.weight_init,
                     frame=self.frame, frame_scale=float(self.frame_scale), padding=self.padding, mlp=self.mlp)

@@ -58,6 +58,13 @@ def _resize(maps: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(maps.float(), size=size, mode="nearest")
 
 
+def _smooth_resize(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """[B, C, h, w] -> [B, C, H, W] (bilinear: a reconstruction made at another resolution, shown beside the input)."""
+    if tuple(images.shape[-2:]) == size:
+        return images
+    return F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False)
+
+
 def _rgb(images: Tensor) -> Tensor:
     """[..., C, H, W] in [0, 1] -> [..., 3, H, W]."""
     c = images.shape[-3]
@@ -80,10 +87,11 @@ def columns(batch: Batch, output: ModelOutput, count: int) -> tuple[list[str], l
     decoded = output.decoded
 
     recon = decoded.recon
-    pixel_recon = recon is not None and recon.dim() == 4 and tuple(recon.shape[-2:]) == size
+    # an image reconstruction, possibly at another resolution than the input (a decoder's target_size)
+    pixel_recon = recon is not None and recon.dim() == 4 and recon.shape[-3] == image.shape[-3]
     if pixel_recon:
         titles.append("recon")
-        cols.append(_rgb(_to_unit(recon[:n].detach().cpu(), value_range)))
+        cols.append(_rgb(_to_unit(_smooth_resize(recon[:n].detach().cpu(), size), value_range)))
 
     masks = None
     if decoded.masks is not None:
@@ -99,7 +107,9 @@ def columns(batch: Batch, output: ModelOutput, count: int) -> tuple[list[str], l
         titles.append("masks")
         cols.append(torch.from_numpy(colours).permute(0, 3, 1, 2).float() / 255)
         if decoded.per_slot is not None and decoded.per_slot.dim() == 5:
-            parts = _rgb(_to_unit(decoded.per_slot[:n].detach().cpu(), value_range))
+            per_slot = decoded.per_slot[:n].detach().cpu()
+            parts = _smooth_resize(per_slot.flatten(0, 1), size).unflatten(0, per_slot.shape[:2])
+            parts = _rgb(_to_unit(parts, value_range))
         elif pixel_recon:
             parts = cols[1].unsqueeze(1).expand(-1, k, -1, -1, -1)
         else:

@@ -33,7 +33,7 @@ from slotrun.errors import UserError
 from slotrun.metrics.ari import adjusted_rand_index
 from slotrun.metrics.fid import FidConfig, FidMetric
 from slotrun.metrics.mbo import mean_best_overlap
-from slotrun.metrics.reconstruction import NETS, PerceptualLoss, per_image_mse
+from slotrun.metrics.reconstruction import NETS, PerceptualLoss, image_at, per_image_mse
 from slotrun.metrics.set_ap import ap_from_records, set_ap_records
 from slotrun.protocols import MetricInputs
 from slotrun.bounds import value_range as _value_range
@@ -322,22 +322,26 @@ class SetApConfig:
 # ---- reconstruction ---------------------------------------------------------------------------------------------
 
 
-def _recon_image(output: ModelOutput, batch: Batch, metric: str) -> Tensor:
+def _recon_image(output: ModelOutput, batch: Batch, metric: str) -> tuple[Tensor, Tensor]:
+    """(reconstruction, the input image at the reconstruction's resolution): a decoder that reconstructs a resized
+    image (spatial_broadcast's target_size) is scored against the image resized as its loss resizes it."""
     recon = _needs(output.decoded.recon, metric, "a reconstruction (the decoder returned recon=None)")
-    if recon.shape != batch.image.shape:
+    image = batch.image
+    if recon.dim() != 4 or recon.shape[:2] != image.shape[:2]:
         raise UserError(f"metric '{metric}' compares the reconstruction with the input image, but the "
-                        f"reconstruction has shape {tuple(recon.shape)} and the image {tuple(batch.image.shape)} "
+                        f"reconstruction has shape {tuple(recon.shape)} and the image {tuple(image.shape)} "
                         "(a feature-reconstruction decoder has no image to score)")
-    return recon
+    return recon, image_at(image, tuple(recon.shape[-2:]))
 
 
 class MseMetric(RecordMetric):
-    """Per-image MSE of DecoderOutput.recon against Batch.image, averaged over the split."""
+    """Per-image MSE of DecoderOutput.recon against Batch.image (at the reconstruction's resolution), averaged over
+    the split."""
 
     name = "mse"
 
     def update(self, batch: Batch, output: ModelOutput) -> None:
-        self._add(per_image_mse(_recon_image(output, batch, self.name), batch.image))
+        self._add(per_image_mse(*_recon_image(output, batch, self.name)))
 
     def compute(self) -> dict[str, float]:
         return {"mse": _nanmean(self.state()[:, 0])}
@@ -365,10 +369,10 @@ class LpipsMetric(RecordMetric):
         self.lpips.load_pretrained()
 
     def update(self, batch: Batch, output: ModelOutput) -> None:
-        recon = _recon_image(output, batch, self.name)
+        recon, image = _recon_image(output, batch, self.name)
         distance = self.lpips.load_pretrained().to(recon.device)
         with torch.no_grad():
-            self._add(distance(recon.detach(), batch.image))
+            self._add(distance(recon.detach(), image))
 
     def compute(self) -> dict[str, float]:
         return {"lpips": _nanmean(self.state()[:, 0])}

@@ -53,6 +53,7 @@ from slotrun.errors import UserError
 from slotrun.model import draw_samples, sample_decoder_of
 from slotrun.protocols import MetricInputs
 from slotrun.bounds import value_range as _value_range
+from slotrun.metrics.reconstruction import image_at
 from slotrun.types import Batch
 
 FEATURE_NETS = ("inception", "random_cnn")
@@ -389,9 +390,11 @@ class FidMetric:
             other = self.generate(image.shape[0], image.device)
         else:
             other = getattr(getattr(output, "decoded", None), "recon", None)
-            if other is None or other.shape != image.shape:
-                raise UserError("metric 'fid' with compare = \"reconstructions\" needs an image reconstruction of "
-                                "the input's shape (this decoder gives none)")
+            if other is None or other.dim() != 4 or other.shape[:2] != image.shape[:2]:
+                raise UserError("metric 'fid' with compare = \"reconstructions\" needs an image reconstruction with "
+                                "the input's channels (this decoder gives none)")
+        # real images at the resolution the model makes (a decoder's target_size), as its loss sees them
+        image = image_at(image, tuple(other.shape[-2:]))
         for stats, images, what in ((self.real, image, "images"), (self.fake, other, f"{self.compare}")):
             x = _unit(images, self.value_range, what)
             if x.shape[1] == 1:

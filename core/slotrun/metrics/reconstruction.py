@@ -21,6 +21,16 @@ from slotrun.errors import UserError
 NETS = ("alex", "vgg", "squeeze")
 
 
+def image_at(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """Images [B, C, H, W] at a reconstruction's resolution `size`: bilinear with antialiasing (within one grey
+    level of PIL's resize), the target of a decoder that reconstructs a smaller image than its input."""
+    image = image.float()
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return torch.nn.functional.interpolate(image, size=tuple(size), mode="bilinear", align_corners=False,
+                                           antialias=True)
+
+
 def per_image_mse(recon: Tensor, image: Tensor) -> Tensor:
     """Mean squared error per image, float64 [B]; recon and image: [B, ...] of the same shape."""
     if recon.shape != image.shape:

@@ -200,6 +200,27 @@ def test_pictures_without_reconstruction_and_with_negative_images() -> None:
     assert render(batch, out, 2).size[1] == 14 + 2 * 66 + 2
 
 
+def test_pictures_show_a_reconstruction_made_at_another_resolution() -> None:
+    """A decoder with target_size below the input (Stange et al.'s 128 px for 224 px inputs): the recon and slot
+    columns are shown at the input's size, resized, instead of being dropped or failing."""
+    from slotrun.engine.pictures import columns, render
+    from slotrun.model import SlotModel
+    from slotrun.protocols import DecoderInputs
+    from slotrun_slot_attention.configs import SpatialBroadcastConfig
+
+    source = ef.FakeSource(1, 2, 16, "", True)
+    batch = next(source.batches("val", 2, seed=0, epoch=0))
+    torch.manual_seed(0)
+    decoder = SpatialBroadcastConfig(broadcast_size=4, channels=4, target_size=8).build(
+        DecoderInputs(slot_dim=8, image=source.image, feature_dim=8, grid=(4, 4)))
+    out = SlotModel(ef.TinyEncoderConfig().build(source.image), ef.TinyGrouper(8, 3, 2), decoder).eval()(batch)
+    assert out.decoded.recon.shape[-2:] == (8, 8)
+    titles, cols = columns(batch, out, 2)
+    assert titles[:3] == ["input", "recon", "masks"] and titles[3:6] == ["slot 1", "slot 2", "slot 3"]
+    assert all(tuple(c.shape) == (2, 3, 16, 16) for c in cols)
+    assert render(batch, out, 2).size[1] == 14 + 2 * 66 + 2
+
+
 def test_schedules() -> None:
     sa = lr_factor("slot_attention", 10, 100)
     assert sa(0) == 0.0 and sa(5) == pytest.approx(0.5 * 0.5 ** 0.05) and sa(100) == pytest.approx(0.5)

@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 import attrs
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,7 @@ import slotrun.metrics.plugin
 from slotrun.errors import UserError
 from slotrun.metrics import adjusted_rand_index, mean_best_overlap, per_image_mse, set_prediction_ap
 from slotrun.metrics.components import METRICS, LpipsConfig, SetApConfig
+from slotrun.metrics.reconstruction import image_at
 from slotrun.protocols import MetricInputs
 from slotrun.structure import Structurer
 from slotrun.types import Batch, DecoderOutput, Features, ModelOutput, PropertyLayout, Slots
@@ -208,6 +210,25 @@ def test_mse_and_lpips_metrics() -> None:
     lp.update(batch, output(recon=recon))
     want = lp.lpips.distance(recon, image).mean().item()
     assert lp.compute() == {"lpips": pytest.approx(want, rel=1e-6)} and want > 0
+
+
+def test_a_reconstruction_at_another_resolution_is_scored_against_the_image_resized_to_it() -> None:
+    """A decoder with target_size reconstructs a smaller image: mse compares it with the input resized as PIL
+    does (bilinear, antialiased), not with a crop or a nearest-neighbour subsample."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(5)
+    image = torch.rand(2, 3, 32, 32, generator=gen)
+    pil = torch.stack([torch.from_numpy(np.asarray(Image.fromarray((im.permute(1, 2, 0).numpy() * 255).round()
+                                                                   .astype(np.uint8)).resize((12, 12), Image.BILINEAR)))
+                       .permute(2, 0, 1).float() / 255 for im in image])
+    resized = image_at(image, (12, 12))
+    assert resized.shape == (2, 3, 12, 12) and float((resized - pil).abs().max()) < 1.5 / 255
+    recon = resized + 0.1 * torch.randn(2, 3, 12, 12, generator=gen)
+    mse = build("mse")
+    mse.update(Batch(image=image), output(recon=recon))
+    assert mse.compute() == {"mse": pytest.approx(per_image_mse(recon, resized).mean().item())}
+    assert mse.compute()["mse"] == pytest.approx(0.01, rel=0.2)  # only the added noise: the target is the resize
 
 
 # ---- merging across processes -------------------------------------------------------------------------------------

@@ -95,3 +95,28 @@ def test_forward_equals_their_computation(d: int) -> None:
 def test_inner_norm_needs_two_widths() -> None:
     with pytest.raises(ValueError, match="input_mlp needs at least two widths, got \\[64\\]"):
         SlotAttentionConfig(input_mlp=(64,), input_mlp_inner_norm=True)
+
+
+def test_the_target_is_the_image_at_128_px_as_pil_resizes_it() -> None:
+    """target_size = 128: the loss compares the reconstruction with the 224 px input resized to 128 px, within one
+    grey level of their PIL Resize((128, 128)) (PIL rounds to uint8) on built-in scenes."""
+    import numpy as np
+    from PIL import Image
+
+    from slotrun.data.shapes import SceneConfig, generate
+    from slotrun.types import Batch, Slots
+
+    decoder = SpatialBroadcastConfig(broadcast_size=8, channels=8, mlp=(8,), padding="symmetric", weight_init="torch",
+                                     target_size=128).build(
+        DecoderInputs(slot_dim=16, image=ImageSpec(channels=3, height=224, width=224), feature_dim=16, grid=(14, 14)))
+    scenes = [np.ascontiguousarray(generate(SceneConfig(image_size=224), "train", i).image) for i in range(4)]
+    image = torch.from_numpy(np.stack(scenes)).permute(0, 3, 1, 2).float() / 255
+    pil = np.stack([np.asarray(Image.fromarray(s).resize((128, 128), Image.BILINEAR)) for s in scenes])
+    target = decoder.target(image)
+    assert target.shape == (4, 3, 128, 128)
+    assert float((target - torch.from_numpy(pil).permute(0, 3, 1, 2) / 255).abs().max()) <= 1 / 255
+    torch.manual_seed(0)
+    out = decoder(Slots(slots=torch.randn(4, 7, 16)), Features(tokens=torch.zeros(4, 196, 16), grid=(14, 14)),
+                  Batch(image=image))
+    assert out.recon.shape == (4, 3, 128, 128) and out.masks.shape == (4, 7, 128, 128)
+    torch.testing.assert_close(out.losses["recon"], F.mse_loss(out.recon, target))
