@@ -48,22 +48,23 @@ SETTINGS: dict[str, Any] = {
     "quadratic_bias": 0.5,
     "data_path": "data/coco2017",
 }
-_M = "models."
-_ENC = _M + "feature_extractor.model."
-_PE = _M + "perceptual_grouping.positional_embedding.layers."
-_SA = _M + "perceptual_grouping.slot_attention."
-_SCORE = _SA + "single_gumbel_score_network."
-_DEC = _M + "object_decoder."
+# the parameter-name prefixes of AdaSlot's Lightning checkpoints (both formats)
+MODELS = "models."
+_ENC = MODELS + "feature_extractor.model."
+POS_EMBED = MODELS + "perceptual_grouping.positional_embedding.layers."
+SLOT_ATTN = MODELS + "perceptual_grouping.slot_attention."
+_SCORE = SLOT_ATTN + "single_gumbel_score_network."
+DECODER = MODELS + "object_decoder."
 
 
 def is_pixel_model(state: dict[str, Tensor]) -> bool:
     """The CLEVR10 pixel model: convolutions in the decoder (SlotAttentionDecoderGumbel)."""
-    return any(k.startswith(_M + "object_decoder.decoder.") and state[k].ndim == 4 for k in state)
+    return any(k.startswith(MODELS + "object_decoder.decoder.") and state[k].ndim == 4 for k in state)
 
 
 def check_layout(fmt: str, state: dict[str, Tensor], settings: dict[str, Any]) -> None:
     """AdaSlot's Lightning layout (everything under `models.`) and the decoder settings both formats take."""
-    if not any(k.startswith(_M) for k in state):
+    if not any(k.startswith(MODELS) for k in state):
         first = sorted(state)[0]
         raise UserError(f"{fmt} checkpoint: parameter '{first}' does not map: AdaSlot's Lightning checkpoints "
                         "hold the model under 'models.' (models.perceptual_grouping..., models.object_decoder...)")
@@ -76,19 +77,19 @@ def check_layout(fmt: str, state: dict[str, Tensor], settings: dict[str, Any]) -
 
 def slot_init(take: Taker, weights: dict[str, Tensor]) -> int:
     """RandomConditioning -> the grouper's Gaussian init; returns the slot width."""
-    mu = take.take(_M + "conditioning.slots_mu")
+    mu = take.take(MODELS + "conditioning.slots_mu")
     weights["grouper.init.mu"] = mu
-    weights["grouper.init.log_sigma"] = take.take(_M + "conditioning.slots_logsigma")
+    weights["grouper.init.log_sigma"] = take.take(MODELS + "conditioning.slots_logsigma")
     return int(mu.shape[-1])
 
 
 def score_network(fmt: str, take: Taker, weights: dict[str, Tensor]) -> int:
     """single_gumbel_score_network -> the adaslot grouper's `score`; returns its hidden width."""
-    if take.has(_M + "perceptual_grouping.empty_slot"):
-        raise UserError(f"{fmt} checkpoint: parameter '{_M}perceptual_grouping.empty_slot' does not map "
+    if take.has(MODELS + "perceptual_grouping.empty_slot"):
+        raise UserError(f"{fmt} checkpoint: parameter '{MODELS}perceptual_grouping.empty_slot' does not map "
                         "(use_empty_slot_for_masked_slots has no counterpart in slotrun)")
-    if take.has(_SA + "ff_mlp.module.5.weight"):
-        raise UserError(f"{fmt} checkpoint: parameter '{_SA}ff_mlp.module.5.weight' does not map (slotrun's "
+    if take.has(SLOT_ATTN + "ff_mlp.module.5.weight"):
+        raise UserError(f"{fmt} checkpoint: parameter '{SLOT_ATTN}ff_mlp.module.5.weight' does not map (slotrun's "
                         "slot_attention MLP has one hidden layer)")
     if not take.has(_SCORE + "0.weight"):
         raise UserError(f"{fmt} checkpoint: missing parameter '{_SCORE}0.weight' (AdaSlot's selection network; "
@@ -130,34 +131,34 @@ def _encoder(take: Taker, heads: int) -> tuple[dict[str, Any], dict[str, Tensor]
 def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
     check_layout(NAME, state, settings)
     if is_pixel_model(state):
-        first = sorted(k for k in state if k.startswith(_DEC + "decoder.") and state[k].ndim == 4)[0]
+        first = sorted(k for k in state if k.startswith(DECODER + "decoder.") and state[k].ndim == 4)[0]
         raise UserError(f"{NAME} checkpoint: parameter '{first}' is a convolution of the pixel CLEVR10 model's "
                         "SlotAttentionDecoderGumbel: import it as `slotrun import adaslot_clevr`")
     take = Taker(NAME, state)
     encoder, weights = _encoder(take, int(settings["heads"]))
     slot_dim = slot_init(take, weights)
-    if not take.has(_PE + "1.0.weight"):
-        raise UserError(f"{NAME} checkpoint: missing parameter '{_PE}1.0.weight' (the released models put a "
+    if not take.has(POS_EMBED + "1.0.weight"):
+        raise UserError(f"{NAME} checkpoint: missing parameter '{POS_EMBED}1.0.weight' (the released models put a "
                         "LayerNorm-MLP after DummyPositionEmbed in front of the slot attention)")
-    input_mlp = layernorm_mlp(NAME, take, _PE + "1.", ("grouper.input_mlp.norm", "grouper.input_mlp.mlp"),
+    input_mlp = layernorm_mlp(NAME, take, POS_EMBED + "1.", ("grouper.input_mlp.norm", "grouper.input_mlp.mlp"),
                               weights, "the positional_embedding MLP")
     if input_mlp[-1] != slot_dim:
-        raise UserError(f"{NAME} checkpoint: parameter '{_PE}1.{2 * len(input_mlp) - 1}.weight' gives features of "
-                        f"width {input_mlp[-1]}, not the slot width {slot_dim} (feature_dim = object_dim)")
-    if not take.has(_SA + "ff_mlp.module.0.weight"):
-        raise UserError(f"{NAME} checkpoint: missing parameter '{_SA}ff_mlp.module.0.weight' (slotrun's "
+        raise UserError(f"{NAME} checkpoint: parameter '{POS_EMBED}1.{2 * len(input_mlp) - 1}.weight' gives "
+                        f"features of width {input_mlp[-1]}, not the slot width {slot_dim} (feature_dim = object_dim)")
+    if not take.has(SLOT_ATTN + "ff_mlp.module.0.weight"):
+        raise UserError(f"{NAME} checkpoint: missing parameter '{SLOT_ATTN}ff_mlp.module.0.weight' (slotrun's "
                         "slot_attention always has the residual LayerNorm-MLP after the GRU)")
-    slot_attention_update(NAME, take, _SA, OCLF_SLOT_ATTENTION, slot_dim, weights)
+    slot_attention_update(NAME, take, SLOT_ATTN, OCLF_SLOT_ATTENTION, slot_dim, weights)
     score_hidden = score_network(NAME, take, weights)
-    if take.has(_DEC + "inp_transform.weight"):
-        raise UserError(f"{NAME} checkpoint: parameter '{_DEC}inp_transform.weight' does not map (adaslot_mlp "
+    if take.has(DECODER + "inp_transform.weight"):
+        raise UserError(f"{NAME} checkpoint: parameter '{DECODER}inp_transform.weight' does not map (adaslot_mlp "
                         "has no input transform: decoder_input_dim unset)")
-    pos = take.take(_DEC + "pos_embed")
+    pos = take.take(DECODER + "pos_embed")
     if pos.ndim != 3 or pos.shape[0] != 1 or pos.shape[2] != slot_dim:
-        raise UserError(f"{NAME} checkpoint: {_DEC}pos_embed {tuple(pos.shape)} is not PatchDecoderGumbelV1's "
+        raise UserError(f"{NAME} checkpoint: {DECODER}pos_embed {tuple(pos.shape)} is not PatchDecoderGumbelV1's "
                         f"[1, P, {slot_dim}]")
     weights["decoder.pos_embed"] = pos
-    dec = _DEC + "decoder."
+    dec = DECODER + "decoder."
     layers = stacked_layers(NAME, take, dec, "decoder.mlp", weights, "an MLP of Linear layers")
     take.finish()
 

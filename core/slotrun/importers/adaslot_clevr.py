@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 from slotrun.errors import UserError
-from slotrun.importers.adaslot import check_layout, is_pixel_model, masking, score_network, slot_init
+from slotrun.importers.adaslot import (DECODER, MODELS, POS_EMBED, SLOT_ATTN, check_layout,
+                                      is_pixel_model, masking, score_network, slot_init)
 from slotrun.importers.common import (OCLF_SLOT_ATTENTION, Format, Mapped, Taker, slot_attention_update,
                                      stacked_layers)
 
@@ -42,11 +43,7 @@ SETTINGS: dict[str, Any] = {
     "quadratic_bias": 0.5,
     "data_path": "data/clevr_with_masks",
 }
-_M = "models."
-_CNN = _M + "feature_extractor.layers."
-_PE = _M + "perceptual_grouping.positional_embedding.layers."
-_SA = _M + "perceptual_grouping.slot_attention."
-_DEC = _M + "object_decoder."
+_CNN = MODELS + "feature_extractor.layers."
 
 
 def broadcast_grid(height: int, width: int) -> Tensor:
@@ -67,10 +64,10 @@ def _encoder(take: Taker, weights: dict[str, Tensor]) -> dict[str, Any]:
     kernel = int(weights["encoder.convs.0.weight"].shape[-1])
     for src, dst in (("0.dense", "pos.proj"), ("1.0", "norm"), ("1.1", "mlp.0"), ("1.3", "mlp.2")):
         for p in ("weight", "bias"):
-            weights[f"encoder.{dst}.{p}"] = take.take(f"{_PE}{src}.{p}")
-    if take.has(f"{_PE}1.5.weight"):
-        raise UserError(f"{NAME} checkpoint: parameter '{_PE}1.5.weight' does not map (sa_cnn's token MLP has one "
-                        "hidden layer)")
+            weights[f"encoder.{dst}.{p}"] = take.take(f"{POS_EMBED}{src}.{p}")
+    if take.has(f"{POS_EMBED}1.5.weight"):
+        raise UserError(f"{NAME} checkpoint: parameter '{POS_EMBED}1.5.weight' does not map (sa_cnn's token MLP "
+                        "has one hidden layer)")
     return {"type": "sa_cnn", "channels": channels, "kernel_size": kernel, "strides": [1] * len(layers),
             "out_dim": int(weights["encoder.mlp.2.weight"].shape[0]),
             "mlp_hidden": int(weights["encoder.mlp.0.weight"].shape[0]), "layer_norm_eps": 1e-5,
@@ -80,17 +77,17 @@ def _encoder(take: Taker, weights: dict[str, Tensor]) -> dict[str, Any]:
 
 def _decoder(take: Taker, weights: dict[str, Tensor], slot_dim: int, size: int,
              settings: dict[str, Any]) -> dict[str, Any]:
-    grid = take.take(_DEC + "grid")
+    grid = take.take(DECODER + "grid")
     if grid.ndim != 3 or grid.shape[0] != grid.shape[1] or grid.shape[2] != 2:
-        raise UserError(f"{NAME} checkpoint: {_DEC}grid {tuple(grid.shape)} is not a square [h, w, 2] broadcast "
+        raise UserError(f"{NAME} checkpoint: {DECODER}grid {tuple(grid.shape)} is not a square [h, w, 2] broadcast "
                         "grid")
     side = int(grid.shape[0])
     if not torch.allclose(grid.float(), broadcast_grid(side, side), atol=1e-6):
-        raise UserError(f"{NAME} checkpoint: {_DEC}grid is not build_grid_of_positions(({side}, {side})), the "
+        raise UserError(f"{NAME} checkpoint: {DECODER}grid is not build_grid_of_positions(({side}, {side})), the "
                         "(y, x) linspace grid slotrun's broadcast decoder builds")
     for p in ("weight", "bias"):
-        weights[f"decoder.pos.proj.{p}"] = take.take(f"{_DEC}positional_embedding.dense.{p}")
-    dec = _DEC + "decoder."
+        weights[f"decoder.pos.proj.{p}"] = take.take(f"{DECODER}positional_embedding.dense.{p}")
+    dec = DECODER + "decoder."
     ups = (size // side).bit_length() - 1
     if side << ups != size:
         raise UserError(f"{NAME}: image_size={size} is not the broadcast grid's {side} px times a power of 2")
@@ -112,13 +109,13 @@ def _decoder(take: Taker, weights: dict[str, Tensor], slot_dim: int, size: int,
 def convert(state: dict[str, Tensor], settings: dict[str, Any]) -> Mapped:
     check_layout(NAME, state, settings)
     if not is_pixel_model(state):
-        raise UserError(f"{NAME} checkpoint: no convolution in '{_DEC}decoder.*': this is one of AdaSlot's "
+        raise UserError(f"{NAME} checkpoint: no convolution in '{DECODER}decoder.*': this is one of AdaSlot's "
                         "DINOSAUR models (an MLP PatchDecoderGumbelV1); import it as `slotrun import adaslot`")
     take = Taker(NAME, state)
     weights: dict[str, Tensor] = {}
     encoder = _encoder(take, weights)
     slot_dim = slot_init(take, weights)
-    kvq = slot_attention_update(NAME, take, _SA, OCLF_SLOT_ATTENTION, slot_dim, weights, wider_kvq=True)
+    kvq = slot_attention_update(NAME, take, SLOT_ATTN, OCLF_SLOT_ATTENTION, slot_dim, weights, wider_kvq=True)
     score_hidden = score_network(NAME, take, weights)
     size = int(settings["image_size"])
     decoder = _decoder(take, weights, slot_dim, size, settings)
