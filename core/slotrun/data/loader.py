@@ -30,7 +30,10 @@ centred square; "clevr": rows 29:221, cols 64:256 of a 240x320 CLEVR-with-masks 
 then a resize to `size` when given (images bilinear without antialiasing, like TF's tf.image.resize, or bicubic
 as torchvision resizes float images: `interpolation`, see resize_image; masks and ignore maps nearest, or left
 at the stored resolution with resize_masks=False: COCO's protocol scores masks at 320 px while the model sees
-224 px). Samples carrying categories (COCO) fill Batch.categories [B, M], padded with 0 to the
+224 px). With image_source="original" the image is instead computed from the sample's source file (converted
+COCO with --keep-original): its short side resized to `size`, then the centred square, as OCLF's
+Resize(size) + CenterCrop(size) of the original; the stored image and labels cover the same centred square.
+Samples carrying categories (COCO) fill Batch.categories [B, M], padded with 0 to the
 index's max_categories; samples carrying an ignore map fill Batch.ignore [B, H, W] (flipped with the image).
 
 Why plain tarfile rather than webdataset's pipeline: the order above must be computed without reading, and the
@@ -50,7 +53,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from slotrun.data.shards import Index, Sample, decode_sample, iter_shard
+from slotrun.data.shards import Index, Sample, decode_original, decode_sample, iter_shard
 from slotrun.types import Batch
 
 log = logging.getLogger("slotrun.data")
@@ -60,7 +63,8 @@ _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 CROPS = ("none", "center", "clevr", "clevr_oclf")
-INTERPOLATIONS = ("bilinear", "bilinear_float", "bicubic", "bicubic_antialias")
+INTERPOLATIONS = ("bilinear", "bilinear_float", "bilinear_antialias", "bicubic", "bicubic_antialias")
+IMAGE_SOURCES = ("stored", "original")
 CLEVR_CROP = (29, 221, 64, 256)  # top, bottom, left, right of a 240x320 CLEVR (with masks) image
 CLEVR_OCLF_CROP = (24, 216, 64, 256)  # OCLF's CenterCrop(192) of the same image (AdaSlot's CLEVR10 preprocessing)
 CLEVR_SHAPE = (240, 320)
@@ -83,12 +87,24 @@ def crop_box(height: int, width: int, crop: str) -> tuple[int, int, int, int]:
     raise ValueError(f"crop must be one of {', '.join(CROPS)}, got {crop!r}")
 
 
+def crop_geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """(resized height, resized width, top, left): torchvision's Resize(size) then CenterCrop(size), as the
+    DINOSAUR / OCLF evaluation resizes its masks: the short side to `size`, the long side to
+    floor(size * long / short), the crop offset round((n - size) / 2) with Python's round half to even."""
+    if height <= width:
+        nh, nw = size, int(size * width / height)
+    else:
+        nh, nw = int(size * height / width), size
+    return nh, nw, int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+
+
 def resize_image(image: np.ndarray, size: tuple[int, int], *, interpolation: str = "bilinear") -> np.ndarray:
     """uint8 [H, W, C] -> [h, w, C] with half-pixel centres.
 
     bilinear: no antialiasing (TF2 tf.image.resize's convention), rounded back to uint8. bilinear_float: the same,
     returned as float32 without rounding (torchvision's Resize of the float image, without antialiasing, as OCLF's
-    CLEVR preprocessing with torchvision < 0.17).
+    CLEVR preprocessing with torchvision < 0.17). bilinear_antialias: with antialiasing, rounded to uint8: PIL's
+    resize(BILINEAR) to within one grey level (Stange et al.'s COCO pipeline resizes the PIL image).
     bicubic, bicubic_antialias: torchvision's Resize(BICUBIC) of the float image (ToTensor then Resize, as OCLF's
     DINOSAUR preprocessing): without antialiasing, which is what torchvision < 0.17 (OCLF pins 0.15.1) does for
     tensors, or with it, torchvision >= 0.17's default. Clamped to [0, 255] (OCLF clamps to [0, 1]: bicubic
@@ -101,10 +117,18 @@ def resize_image(image: np.ndarray, size: tuple[int, int], *, interpolation: str
     t = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None].float()
     mode = "bicubic" if interpolation.startswith("bicubic") else "bilinear"
     t = torch.nn.functional.interpolate(t, size=tuple(size), mode=mode, align_corners=False,
-                                        antialias=interpolation == "bicubic_antialias")[0].permute(1, 2, 0)
-    if interpolation == "bilinear":
+                                        antialias=interpolation.endswith("_antialias"))[0].permute(1, 2, 0)
+    if interpolation in ("bilinear", "bilinear_antialias"):
         return t.round_().clamp_(0, 255).to(torch.uint8).numpy()
     return t.clamp_(0, 255).contiguous().numpy()
+
+
+def image_from_original(original: np.ndarray, size: int, *, interpolation: str) -> np.ndarray:
+    """The model image of a source image: the short side resized to `size` (by `interpolation`, see resize_image),
+    then the centred size x size square (torchvision's Resize(size) + CenterCrop(size), OCLF's DINOSAUR COCO
+    preprocessing of the original image)."""
+    nh, nw, top, left = crop_geometry(*original.shape[:2], size)
+    return resize_image(original, (nh, nw), interpolation=interpolation)[top:top + size, left:left + size]
 
 
 def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -214,9 +238,10 @@ class _Stream(IterableDataset):
     def __init__(self, index: Index, plan: EpochPlan, *, skip: int, value_range: str,
                  load_properties: bool, flip_coords: bool, crop: str = "none",
                  size: tuple[int, int] | None = None, resize_masks: bool = True,
-                 interpolation: str = "bilinear") -> None:
+                 interpolation: str = "bilinear", image_source: str = "stored") -> None:
         self.index, self.plan, self.skip = index, plan, skip
         self.crop, self.size, self.resize_masks, self.interpolation = crop, size, resize_masks, interpolation
+        self.image_source = image_source
         self.value_range, self.load_properties, self.flip_coords = value_range, load_properties, flip_coords
         self.last_good: tuple[Sample, bool] | None = None
 
@@ -330,10 +355,24 @@ class _Stream(IterableDataset):
         if self.index.has_categories and sample.mask is not None and sample.mask.size and \
                 int(sample.mask.max()) > len(sample.categories):
             raise ValueError(f"instance id {int(sample.mask.max())} has no category")
+        if self.image_source == "original":
+            return self.from_original(sample)
         if self.crop != "none" or self.size is not None:
             sample = transform_sample(sample, self.crop, self.size, resize_masks=self.resize_masks,
                                       interpolation=self.interpolation)
         return sample
+
+    def from_original(self, sample: Sample) -> Sample:
+        """The sample with its image computed from its source file; labels resized only with resize_masks."""
+        if sample.original is None:
+            raise ValueError("original image missing")
+        assert self.size is not None
+        image = image_from_original(decode_original(sample.original), self.size[0], interpolation=self.interpolation)
+        if not self.resize_masks:
+            return attrs.evolve(sample, image=image, original=None)
+        return attrs.evolve(sample, image=image, original=None,
+                            mask=None if sample.mask is None else resize_labels(sample.mask, self.size),
+                            ignore=None if sample.ignore is None else resize_labels(sample.ignore, self.size))
 
     def check_properties(self, props: np.ndarray | None) -> None:
         """A sample's properties must be a numeric [M, P] array that fits the index (P = the layout's width,
@@ -406,12 +445,19 @@ class ShardLoader:
     def __init__(self, index: Index, *, value_range: str = "minus_one_one", flip: bool = False,
                  shuffle_buffer: int = 1000, workers: int = 0, load_properties: bool = True, crop: str = "none",
                  size: tuple[int, int] | None = None, resize_masks: bool = True,
-                 interpolation: str = "bilinear") -> None:
+                 interpolation: str = "bilinear", image_source: str = "stored") -> None:
         if value_range not in VALUE_RANGES:
             raise ValueError(f"value_range must be one of {', '.join(VALUE_RANGES)}, got {value_range!r}")
         if interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
         crop_box(index.height, index.width, crop)  # checks that the crop applies to these images
+        if image_source not in IMAGE_SOURCES:
+            raise ValueError(f"image_source must be one of {', '.join(IMAGE_SOURCES)}, got {image_source!r}")
+        if image_source == "original" and (crop != "none" or size is None or size[0] != size[1]
+                                           or not index.has_original):
+            raise ValueError("image_source='original' needs samples with their source image (index has_original), "
+                             "no crop and a square size")
+        self.image_source = image_source
         self.index = index
         self.crop, self.size = crop, (None if size is None else (int(size[0]), int(size[1])))
         self.resize_masks, self.interpolation = resize_masks, interpolation
@@ -436,7 +482,8 @@ class ShardLoader:
         stream = _Stream(self.index, plan, skip=max(0, skip), value_range=self.value_range,
                          load_properties=self.load_properties,
                          flip_coords=bool(self.index.meta.get("image_coords", False)), crop=self.crop,
-                         size=self.size, resize_masks=self.resize_masks, interpolation=self.interpolation)
+                         size=self.size, resize_masks=self.resize_masks, interpolation=self.interpolation,
+                         image_source=self.image_source)
         if self.workers > 0 and len(plan) - skip > 1:
             items: Iterator[tuple] = iter(DataLoader(stream, batch_size=None, num_workers=self.workers))
         else:

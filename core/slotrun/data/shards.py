@@ -10,6 +10,8 @@ Layout of a dataset directory:
         {key}.support.npy       int16 [max_objects] (towers only: what each object rests on, 0 = floor)
         {key}.categories.npy    int32 [n] category of instance id m + 1 (converted COCO; class-merged mBO)
         {key}.ignore.png        0/1 8-bit PNG: pixels metrics leave out (converted COCO: instance overlaps)
+        {key}.original.jpg      the source image file, byte for byte (.jpg or .png; converted COCO with
+                                --keep-original): data.image_source = "original" computes the model input from it
 
 Keys are `{split}-{index:08d}`, so shards read with plain `webdataset.WebDataset` group the same way. Split
 names, keys and extra-array names are checked (letters, digits, '_' and '-' only), so no member or shard name can
@@ -55,6 +57,7 @@ class Sample:
     extra: Mapping[str, np.ndarray] = attrs.field(factory=dict)
     categories: np.ndarray | None = None  # integer [n]: category of instance id m + 1 (COCO)
     ignore: np.ndarray | None = None  # bool [H, W]: pixels metrics leave out (COCO: instance overlaps)
+    original: bytes | None = None  # the source image file (JPEG or PNG), undecoded: decoded only when used
 
 
 @attrs.frozen(kw_only=True)
@@ -85,6 +88,7 @@ class Index:
     has_categories: bool = False  # samples carry categories.npy (Batch.categories)
     has_ignore: bool = False  # samples carry ignore.png (Batch.ignore)
     max_categories: int | None = None  # the longest categories array (Batch.categories is padded to it)
+    has_original: bool = False  # samples carry their source image file (original.jpg / original.png)
 
     def split(self, name: str) -> SplitInfo:
         if name not in self.splits:
@@ -164,6 +168,9 @@ def encode_sample(sample: Sample) -> list[tuple[str, bytes]]:
         if ignore.shape != image.shape[:2]:
             raise ValueError(f"sample {sample.key}: ignore {ignore.shape} does not match image {image.shape[:2]}")
         members.append((f"{sample.key}.ignore.png", _png(ignore.astype(bool).astype(np.uint8))))
+    if sample.original is not None:
+        members.append((f"{sample.key}.original.{_original_suffix(sample.key, sample.original)}",
+                        bytes(sample.original)))
     for name, array in sorted(sample.extra.items()):
         if name in _RESERVED:
             raise ValueError(f"sample {sample.key}: extra array name {name!r} is reserved")
@@ -171,7 +178,23 @@ def encode_sample(sample: Sample) -> list[tuple[str, bytes]]:
     return members
 
 
-_RESERVED = ("mask", "props", "categories", "ignore")
+_RESERVED = ("mask", "props", "categories", "ignore", "original")
+_ORIGINAL_SUFFIXES = {b"\xff\xd8\xff": "jpg", b"\x89PNG": "png"}
+
+
+def _original_suffix(key: str, data: bytes) -> str:
+    for magic, suffix in _ORIGINAL_SUFFIXES.items():
+        if data.startswith(magic):
+            return suffix
+    raise ValueError(f"sample {key}: the original image must be a JPEG or PNG file, got bytes "
+                     f"{bytes(data[:4])!r}...")
+
+
+def decode_original(data: bytes) -> np.ndarray:
+    """A sample's original image file -> uint8 RGB [H, W, 3] (as the converters open source images)."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
 
 
 def decode_sample(key: str, members: Mapping[str, bytes]) -> Sample:
@@ -200,8 +223,9 @@ def decode_sample(key: str, members: Mapping[str, bytes]) -> Sample:
             raise ValueError(f"ignore shape {ignore.shape} differs from image {image.shape[:2]}")
     extra = {name[:-4]: _load_npy(data) for name, data in members.items()
              if name.endswith(".npy") and name not in ("mask.npy", "props.npy", "categories.npy")}
+    original = members.get("original.jpg", members.get("original.png"))
     return Sample(key=key, image=image, mask=mask, properties=props, extra=extra, categories=categories,
-                  ignore=ignore)
+                  ignore=ignore, original=None if original is None else bytes(original))
 
 
 _NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool, int]] = {}
@@ -276,7 +300,7 @@ def write_dataset(
         size: tuple[int, int] | None = None
         has_mask: bool | None = None
         max_objects: int | None = None
-        has_categories = has_ignore = False
+        has_categories = has_ignore = has_original = False
         max_categories: int | None = None
         for split, samples in splits.items():
             shards: list[dict] = []
@@ -302,6 +326,7 @@ def write_dataset(
                     n = int(np.asarray(sample.categories).shape[0])
                     max_categories = n if max_categories is None else max(max_categories, n)
                 has_ignore = has_ignore or sample.ignore is not None
+                has_original = has_original or sample.original is not None
                 for name, data in encode_sample(sample):
                     _add(tar, name, data)
                 count += 1
@@ -321,6 +346,8 @@ def write_dataset(
         }
         if has_categories or has_ignore:  # only then: older readers see exactly the index they know
             index.update(has_categories=has_categories, has_ignore=has_ignore, max_categories=max_categories)
+        if has_original:
+            index["has_original"] = True
         (tmp / INDEX).write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
         fsync_files(tmp)
         if out.exists() and overwrite:
@@ -379,6 +406,7 @@ def read_index(path: str | Path) -> Index:
             meta=data.get("meta", {}),
             has_categories=bool(data.get("has_categories", False)), has_ignore=bool(data.get("has_ignore", False)),
             max_categories=None if data.get("max_categories") is None else int(data["max_categories"]),
+            has_original=bool(data.get("has_original", False)),
         )
     except UserError:
         raise

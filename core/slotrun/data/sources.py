@@ -18,7 +18,7 @@ import attrs
 from attrs import field
 from attrs import validators as v
 
-from slotrun.data.loader import CROPS, INTERPOLATIONS, VALUE_RANGES, ShardLoader, crop_box
+from slotrun.data.loader import CROPS, IMAGE_SOURCES, INTERPOLATIONS, VALUE_RANGES, ShardLoader, crop_box
 from slotrun.data.shapes import PROPERTY_LAYOUT, SceneConfig, floor_row, generate
 from slotrun.data.shards import Index, Sample, read_index, write_dataset
 from slotrun.errors import UserError
@@ -179,7 +179,8 @@ class ShardsSource(_Source):
         size = config.image_size
         super().__init__(value_range=config.value_range, flip=config.flip, shuffle_buffer=config.shuffle_buffer,
                          workers=config.workers, crop=config.crop, size=(size, size) if config.resize else None,
-                         resize_masks=config.resize_masks, interpolation=config.resize_interpolation)
+                         resize_masks=config.resize_masks, interpolation=config.resize_interpolation,
+                         image_source=config.image_source)
         self.config = config
         self.image = ImageSpec(channels=3, height=config.image_size, width=config.image_size)
         self.properties = LAYOUTS[config.layout]
@@ -209,6 +210,13 @@ class ShardsSource(_Source):
                             f"= {size}; set data.image_size = {h}"
                             + ("" if h == w else " with data.crop = \"center\" (non-square images are not "
                                "supported)") + ", or data.resize = true")
+        if self.config.image_source == "original":
+            problem = ("its samples carry no original image (convert it with `slotrun data convert coco ... "
+                       "--keep-original`)" if not index.has_original else
+                       "it needs data.resize = true" if not self.config.resize else
+                       f"it needs data.crop = \"none\", not \"{crop}\"" if crop != "none" else None)
+            if problem:
+                raise UserError(f"dataset {self.root}: data.image_source = \"original\" does not apply: {problem}")
         if crop != "none" and self.properties is not None and index.meta.get("image_coords", False):
             raise UserError(f"dataset {self.root}: data.crop would break its property coordinates (image "
                             "coordinates); set data.layout = \"none\" or data.crop = \"none\"")
@@ -291,11 +299,16 @@ class ShardsData:
     # false: masks and ignore maps keep the stored (cropped) resolution, so metrics score at it (COCO: 320 px)
     resize_masks: bool = field(default=True, validator=_bool)
     # how data.resize resizes images: "bilinear" (no antialiasing, TF's tf.image.resize; "bilinear_float": the
-    # same unrounded, as torchvision resizes OCLF's float CLEVR images), or torchvision's
+    # same unrounded, as torchvision resizes OCLF's float CLEVR images; "bilinear_antialias": PIL's resize to
+    # within one grey level), or torchvision's
     # bicubic of the float image, clamped, unrounded: "bicubic" (OCLF's DINOSAUR COCO preprocessing under its
     # pinned torchvision 0.15.1, which does not antialias tensors) or "bicubic_antialias" (the same config
     # under torchvision >= 0.17)
     resize_interpolation: str = field(default="bilinear", validator=v.in_(INTERPOLATIONS))
+    # what data.resize resizes: "stored" (the dataset's image) or "original" (each sample's source file, kept
+    # by `slotrun data convert coco --keep-original`: its short side resized to image_size, then the centred
+    # square, as OCLF preprocesses the original COCO image; the stored masks cover the same square)
+    image_source: str = field(default="stored", validator=v.in_(IMAGE_SOURCES))
     value_range: str = _loader_fields["value_range"]()
     flip: bool = _loader_fields["flip"]()
     shuffle_buffer: int = _loader_fields["shuffle_buffer"]()

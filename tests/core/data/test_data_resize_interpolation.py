@@ -114,11 +114,19 @@ def test_unknown_interpolation_is_refused() -> None:
 
 
 @pytest.mark.parametrize("recipe", ["dinosaur/coco_mlp.toml", "dinosaur/coco_transformer.toml",
-                                    "dinosaur/coco_cosine.toml"])
+                                    "dinosaur/coco_cosine.toml", "adaslot/coco.toml"])
 def test_oclf_dinosaur_recipes_resize_as_oclf(plugins, recipe: str) -> None:
     data = load(RECIPES / recipe, plugins=plugins).data.config
-    assert (data.resize, data.resize_interpolation, data.image_size, data.value_range) == \
-        (True, "bicubic", 224, "imagenet")
+    assert (data.resize, data.image_source, data.resize_interpolation, data.image_size, data.value_range) == \
+        (True, "original", "bicubic", 224, "imagenet")
+
+
+@pytest.mark.parametrize("recipe", ["dinosaur_covloss.toml", "dinosaur/coco_slotdim1024.toml",
+                                    "dinosaur/image_recon.toml", "dinosaur/image_recon_covloss.toml"])
+def test_stange_recipes_resize_the_original_as_pil(plugins, recipe: str) -> None:
+    data = load(RECIPES / recipe, plugins=plugins).data.config
+    assert (data.resize, data.image_source, data.resize_interpolation, data.image_size) == \
+        (True, "original", "bilinear_antialias", 224)
 
 
 def test_clevr_shards_batches_are_oclfs_clevr_preprocessing(tmp_path: Path) -> None:
@@ -146,3 +154,16 @@ def test_clevr_shards_batches_are_oclfs_clevr_preprocessing(tmp_path: Path) -> N
     mask_tf = T.Compose([T.CenterCrop(192), T.Resize(128, interpolation=T.InterpolationMode.NEAREST_EXACT)])
     want_masks = torch.stack([mask_tf(torch.from_numpy(m)[None])[0] for m in masks]).long()
     assert torch.equal(batch.mask.long(), want_masks)
+
+
+@pytest.mark.parametrize(("shape", "size"), [((320, 320), (224, 224)), ((480, 640), (224, 298)), ((37, 53), (64, 64))])
+def test_bilinear_antialias_is_pils_resize(shape, size) -> None:
+    """Stange et al.'s COCO pipeline resizes the PIL image (BILINEAR, which antialiases when shrinking)."""
+    image = _image(4, *shape)
+    got = resize_image(image, size, interpolation="bilinear_antialias")
+    want = np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR))
+    assert got.dtype == np.uint8 and got.shape == want.shape
+    assert np.abs(got.astype(int) - want).max() <= 1
+    plain = resize_image(image, size, interpolation="bilinear")
+    if shape[0] > size[0]:  # shrinking: without antialiasing whole grey levels off
+        assert np.abs(plain.astype(int) - want).max() > 10

@@ -20,7 +20,9 @@ class mBO). Then the short side is resized to --image-size, the long side to flo
 bicubic; masks and the ignore map nearest-exact, pixel centres), and a centre crop of --image-size square taken
 (torchvision's Resize + CenterCrop, OCLF's 320 px evaluation masks); instances cut away by the crop are dropped
 and the ids renumbered 1..n. Instance ids above 255 are stored as npy. Images are converted in image-id order;
---min-objects drops images with fewer remaining instances.
+--min-objects drops images with fewer remaining instances. --keep-original also stores each image file byte for
+byte (the COCO image folders' size again), from which data.image_source = "original" computes the model input as OCLF does (Resize
++ CenterCrop of the original) instead of resizing the stored crop a second time.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from PIL import Image
 from pycocotools import mask as mask_api
 
 from slotrun.data.convert.common import bad, inside, load_json, need, open_image, write
+from slotrun.data.loader import crop_geometry
 from slotrun.data.shards import Sample
 from slotrun.errors import UserError
 
@@ -51,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument("--crowd", choices=("instance", "drop"), default="instance",
                         help="crowd regions are instances (default, as DINOSAUR's evaluation) or left out")
     parser.add_argument("--limit", type=int, default=-1, help="convert at most this many images per split")
+    parser.add_argument("--keep-original", action="store_true",
+                        help="store each source image file too (for data.image_source = \"original\")")
 
 
 # ---- segmentations ---------------------------------------------------------------------------------------
@@ -93,17 +98,6 @@ def segmentation_mask(segmentation, height: int, width: int) -> np.ndarray:
 
 
 # ---- conversion -----------------------------------------------------------------------------------------
-
-
-def crop_geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
-    """(resized height, resized width, top, left): torchvision's Resize(size) then CenterCrop(size), as the
-    DINOSAUR / OCLF evaluation resizes its masks: the short side to `size`, the long side to
-    floor(size * long / short), the crop offset round((n - size) / 2) with Python's round half to even."""
-    if height <= width:
-        nh, nw = size, int(size * width / height)
-    else:
-        nh, nw = int(size * height / width), size
-    return nh, nw, int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
 
 
 def resize_crop_labels(labels: np.ndarray, size: int) -> np.ndarray:
@@ -191,7 +185,9 @@ def samples(root: Path, split: str, args: argparse.Namespace, names: dict[str, s
         if len(categories) < args.min_objects:
             continue
         crowd[split] += int(resize_crop_labels(crowd_region, args.image_size).sum())
-        yield Sample(key=f"{split}-{count:08d}", image=image, mask=ids, categories=categories, ignore=ignore)
+        original = path.read_bytes() if args.keep_original else None
+        yield Sample(key=f"{split}-{count:08d}", image=image, mask=ids, categories=categories, ignore=ignore,
+                     original=original)
         count += 1
 
 
@@ -206,7 +202,8 @@ def run(kind: str, src: Path, out: Path, args: argparse.Namespace) -> dict:
         need(src / "annotations" / f"instances_{split}2017.json")
     names: dict[str, str] = {}  # filled while converting; index.json is written after the last sample
     crowd: dict[str, int] = {}
-    options = {k: getattr(args, k) for k in ("splits", "image_size", "min_objects", "crowd", "limit")}
+    options = {k: getattr(args, k) for k in ("splits", "image_size", "min_objects", "crowd", "limit",
+                                             "keep_original")}
     summary = write(out, {s: samples(src, s, args, names, crowd) for s in wanted}, kind=kind, src=src,
                     options=options, layout=None, layout_name="none",
                     meta={"categories": names, "image_coords": True}, shard_size=args.shard_size, force=args.force)

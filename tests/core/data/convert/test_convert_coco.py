@@ -15,7 +15,8 @@ from pycocotools.coco import COCO
 from torchvision.transforms import functional as TF
 
 from slotrun.data.convert.coco import resize_crop_labels, segmentation_mask
-from slotrun.data.shards import read_index, read_samples
+from slotrun.data.shards import iter_shard_members, read_index, read_samples
+from slotrun.data.sources import ShardsData
 from slotrun.errors import UserError
 
 
@@ -255,3 +256,62 @@ def test_crop_geometry_is_torchvision_resize_and_center_crop():
         ref = TF.center_crop(TF.resize(torch.from_numpy(labels)[None].float(), 320,
                                        interpolation=TF.InterpolationMode.NEAREST_EXACT), 320)[0].long().numpy()
         assert np.array_equal(resize_crop_labels(labels, 320), ref), (h, w)
+
+
+def _textured(seed: int, h: int, w: int) -> np.ndarray:
+    """Colour ramps plus noise and a hard edge: resampling differences show at every pixel."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([255 * x / w, 255 * y / h, 127 + 100 * np.sin(x / 3 + y / 5)], -1) + rng.normal(0, 30, (h, w, 3))
+    img[:, : w // 3] = np.where(img[:, : w // 3] > 128, 255, 0)
+    return np.clip(img, 0, 255).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("resize_masks", [False, True])
+def test_the_model_image_from_the_kept_original_is_oclfs_preprocessing(coco_root, tmp_path, convert, load,
+                                                                       resize_masks):
+    """--keep-original stores each JPEG byte for byte; data.image_source = "original" makes the model image from
+    it as OCLF's ccrop preprocessing does (ToTensor, Resize(S, bicubic, no antialias), clamp, CenterCrop(S),
+    Normalize) while the masks stay the stored 40 px crop (or resize with it): the same centred square."""
+    from torchvision import transforms as T
+
+    files = {1: "000000000001.jpg", 2: "000000000002.jpg"}  # 40x60 and 30x30, annotated by the fixture
+    Image.fromarray(_textured(1, 40, 60)).save(coco_root / "val2017" / files[1], quality=90)
+    Image.fromarray(_textured(2, 30, 30)).save(coco_root / "val2017" / files[2], quality=90)
+    out = tmp_path / "kept"
+    convert("coco", coco_root, out, "--splits", "val", "--image-size", "40", "--keep-original")
+    index = read_index(out)
+    assert index.has_original and index.meta["options"]["keep_original"] is True
+    kept = [group["original.jpg"] for _, _, group in iter_shard_members(out / "val-000000.tar")]
+    assert kept == [(coco_root / "val2017" / files[i]).read_bytes() for i in (1, 2)]  # in image-id order
+
+    oclf = T.Compose([T.ToTensor(), T.Resize(28, interpolation=T.InterpolationMode.BICUBIC, antialias=False),
+                      lambda t: t.clamp(0.0, 1.0), T.CenterCrop(28),
+                      T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    want = torch.stack([oclf(Image.open(coco_root / "val2017" / files[i]).convert("RGB")) for i in (1, 2)])
+    settings = dict(split="val", resize=True, resize_interpolation="bicubic", value_range="imagenet",
+                    resize_masks=resize_masks)
+    _, (batch,) = load(out, 28, image_source="original", **settings)
+    diff = ((batch.image - want).abs().max() / want.abs().max()).item()
+    assert diff < 1e-5, diff
+    _, (stored,) = load(out, 28, **settings)  # the stored 40 px crop resized again: another image
+    assert ((stored.image - want).abs().max() / want.abs().max()).item() > 1e-2
+    assert torch.equal(batch.mask, stored.mask) and torch.equal(batch.ignore, stored.ignore)
+    assert batch.mask.shape[-1] == (28 if resize_masks else 40)
+
+
+def test_image_source_original_needs_kept_originals(coco_root, tmp_path, convert, load):
+    out = tmp_path / "plain"
+    convert("coco", coco_root, out, "--splits", "val", "--image-size", "40")
+    assert not read_index(out).has_original
+    with pytest.raises(UserError, match=r"data.image_source = \"original\" does not apply: its samples carry no "
+                                        r"original image \(convert it with .*--keep-original"):
+        load(out, 28, split="val", resize=True, image_source="original")
+    kept = tmp_path / "kept"
+    convert("coco", coco_root, kept, "--splits", "val", "--image-size", "40", "--keep-original")
+    with pytest.raises(UserError, match="does not apply: it needs data.resize = true"):
+        load(kept, 40, split="val", image_source="original")
+    with pytest.raises(UserError, match="does not apply: it needs data.crop = \"none\", not \"center\""):
+        load(kept, 28, split="val", resize=True, crop="center", image_source="original")
+    with pytest.raises(ValueError, match="image_source"):
+        ShardsData(image_source="raw")
