@@ -211,8 +211,8 @@ class ShardsSource(_Source):
                             + ("" if h == w else " with data.crop = \"center\" (non-square images are not "
                                "supported)") + ", or data.resize = true")
         if self.config.image_source == "original":
-            problem = ("its samples carry no original image (convert it with `slotrun data convert coco ... "
-                       "--keep-original`)" if not index.has_original else
+            problem = ("its samples carry no original image (convert COCO with `slotrun data convert coco ... "
+                       "--keep-original`, or set data.image_source = \"stored\")" if not index.has_original else
                        "it needs data.resize = true" if not self.config.resize else
                        f"it needs data.crop = \"none\", not \"{crop}\"" if crop != "none" else None)
             if problem:

@@ -96,7 +96,9 @@ def test_headline_recipe_scores_masks_at_the_stored_resolution(plugins, tmp_path
     assert main(["data", "synth", str(tmp_path / "shards"), "--image-size", "32", "--num-train", "8",
                  "--num-val", "4", "--num-test", "4"]) == 0
     recipe = load(ROOT / "recipes" / "dinosaur_covloss.toml", [
-        f"data.path={tmp_path / 'shards'}", "data.image_size=16", "data.flip=false", *SMALL,
+        f"data.path={tmp_path / 'shards'}", "data.image_size=16", "data.flip=false",
+        "data.image_source=stored",  # synthetic shards keep no original files (COCO's do with --keep-original)
+        *SMALL,
         "model.decoder.hidden=[32]", "train.steps=2", "train.batch_size=4", "eval.batch_size=4", "eval.pictures=1",
         f"run.dir={tmp_path / 'run'}"], plugins=plugins)
     assert recipe.data.config.resize and not recipe.data.config.resize_masks

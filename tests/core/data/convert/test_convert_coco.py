@@ -305,7 +305,7 @@ def test_image_source_original_needs_kept_originals(coco_root, tmp_path, convert
     convert("coco", coco_root, out, "--splits", "val", "--image-size", "40")
     assert not read_index(out).has_original
     with pytest.raises(UserError, match=r"data.image_source = \"original\" does not apply: its samples carry no "
-                                        r"original image \(convert it with .*--keep-original"):
+                                        r"original image \(convert COCO with .*--keep-original`, or set data.image_source = \"stored\"\)"):
         load(out, 28, split="val", resize=True, image_source="original")
     kept = tmp_path / "kept"
     convert("coco", coco_root, kept, "--splits", "val", "--image-size", "40", "--keep-original")
