@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 from attrs import field
@@ -22,6 +22,14 @@ _frozen = attrs.frozen(kw_only=True)
 _num = v.instance_of((int, float))
 
 
+def _default(parent: type, name: str, default: Any) -> Any:
+    """The parent config's field `name` (validator, converter, earlier default) with AdaSlot's own default: the
+    Slot Attention components default to the TF code's conventions, AdaSlot's code is OCLF's PyTorch."""
+    inherited = attrs.fields_dict(parent)[name]
+    return field(default=default, validator=inherited.validator, converter=inherited.converter,
+                 metadata=inherited.metadata)
+
+
 @_frozen
 class AdaSlotConfig(SlotAttentionConfig):
     """AdaSlot grouper (Fan et al., CVPR 2024): Slot Attention, then a Gumbel keep/drop decision per slot.
@@ -34,6 +42,10 @@ class AdaSlotConfig(SlotAttentionConfig):
     score_hidden: int | None = field(default=None, validator=v.optional(size(MAX_WIDTH)))
     temperature: float = field(default=1.0, validator=[_num, v.gt(0.0), v.le(100.0)])
     eval_decision: Literal["argmax", "sample"] = field(default="argmax", validator=v.in_(EVAL_DECISIONS))
+    # OCLF's: PyTorch's initialisers with its slot init and zero MLP biases, PyTorch's LayerNorm eps
+    weight_init: Literal["torch", "keras", "slate", "oclf", "stange"] = _default(SlotAttentionConfig, "weight_init",
+                                                                                 "oclf")
+    layer_norm_eps: float = _default(SlotAttentionConfig, "layer_norm_eps", 1e-5)
 
     @classmethod
     def conformance(cls) -> list[AdaSlotConfig]:
@@ -94,6 +106,9 @@ class AdaSlotBroadcastConfig(SpatialBroadcastConfig):
     linear_weight: float = field(default=10.0, validator=[_num, v.ge(0.0), v.le(1e4)])
     quadratic_weight: float = field(default=0.0, validator=[_num, v.ge(0.0), v.le(1e4)])
     quadratic_bias: float = field(default=0.5, validator=[_num, v.ge(0.0), v.le(1.0)])
+    # SlotAttentionDecoderGumbel is PyTorch: ConvTranspose2d(5, 2, padding 2, output_padding 1), PyTorch's init
+    padding: Literal["tf_same", "symmetric"] = _default(SpatialBroadcastConfig, "padding", "symmetric")
+    weight_init: Literal["torch", "keras"] = _default(SpatialBroadcastConfig, "weight_init", "torch")
 
     @classmethod
     def conformance(cls) -> list[AdaSlotBroadcastConfig]:

@@ -45,7 +45,8 @@ def _features(b=3):
 def test_slots_are_slot_attentions_with_the_decisions_beside_them():
     """The selection leaves the slots alone: same weights -> the same slots as slot_attention's grouper."""
     ada = _grouper()
-    plain = SlotAttentionConfig(slot_dim=DIM, mlp_hidden=32, num_slots=5).build(GrouperInputs(dim=DIM, grid=GRID))
+    plain = SlotAttentionConfig(slot_dim=DIM, mlp_hidden=32, num_slots=5, layer_norm_eps=1e-5).build(
+        GrouperInputs(dim=DIM, grid=GRID))  # adaslot's default eps, PyTorch's
     missing, unexpected = plain.load_state_dict(ada.state_dict(), strict=False)
     assert not missing and all(k.startswith("score.") for k in unexpected)
     f = _features()
@@ -221,3 +222,23 @@ def test_a_model_trains_the_selection_through_the_sparsity_penalty():
         assert grouper.score[-1].weight.grad.abs().sum() > 0
         opt.step()
     assert probs[-1] < probs[0]
+
+
+def test_components_default_to_the_oclf_pytorch_conventions() -> None:
+    """AdaSlot's code is OCLF's PyTorch: its grouper and pixel decoder default to OCLF's initialisation and
+    PyTorch's padding and LayerNorm eps, where the Slot Attention components they extend default to the TF code's.
+    A module built from the defaults equals one built with those settings spelled out (same seed)."""
+    from slotrun_adaslot.configs import AdaSlotBroadcastConfig
+
+    assert (AdaSlotConfig().weight_init, AdaSlotConfig().layer_norm_eps) == ("oclf", 1e-5)
+    assert (SlotAttentionConfig().weight_init, SlotAttentionConfig().layer_norm_eps) == ("keras", 1e-3)
+    torch.manual_seed(0)
+    default = _grouper()
+    torch.manual_seed(0)
+    spelled = _grouper(weight_init="oclf", layer_norm_eps=1e-5)
+    for (name, a), (_, b) in zip(default.state_dict().items(), spelled.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    decoder = AdaSlotBroadcastConfig()
+    assert (decoder.padding, decoder.weight_init) == ("symmetric", "torch")
+    with pytest.raises(ValueError, match="'padding' must be in"):
+        AdaSlotBroadcastConfig(padding="same")
