@@ -453,10 +453,10 @@ class ShardLoader:
         crop_box(index.height, index.width, crop)  # checks that the crop applies to these images
         if image_source not in IMAGE_SOURCES:
             raise ValueError(f"image_source must be one of {', '.join(IMAGE_SOURCES)}, got {image_source!r}")
-        if image_source == "original" and (crop != "none" or size is None or size[0] != size[1]
-                                           or not index.has_original):
+        whole = crop_box(index.height, index.width, crop) == (0, index.height, 0, index.width)
+        if image_source == "original" and (not whole or size is None or size[0] != size[1] or not index.has_original):
             raise ValueError("image_source='original' needs samples with their source image (index has_original), "
-                             "no crop and a square size")
+                             "a crop that keeps the whole stored image and a square size")
         self.image_source = image_source
         self.index = index
         self.crop, self.size = crop, (None if size is None else (int(size[0]), int(size[1])))

@@ -214,7 +214,8 @@ class ShardsSource(_Source):
             problem = ("its samples carry no original image (convert COCO with `slotrun data convert coco ... "
                        "--keep-original`, or set data.image_source = \"stored\")" if not index.has_original else
                        "it needs data.resize = true" if not self.config.resize else
-                       f"it needs data.crop = \"none\", not \"{crop}\"" if crop != "none" else None)
+                       f"it needs data.crop = \"none\", not \"{crop}\"" if (h, w) != (index.height, index.width)
+                       else None)
             if problem:
                 raise UserError(f"dataset {self.root}: data.image_source = \"original\" does not apply: {problem}")
         if crop != "none" and self.properties is not None and index.meta.get("image_coords", False):

@@ -311,7 +311,19 @@ def test_image_source_original_needs_kept_originals(coco_root, tmp_path, convert
     convert("coco", coco_root, kept, "--splits", "val", "--image-size", "40", "--keep-original")
     with pytest.raises(UserError, match="does not apply: it needs data.resize = true"):
         load(kept, 40, split="val", image_source="original")
+    # the converter's images are squares: a centre crop keeps all of them (the AdaSlot and videosaur recipes set it)
+    _, (centred,) = load(kept, 28, split="val", resize=True, crop="center", image_source="original")
+    _, (whole,) = load(kept, 28, split="val", resize=True, image_source="original")
+    assert torch.equal(centred.image, whole.image)
+    import io
+
+    from slotrun.data.shards import Sample, write_dataset
+
+    png = io.BytesIO()
+    Image.fromarray(_textured(3, 30, 50)).save(png, format="PNG")
+    wide = [Sample(key="val-00000000", image=_textured(3, 30, 50), original=png.getvalue())]
+    wide_out = write_dataset(tmp_path / "wide", {"val": wide}, properties=None)
     with pytest.raises(UserError, match="does not apply: it needs data.crop = \"none\", not \"center\""):
-        load(kept, 28, split="val", resize=True, crop="center", image_source="original")
+        load(wide_out, 28, split="val", resize=True, crop="center", image_source="original")
     with pytest.raises(ValueError, match="image_source"):
         ShardsData(image_source="raw")
