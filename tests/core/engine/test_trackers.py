@@ -9,6 +9,7 @@ import glob
 import importlib.util
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,9 @@ def test_mlflow_file_store_in_the_run_directory_receives_config_scalars_and_pict
 
 def wandb_records(path: str) -> list[Any]:
     """The protobuf records of an offline run's .wandb file (a LevelDB-style log: 32 KiB blocks of chunks, each
-    with a 7-byte header: crc32, length, type 1 full / 2 first / 3 middle / 4 last; the file opens with 7 bytes)."""
+    with a 7-byte header: crc32, length, type 1 full / 2 first / 3 middle / 4 last; the file opens with 7 bytes).
+    A record still being written at the end of the file (wandb's service flushes after the run returns) is left
+    out."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = Path(path).read_bytes()
@@ -139,6 +142,8 @@ def wandb_records(path: str) -> list[Any]:
         if kind == 0 and length == 0:
             pos += left - 7
             continue
+        if pos + length > len(data):
+            break
         chunks += data[pos:pos + length]
         pos += length
         if kind in (1, 4):
@@ -166,15 +171,19 @@ def test_wandb_offline_writes_config_scalars_and_pictures_into_the_run_directory
     assert len(folders) == 1, folders
     files = glob.glob(f"{folders[0]}/run-{run_id}.wandb")
     assert files
-    config, history = {}, {}
-    for record in wandb_records(files[0]):
-        kind = record.WhichOneof("record_type")
-        if kind == "config":
-            config.update({item.key: json.loads(item.value_json) for item in record.config.update})
-        elif kind == "history":
-            items = {"/".join(i.nested_key) if i.nested_key else i.key: json.loads(i.value_json)
-                     for i in record.history.item}
-            history.setdefault(items.get("_step"), {}).update(items)
+    for _ in range(40):  # the service may still be flushing the last records
+        config, history = {}, {}
+        for record in wandb_records(files[0]):
+            kind = record.WhichOneof("record_type")
+            if kind == "config":
+                config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+            elif kind == "history":
+                items = {"/".join(i.nested_key) if i.nested_key else i.key: json.loads(i.value_json)
+                         for i in record.history.item}
+                history.setdefault(items.get("_step"), {}).update(items)
+        if "train/loss" in history.get(6, {}):
+            break
+        time.sleep(0.25)
     assert config["train"]["lr"] == 0.003 and config["train"]["log_with"] == ["wandb"]
     assert config["model"]["grouper"]["type"] == "tiny_slots"
     records = {r["step"]: r for r in ef.read_jsonl(run / "metrics.jsonl")}
