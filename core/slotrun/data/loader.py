@@ -65,6 +65,7 @@ _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 CROPS = ("none", "center", "clevr", "clevr_oclf")
 INTERPOLATIONS = ("bilinear", "bilinear_float", "bilinear_antialias", "bicubic", "bicubic_antialias")
 IMAGE_SOURCES = ("stored", "original")
+FITS = ("crop", "squash")  # how a converter maps a source image onto its square: DINOSAUR / OCLF's, Stange et al.'s
 CLEVR_CROP = (29, 221, 64, 256)  # top, bottom, left, right of a 240x320 CLEVR (with masks) image
 CLEVR_OCLF_CROP = (24, 216, 64, 256)  # OCLF's CenterCrop(192) of the same image (AdaSlot's CLEVR10 preprocessing)
 CLEVR_SHAPE = (240, 320)
@@ -98,6 +99,15 @@ def crop_geometry(height: int, width: int, size: int) -> tuple[int, int, int, in
     return nh, nw, int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
 
 
+def fit_geometry(height: int, width: int, size: int, fit: str = "crop") -> tuple[int, int, int, int]:
+    """(resized height, resized width, top, left) of a height x width image on a size x size square: "crop" as
+    crop_geometry, "squash" the whole image resized to the square, aspect ratio ignored (torchvision's
+    Resize((size, size)), Stange et al.'s COCO pipeline)."""
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+    return (size, size, 0, 0) if fit == "squash" else crop_geometry(height, width, size)
+
+
 def resize_image(image: np.ndarray, size: tuple[int, int], *, interpolation: str = "bilinear") -> np.ndarray:
     """uint8 [H, W, C] -> [h, w, C] with half-pixel centres.
 
@@ -123,11 +133,12 @@ def resize_image(image: np.ndarray, size: tuple[int, int], *, interpolation: str
     return t.clamp_(0, 255).contiguous().numpy()
 
 
-def image_from_original(original: np.ndarray, size: int, *, interpolation: str) -> np.ndarray:
-    """The model image of a source image: the short side resized to `size` (by `interpolation`, see resize_image),
-    then the centred size x size square (torchvision's Resize(size) + CenterCrop(size), OCLF's DINOSAUR COCO
-    preprocessing of the original image)."""
-    nh, nw, top, left = crop_geometry(*original.shape[:2], size)
+def image_from_original(original: np.ndarray, size: int, *, interpolation: str, fit: str = "crop") -> np.ndarray:
+    """The model image of a source image, placed as the dataset's converter placed it (`fit`): "crop", the short
+    side resized to `size` (by `interpolation`, see resize_image), then the centred size x size square
+    (torchvision's Resize(size) + CenterCrop(size), OCLF's DINOSAUR COCO preprocessing of the original image);
+    "squash", the whole image resized to size x size (Stange et al.'s)."""
+    nh, nw, top, left = fit_geometry(*original.shape[:2], size, fit)
     return resize_image(original, (nh, nw), interpolation=interpolation)[top:top + size, left:left + size]
 
 
@@ -367,7 +378,8 @@ class _Stream(IterableDataset):
         if sample.original is None:
             raise ValueError("original image missing")
         assert self.size is not None
-        image = image_from_original(decode_original(sample.original), self.size[0], interpolation=self.interpolation)
+        image = image_from_original(decode_original(sample.original), self.size[0], interpolation=self.interpolation,
+                                    fit=str(self.index.meta.get("fit", "crop")))
         if not self.resize_masks:
             return attrs.evolve(sample, image=image, original=None)
         return attrs.evolve(sample, image=image, original=None,

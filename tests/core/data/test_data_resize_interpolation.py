@@ -125,8 +125,8 @@ def test_oclf_dinosaur_recipes_resize_as_oclf(plugins, recipe: str) -> None:
                                     "dinosaur/image_recon.toml", "dinosaur/image_recon_covloss.toml"])
 def test_stange_recipes_resize_the_original_as_pil(plugins, recipe: str) -> None:
     data = load(RECIPES / recipe, plugins=plugins).data.config
-    assert (data.resize, data.image_source, data.resize_interpolation, data.image_size) == \
-        (True, "original", "bilinear_antialias", 224)
+    assert (data.resize, data.image_source, data.resize_interpolation, data.image_size, data.path) == \
+        (True, "original", "bilinear_antialias", 224, "data/coco2017_squash")
 
 
 def test_clevr_shards_batches_are_oclfs_clevr_preprocessing(tmp_path: Path) -> None:

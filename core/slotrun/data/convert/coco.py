@@ -19,7 +19,8 @@ order never reaches a score); each sample stores the category id of every instan
 class mBO). Then the short side is resized to --image-size, the long side to floor(size * long / short) (image
 bicubic; masks and the ignore map nearest-exact, pixel centres), and a centre crop of --image-size square taken
 (torchvision's Resize + CenterCrop, OCLF's 320 px evaluation masks); instances cut away by the crop are dropped
-and the ids renumbered 1..n. Instance ids above 255 are stored as npy. Images are converted in image-id order;
+and the ids renumbered 1..n. --fit squash resizes the whole image to the square instead, aspect ratio ignored
+(Stange et al.'s pipeline; index meta "fit" records which). Instance ids above 255 are stored as npy. Images are converted in image-id order;
 --min-objects drops images with fewer remaining instances. --keep-original also stores each image file byte for
 byte (the COCO image folders' size again), from which data.image_source = "original" computes the model input as OCLF does (Resize
 + CenterCrop of the original) instead of resizing the stored crop a second time.
@@ -38,7 +39,7 @@ from PIL import Image
 from pycocotools import mask as mask_api
 
 from slotrun.data.convert.common import bad, inside, load_json, need, open_image, write
-from slotrun.data.loader import crop_geometry
+from slotrun.data.loader import FITS, fit_geometry
 from slotrun.data.shards import Sample
 from slotrun.errors import UserError
 
@@ -54,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument("--crowd", choices=("instance", "drop"), default="instance",
                         help="crowd regions are instances (default, as DINOSAUR's evaluation) or left out")
     parser.add_argument("--limit", type=int, default=-1, help="convert at most this many images per split")
+    parser.add_argument("--fit", choices=FITS, default="crop",
+                        help="crop: short side to --image-size, centre square (default, DINOSAUR / OCLF); squash: the "
+                             "whole image resized to the square (Stange et al.'s COCO pipeline)")
     parser.add_argument("--keep-original", action="store_true",
                         help="store each source image file too (for data.image_source = \"original\")")
 
@@ -100,23 +104,23 @@ def segmentation_mask(segmentation, height: int, width: int) -> np.ndarray:
 # ---- conversion -----------------------------------------------------------------------------------------
 
 
-def resize_crop_labels(labels: np.ndarray, size: int) -> np.ndarray:
+def resize_crop_labels(labels: np.ndarray, size: int, fit: str = "crop") -> np.ndarray:
     """An integer map [H, W] resized with torch's "nearest-exact" (pixel centres, OCLF's ResizeNearestExact)
-    and centre-cropped to size x size."""
-    nh, nw, top, left = crop_geometry(*labels.shape, size)
+    and centre-cropped to size x size (fit "crop"), or resized to size x size (fit "squash")."""
+    nh, nw, top, left = fit_geometry(*labels.shape, size, fit)
     t = torch.from_numpy(labels.astype(np.float64))[None, None]  # float64 holds any instance id exactly
     t = torch.nn.functional.interpolate(t, size=(nh, nw), mode="nearest-exact")
     return t[0, 0, top:top + size, left:left + size].numpy().astype(np.int64)
 
 
-def resize_crop_image(image: np.ndarray, size: int) -> np.ndarray:
-    nh, nw, top, left = crop_geometry(*image.shape[:2], size)
+def resize_crop_image(image: np.ndarray, size: int, fit: str = "crop") -> np.ndarray:
+    nh, nw, top, left = fit_geometry(*image.shape[:2], size, fit)
     img = Image.fromarray(image).resize((nw, nh), resample=Image.BICUBIC)
     return np.asarray(img.crop((left, top, left + size, top + size)))
 
 
-def scene(image: np.ndarray, anns: list[tuple[dict, np.ndarray]], size: int) -> tuple[np.ndarray, np.ndarray,
-                                                                                      np.ndarray, np.ndarray]:
+def scene(image: np.ndarray, anns: list[tuple[dict, np.ndarray]], size: int,
+          fit: str = "crop") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(image, ids, categories, ignore) of one image at size x size; `anns` are (annotation, mask) pairs,
     painted in order (later ones on top)."""
     h, w = image.shape[:2]
@@ -127,14 +131,14 @@ def scene(image: np.ndarray, anns: list[tuple[dict, np.ndarray]], size: int) -> 
         ids[mask] = n
         cover += mask
         cats.append(int(ann["category_id"]))
-    ignore = resize_crop_labels(cover, size) >= 2
-    ids = resize_crop_labels(ids, size)
+    ignore = resize_crop_labels(cover, size, fit) >= 2
+    ids = resize_crop_labels(ids, size, fit)
     present = np.unique(ids)
     present = present[present > 0]
     lut = np.zeros(len(anns) + 1, np.int64)
     lut[present] = np.arange(1, len(present) + 1)
     categories = np.array([cats[i - 1] for i in present], np.int32)
-    return resize_crop_image(image, size), lut[ids], categories, ignore
+    return resize_crop_image(image, size, fit), lut[ids], categories, ignore
 
 
 def samples(root: Path, split: str, args: argparse.Namespace, names: dict[str, str],
@@ -181,10 +185,10 @@ def samples(root: Path, split: str, args: argparse.Namespace, names: dict[str, s
                     continue
             masks.append((ann, mask))
         masks.sort(key=lambda am: -int(am[1].sum()))  # larger first (stable): smaller instances stay on top
-        image, ids, categories, ignore = scene(image, masks, args.image_size)
+        image, ids, categories, ignore = scene(image, masks, args.image_size, args.fit)
         if len(categories) < args.min_objects:
             continue
-        crowd[split] += int(resize_crop_labels(crowd_region, args.image_size).sum())
+        crowd[split] += int(resize_crop_labels(crowd_region, args.image_size, args.fit).sum())
         original = path.read_bytes() if args.keep_original else None
         yield Sample(key=f"{split}-{count:08d}", image=image, mask=ids, categories=categories, ignore=ignore,
                      original=original)
@@ -202,14 +206,14 @@ def run(kind: str, src: Path, out: Path, args: argparse.Namespace) -> dict:
         need(src / "annotations" / f"instances_{split}2017.json")
     names: dict[str, str] = {}  # filled while converting; index.json is written after the last sample
     crowd: dict[str, int] = {}
-    options = {k: getattr(args, k) for k in ("splits", "image_size", "min_objects", "crowd", "limit",
+    options = {k: getattr(args, k) for k in ("splits", "image_size", "min_objects", "crowd", "limit", "fit",
                                              "keep_original")}
     summary = write(out, {s: samples(src, s, args, names, crowd) for s in wanted}, kind=kind, src=src,
                     options=options, layout=None, layout_name="none",
-                    meta={"categories": names, "image_coords": True}, shard_size=args.shard_size, force=args.force)
+                    meta={"categories": names, "image_coords": True, "fit": args.fit}, shard_size=args.shard_size, force=args.force)
     for split, pixels in crowd.items():
         summary[split]["crowd_pixels"] = pixels
     return {"splits": summary, "image_size": args.image_size, "layout": "none"}
 
 
-__all__ = ["add_arguments", "crop_geometry", "resize_crop_labels", "run", "segmentation_mask"]
+__all__ = ["add_arguments", "resize_crop_labels", "run", "segmentation_mask"]

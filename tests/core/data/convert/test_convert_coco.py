@@ -327,3 +327,42 @@ def test_image_source_original_needs_kept_originals(coco_root, tmp_path, convert
         load(wide_out, 28, split="val", resize=True, crop="center", image_source="original")
     with pytest.raises(ValueError, match="image_source"):
         ShardsData(image_source="raw")
+
+
+def test_squash_fit_resizes_the_whole_image_as_stange_et_al(coco_root, tmp_path, convert, load):
+    """--fit squash (Stange et al.'s COCO pipeline): masks are the full-resolution id map resized to the square,
+    aspect ratio ignored (torchvision's Resize((S, S)), nearest-exact): nothing is cropped away. With the original
+    kept, data.image_source = "original" squashes it the same way for the model: PIL's Resize((S, S)) to one grey
+    level with bilinear_antialias (what their ToTensor(Resize((224, 224))(PIL image)) computes)."""
+    from torchvision import transforms as T
+
+    image = _textured(4, 40, 60)
+    Image.fromarray(image).save(coco_root / "val2017" / "000000000001.jpg", quality=90)
+    out = tmp_path / "squash"
+    convert("coco", coco_root, out, "--splits", "val", "--image-size", "20", "--fit", "squash", "--crowd", "drop",
+            "--keep-original")
+    index = read_index(out)
+    assert index.meta["fit"] == "squash" and index.meta["options"]["fit"] == "squash"
+    _, (batch,) = load(out, 20, split="val")
+    # the fixture's instances of image 1, painted larger first: box (id 1), small box (id 2), polygon (id 3)
+    ids = np.zeros((40, 60), np.int64)
+    ids[5:35, 20:50] = 1
+    ids[10:20, 40:55] = 2
+    ids[segmentation_mask([[0, 30, 9, 30, 9, 37, 0, 37]], 40, 60)] = 3
+    want = TF.resize(torch.from_numpy(ids)[None].float(), [20, 20],
+                     interpolation=TF.InterpolationMode.NEAREST_EXACT)[0].long()
+    assert torch.equal(batch.mask[0].long(), want)
+    assert (batch.mask[0] == 3).any()  # the polygon at the left edge survives: no crop
+    assert batch.categories[0].tolist() == [18, 1, 3]
+
+    decoded = np.asarray(Image.open(coco_root / "val2017" / "000000000001.jpg").convert("RGB"))
+    _, (pil,) = load(out, 16, split="val", resize=True, image_source="original",
+                     resize_interpolation="bilinear_antialias", resize_masks=False, value_range="zero_one")
+    want_pil = np.asarray(Image.fromarray(decoded).resize((16, 16), Image.BILINEAR)).astype(np.float64) / 255
+    assert np.abs(pil.image[0].permute(1, 2, 0).numpy() - want_pil).max() <= 1 / 255 + 1e-6
+    _, (bicubic,) = load(out, 16, split="val", resize=True, image_source="original", resize_interpolation="bicubic",
+                         resize_masks=False, value_range="zero_one")
+    want_bicubic = T.Compose([T.ToTensor(), T.Resize((16, 16), interpolation=T.InterpolationMode.BICUBIC,
+                                                     antialias=False), lambda t: t.clamp(0, 1)])(Image.fromarray(decoded))
+    assert (bicubic.image[0] - want_bicubic).abs().max() < 1e-5
+    assert pil.mask.shape[-1] == 20  # the stored masks, scored where they were made
