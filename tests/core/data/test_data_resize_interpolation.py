@@ -114,19 +114,19 @@ def test_unknown_interpolation_is_refused() -> None:
 
 
 OCLF_COCO = ("data/coco2017", "bicubic", "imagenet")  # OCLF's ccrop preprocessing of the original image
-STANGE_COCO = ("data/coco2017_squash", "bilinear_antialias", "zero_one")  # their PIL squash (image_recon: [0, 1])
+STANGE_COCO = ("data/coco2017_squash", "bilinear_antialias", "zero_one")  # their PIL squash, ToTensor's [0, 1]
 
 
 @pytest.mark.parametrize(("recipe", "want"), [
     ("dinosaur/coco_mlp.toml", OCLF_COCO), ("dinosaur/coco_transformer.toml", OCLF_COCO),
     ("dinosaur/coco_cosine.toml", OCLF_COCO), ("adaslot/coco.toml", OCLF_COCO),
-    ("dinosaur_covloss.toml", STANGE_COCO[:2] + ("imagenet",)),
-    ("dinosaur/coco_slotdim1024.toml", STANGE_COCO[:2] + ("imagenet",)),
+    ("dinosaur_covloss.toml", STANGE_COCO), ("dinosaur/coco_slotdim1024.toml", STANGE_COCO),
     ("dinosaur/image_recon.toml", STANGE_COCO), ("dinosaur/image_recon_covloss.toml", STANGE_COCO)])
 def test_coco_recipes_make_their_authors_input_from_the_original(plugins, recipe: str, want: tuple) -> None:
     data = load(RECIPES / recipe, plugins=plugins).data.config
     assert (data.resize, data.image_source, data.image_size) == (True, "original", 224)
     assert (data.path, data.resize_interpolation, data.value_range) == want
+    assert data.flip == (want == OCLF_COCO)  # Stange et al. embed each image once
 
 
 def test_clevr_shards_batches_are_oclfs_clevr_preprocessing(tmp_path: Path) -> None:

@@ -39,7 +39,9 @@ def test_recipe_builds_small(path: Path, plugins, tmp_path: Path) -> None:
     assert model.encoder.frozen and model.grouper.slot_dim == 32
     full = load(path, plugins=plugins)  # the paper's settings, as shipped
     assert full.model.encoder.config.name == "vit_base_patch16_224.dino"
-    assert full.data.config.value_range == "imagenet" and full.data.config.image_size == 224
+    stange = full.data.config.path == "data/coco2017_squash"  # their ViT embeds [0, 1] images
+    assert full.data.config.value_range == ("zero_one" if stange else "imagenet")
+    assert full.data.config.image_size == 224
     assert (full.train.lr, full.train.warmup_steps, full.train.grad_clip) == (4e-4, 10000, 1.0)
 
 
