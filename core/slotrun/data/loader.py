@@ -31,8 +31,9 @@ then a resize to `size` when given (images bilinear without antialiasing, like T
 as torchvision resizes float images: `interpolation`, see resize_image; masks and ignore maps nearest, or left
 at the stored resolution with resize_masks=False: COCO's protocol scores masks at 320 px while the model sees
 224 px). With image_source="original" the image is instead computed from the sample's source file (converted
-COCO with --keep-original): its short side resized to `size`, then the centred square, as OCLF's
-Resize(size) + CenterCrop(size) of the original; the stored image and labels cover the same centred square.
+COCO with --keep-original), placed as the converter placed it on the stored square (index meta "fit"): its short
+side resized to `size`, then the centred square, as OCLF's Resize(size) + CenterCrop(size) of the original, or
+("squash") the whole original resized to the square; the stored image and labels cover the same square.
 Samples carrying categories (COCO) fill Batch.categories [B, M], padded with 0 to the
 index's max_categories; samples carrying an ignore map fill Batch.ignore [B, H, W] (flipped with the image).
 
@@ -253,6 +254,7 @@ class _Stream(IterableDataset):
         self.index, self.plan, self.skip = index, plan, skip
         self.crop, self.size, self.resize_masks, self.interpolation = crop, size, resize_masks, interpolation
         self.image_source = image_source
+        self.fit = str(index.meta.get("fit", "crop"))  # how the converter placed the original on the stored square
         self.value_range, self.load_properties, self.flip_coords = value_range, load_properties, flip_coords
         self.last_good: tuple[Sample, bool] | None = None
 
@@ -379,7 +381,7 @@ class _Stream(IterableDataset):
             raise ValueError("original image missing")
         assert self.size is not None
         image = image_from_original(decode_original(sample.original), self.size[0], interpolation=self.interpolation,
-                                    fit=str(self.index.meta.get("fit", "crop")))
+                                    fit=self.fit)
         if not self.resize_masks:
             return attrs.evolve(sample, image=image, original=None)
         return attrs.evolve(sample, image=image, original=None,
@@ -462,10 +464,10 @@ class ShardLoader:
             raise ValueError(f"value_range must be one of {', '.join(VALUE_RANGES)}, got {value_range!r}")
         if interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
-        crop_box(index.height, index.width, crop)  # checks that the crop applies to these images
+        box = crop_box(index.height, index.width, crop)  # checks that the crop applies to these images
         if image_source not in IMAGE_SOURCES:
             raise ValueError(f"image_source must be one of {', '.join(IMAGE_SOURCES)}, got {image_source!r}")
-        whole = crop_box(index.height, index.width, crop) == (0, index.height, 0, index.width)
+        whole = box == (0, index.height, 0, index.width)
         if image_source == "original" and (not whole or size is None or size[0] != size[1] or not index.has_original):
             raise ValueError("image_source='original' needs samples with their source image (index has_original), "
                              "a crop that keeps the whole stored image and a square size")

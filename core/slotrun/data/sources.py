@@ -307,8 +307,9 @@ class ShardsData:
     # under torchvision >= 0.17)
     resize_interpolation: str = field(default="bilinear", validator=v.in_(INTERPOLATIONS))
     # what data.resize resizes: "stored" (the dataset's image) or "original" (each sample's source file, kept
-    # by `slotrun data convert coco --keep-original`: its short side resized to image_size, then the centred
-    # square, as OCLF preprocesses the original COCO image; the stored masks cover the same square)
+    # by `slotrun data convert coco --keep-original`, placed as the converter placed it: its short side resized
+    # to image_size then the centred square, as OCLF preprocesses the original COCO image, or with --fit squash
+    # the whole image resized to the square; the stored masks cover the same square)
     image_source: str = field(default="stored", validator=v.in_(IMAGE_SOURCES))
     value_range: str = _loader_fields["value_range"]()
     flip: bool = _loader_fields["flip"]()

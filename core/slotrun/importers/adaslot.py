@@ -59,7 +59,7 @@ DECODER = MODELS + "object_decoder."
 
 def is_pixel_model(state: dict[str, Tensor]) -> bool:
     """The CLEVR10 pixel model: convolutions in the decoder (SlotAttentionDecoderGumbel)."""
-    return any(k.startswith(MODELS + "object_decoder.decoder.") and state[k].ndim == 4 for k in state)
+    return any(k.startswith(DECODER + "decoder.") and state[k].ndim == 4 for k in state)
 
 
 def check_layout(fmt: str, state: dict[str, Tensor], settings: dict[str, Any]) -> None:

@@ -20,10 +20,11 @@ class mBO). Then the short side is resized to --image-size, the long side to flo
 bicubic; masks and the ignore map nearest-exact, pixel centres), and a centre crop of --image-size square taken
 (torchvision's Resize + CenterCrop, OCLF's 320 px evaluation masks); instances cut away by the crop are dropped
 and the ids renumbered 1..n. --fit squash resizes the whole image to the square instead, aspect ratio ignored
-(Stange et al.'s pipeline; index meta "fit" records which). Instance ids above 255 are stored as npy. Images are converted in image-id order;
---min-objects drops images with fewer remaining instances. --keep-original also stores each image file byte for
-byte (the COCO image folders' size again), from which data.image_source = "original" computes the model input as OCLF does (Resize
-+ CenterCrop of the original) instead of resizing the stored crop a second time.
+(Stange et al.'s pipeline; index meta "fit" records which). Instance ids above 255 are stored as npy. Images are
+converted in image-id order; --min-objects drops images with fewer remaining instances. --keep-original also
+stores each image file byte for byte (the COCO image folders' size again), from which data.image_source =
+"original" computes the model input as the authors' code does (OCLF: Resize + CenterCrop of the original)
+instead of resizing the stored square a second time.
 """
 
 from __future__ import annotations
@@ -210,7 +211,8 @@ def run(kind: str, src: Path, out: Path, args: argparse.Namespace) -> dict:
                                              "keep_original")}
     summary = write(out, {s: samples(src, s, args, names, crowd) for s in wanted}, kind=kind, src=src,
                     options=options, layout=None, layout_name="none",
-                    meta={"categories": names, "image_coords": True, "fit": args.fit}, shard_size=args.shard_size, force=args.force)
+                    meta={"categories": names, "image_coords": True, "fit": args.fit}, shard_size=args.shard_size,
+                    force=args.force)
     for split, pixels in crowd.items():
         summary[split]["crowd_pixels"] = pixels
     return {"splits": summary, "image_size": args.image_size, "layout": "none"}
